@@ -1,0 +1,39 @@
+# Two commands a new user needs: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install lint types unit mosquitto clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Strict editable install: a link tree mypy can follow (design.md). Re-run when pyproject changes
+# or a module is added, so it runs before every test.
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]" --config-settings editable_mode=strict
+
+demo: install
+	$(BIN)/cyclerd validate protocols/library/*.yaml
+
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || command -v /usr/sbin/mosquitto >/dev/null 2>&1 || \
+	  { echo "installing mosquitto"; (apt-get update -qq && apt-get install -y -qq mosquitto) || \
+	    (sudo apt-get update -qq && sudo apt-get install -y -qq mosquitto); }
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: install
+	$(BIN)/mypy -p cyclerd
+
+unit: install mosquitto
+	$(BIN)/pytest -q
+
+test: lint types unit
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

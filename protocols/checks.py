@@ -1,0 +1,246 @@
+"""Semantic checks of a validated protocol: steps that never end, limits that contradict.
+
+The model checks each value on its own; these checks look at values together. Each issue
+carries the model path of the value at fault so the loader can name its line and column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cyclerd.protocols.model import (
+    ConstantCurrent,
+    ConstantCurrentConstantVoltage,
+    ConstantVoltage,
+    Every,
+    Impedance,
+    Plate,
+    Protocol,
+    Repeat,
+    Rest,
+    Strip,
+    Sweep,
+)
+from cyclerd.protocols.scale import CellScale
+from cyclerd.protocols.units import Amount, duration_text, engineering
+
+Path = tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class Issue:
+    path: Path
+    message: str
+    at_key: bool = False
+
+
+def signed_current(step: ConstantCurrent | Plate | Strip | ConstantCurrentConstantVoltage) -> Amount:
+    """The step's current in the cyclerd sign convention (positive charges the cell)."""
+    if isinstance(step, Plate):
+        return -abs(step.current)
+    if isinstance(step, Strip):
+        return abs(step.current)
+    return step.current
+
+
+def step_time_bound(
+    step: Rest | ConstantCurrent | Plate | Strip | ConstantVoltage | ConstantCurrentConstantVoltage,
+    scale: CellScale,
+) -> float | None:
+    """The longest the step can run (its own time, periodic blocks excluded), if knowable."""
+    bounds = [step.until.duration] if step.until.duration is not None else []
+    if step.until.charge is not None and isinstance(step, ConstantCurrent | Plate | Strip):
+        charge, current = scale.resolve(step.until.charge), scale.resolve(step.current)
+        if charge is None and current is None and step.until.charge.basis is step.current.basis:
+            charge, current = step.until.charge.value, step.current.value  # same basis: ratio holds
+        if charge is not None and current:
+            bounds.append(abs(charge / current))
+    return min(bounds) if bounds else None
+
+
+def check(protocol: Protocol) -> list[Issue]:
+    """Every contradiction in `protocol`, in file order."""
+    return list(_Checker(protocol).run())
+
+
+class _Checker:
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol = protocol
+        self.safety = protocol.safety
+        self.scale = CellScale(protocol.cell.area, protocol.cell.capacity)
+
+    def run(self) -> Iterator[Issue]:
+        s = self.safety
+        if s.voltage_min is not None and s.voltage_max is not None and s.voltage_min >= s.voltage_max:
+            yield Issue(
+                ("safety", "voltage_min"),
+                f"voltage_min ({s.voltage_min:g} V) must be below voltage_max ({s.voltage_max:g} V)",
+            )
+        if s.current_max is not None and s.current_max.value <= 0:
+            yield Issue(("safety", "current_max"), "current_max must be positive, e.g. '5 mA'")
+        yield from self._record(("record",), self.protocol.record)
+        yield from self._steps(("steps",), self.protocol.steps, bounded=s.duration_max is not None)
+
+    def _steps(self, path: Path, steps: list[object], bounded: bool, periodic: bool = False) -> Iterator[Issue]:
+        for i, step in enumerate(steps):
+            here = (*path, i, str(getattr(step, "kind", "")))
+            if periodic and not isinstance(step, Rest | Impedance):
+                yield Issue(
+                    here,
+                    "an every-block may hold only rest and eis steps (they must not move charge); "
+                    "move this step out of the every-block",
+                )
+                continue
+            if isinstance(step, Repeat):
+                yield from self._repeat(here, step, bounded)
+            elif isinstance(step, Impedance):
+                yield from self._impedance(here, step)
+            elif isinstance(step, Sweep):
+                yield from self._sweep(here, step)
+            elif isinstance(step, Rest | ConstantCurrent | Plate | Strip | ConstantVoltage | ConstantCurrentConstantVoltage):
+                yield from self._sourcing(here, step, periodic)
+
+    def _repeat(self, path: Path, loop: Repeat, bounded: bool) -> Iterator[Issue]:
+        until = loop.until
+        bounded = bounded or loop.count is not None or until.duration is not None
+        if not bounded:
+            yield Issue(
+                path,
+                "this loop has no bound: add 'count: N', 'until: {duration: ...}' or "
+                "safety.duration_max (a CE or short-circuit condition alone may never trigger)",
+                at_key=True,
+            )
+        for name in ("coulombic_efficiency_below", "capacity_retention_below"):
+            value = getattr(until, name)
+            if value is not None and not 0 < value <= 1:
+                yield Issue((*path, "until", name), f"{name} must lie between 0 % and 100 %, e.g. '95 %'")
+        yield from self._steps((*path, "steps"), loop.steps, bounded=True)
+
+    def _sourcing(
+        self,
+        path: Path,
+        step: Rest | ConstantCurrent | Plate | Strip | ConstantVoltage | ConstantCurrentConstantVoltage,
+        periodic: bool,
+    ) -> Iterator[Issue]:
+        until = step.until
+        if until.is_empty():
+            example = "'until: {duration: 10 min}'" if isinstance(step, Rest) else "'until: {voltage_above: 4.2 V}'"
+            yield Issue(path, f"this step never ends: add an end condition, e.g. {example}", at_key=True)
+        if isinstance(step, Plate | Strip) and step.current.value <= 0:
+            yield Issue(
+                (*path, "current"),
+                f"{step.kind} takes the size of the current and implies its sign; "
+                f"write e.g. 'current: {step.current.text('A').lstrip('-')}'",
+            )
+        if isinstance(step, ConstantCurrent | ConstantCurrentConstantVoltage) and step.current.value == 0:
+            yield Issue((*path, "current"), "a zero current is a rest; write '- rest: ...' instead")
+        yield from self._direction(path, step)
+        yield from self._window(path, step)
+        for name in ("current_below", "charge"):
+            amount = getattr(until, name)
+            if amount is not None and amount.value <= 0:
+                yield Issue((*path, "until", name), f"{name} must be positive")
+        if step.record is not None:
+            yield from self._record((*path, "record"), step.record)
+        if step.every is not None:
+            if periodic:
+                yield Issue((*path, "every"), "an every-block cannot hold another every-block", at_key=True)
+            else:
+                yield from self._every((*path, "every"), step, step.every)
+
+    def _direction(self, path: Path, step: object) -> Iterator[Issue]:
+        if not isinstance(step, ConstantCurrent | Plate | Strip):
+            return
+        current = signed_current(step)
+        if current.value > 0 and step.until.voltage_below is not None:
+            yield Issue(
+                (*path, "until", "voltage_below"),
+                "with a positive (charging) current the voltage rises: end on 'voltage_above', "
+                "or make the current negative",
+                at_key=True,
+            )
+        if current.value < 0 and step.until.voltage_above is not None:
+            yield Issue(
+                (*path, "until", "voltage_above"),
+                "with a negative (discharging/plating) current the voltage falls: end on "
+                "'voltage_below', or make the current positive",
+                at_key=True,
+            )
+        limit = self.safety.current_max
+        if limit is not None:
+            size, allowed = self.scale.resolve(abs(current)), self.scale.resolve(limit)
+            if size is not None and allowed is not None and size > allowed * (1 + 1e-9):
+                yield Issue(
+                    (*path, "current"),
+                    f"{engineering(size, 'A')} exceeds safety.current_max ({engineering(allowed, 'A')}); "
+                    "lower the current or raise the limit",
+                )
+
+    def _window(self, path: Path, step: object) -> Iterator[Issue]:
+        lo, hi = self.safety.voltage_min, self.safety.voltage_max
+        values: list[tuple[Path, float]] = []
+        if isinstance(step, ConstantVoltage | ConstantCurrentConstantVoltage):
+            values.append(((*path, "voltage"), step.voltage))
+        until = getattr(step, "until", None)
+        if until is not None:
+            for name in ("voltage_above", "voltage_below"):
+                if getattr(until, name) is not None:
+                    values.append(((*path, "until", name), getattr(until, name)))
+        for where, volts in values:
+            if (lo is not None and volts < lo) or (hi is not None and volts > hi):
+                yield Issue(
+                    where,
+                    f"{volts:g} V lies outside the safety window "
+                    f"[{_v(lo)}, {_v(hi)}]: the run would stop on the limit; change one of them",
+                )
+
+    def _every(
+        self,
+        path: Path,
+        step: Rest | ConstantCurrent | Plate | Strip | ConstantVoltage | ConstantCurrentConstantVoltage,
+        every: Every,
+    ) -> Iterator[Issue]:
+        bound = step_time_bound(step, self.scale)
+        if bound is not None and every.interval >= bound:
+            yield Issue(
+                (*path, "interval"),
+                f"the every-block would never run: its interval ({duration_text(every.interval)}) is not "
+                f"shorter than the step ({duration_text(bound)}); shorten the interval",
+            )
+        yield from self._steps((*path, "steps"), every.steps, bounded=True, periodic=True)
+
+    def _impedance(self, path: Path, eis: Impedance) -> Iterator[Issue]:
+        if eis.frequency_start == eis.frequency_stop:
+            yield Issue((*path, "frequency_stop"), "frequency_stop equals frequency_start; a spectrum needs a range")
+        amplitude = eis.amplitude.value if isinstance(eis.amplitude, Amount) else eis.amplitude
+        if amplitude <= 0:
+            yield Issue((*path, "amplitude"), "the amplitude must be positive, e.g. '10 mV'")
+
+    def _sweep(self, path: Path, sweep: Sweep) -> Iterator[Issue]:
+        points = [sweep.start, *sweep.vertices]
+        for i, (a, b) in enumerate(zip(points, points[1:], strict=False)):
+            if a == b:
+                yield Issue((*path, "vertices", i), f"vertex {b:g} V equals the point before it; remove it")
+        yield from self._window(path, sweep)
+        lo, hi = self.safety.voltage_min, self.safety.voltage_max
+        for i, volts in enumerate(sweep.vertices):
+            if (lo is not None and volts < lo) or (hi is not None and volts > hi):
+                yield Issue(
+                    (*path, "vertices", i),
+                    f"vertex {volts:g} V lies outside the safety window [{_v(lo)}, {_v(hi)}]",
+                )
+        if sweep.record is not None:
+            yield from self._record((*path, "record"), sweep.record)
+
+    def _record(self, path: Path, record: object) -> Iterator[Issue]:
+        dv = getattr(record, "voltage_change", None)
+        if dv is not None and dv <= 0:
+            yield Issue((*path, "voltage_change"), "voltage_change must be positive, e.g. '1 mV'")
+        di = getattr(record, "current_change", None)
+        if di is not None and di.value <= 0:
+            yield Issue((*path, "current_change"), "current_change must be positive, e.g. '0.01 mA'")
+
+
+def _v(volts: float | None) -> str:
+    return "-" if volts is None else f"{volts:g} V"

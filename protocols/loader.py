@@ -1,0 +1,209 @@
+"""Reading protocol files: safe YAML with positions kept, so every error names file:line:column.
+
+YAML is composed into nodes (which remember where they came from), built into plain data
+with the safe constructor (nothing in a file is ever executed), validated by the pydantic
+model and then by the semantic checks. Errors from all three are mapped back to nodes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from cyclerd.protocols import checks
+from cyclerd.protocols.errors import Problem, ProtocolError
+from cyclerd.protocols.model import STEP_KINDS, Protocol
+
+Loc = tuple[int | str, ...]
+
+
+def load(path: str | Path) -> Protocol:
+    """The protocol in `path`; raises ProtocolError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError([Problem(str(path), 1, 1, f"cannot read the file: {exc}")]) from None
+    return loads(text, str(path))
+
+
+def loads(text: str, filename: str = "<protocol>") -> Protocol:
+    """The protocol in `text`; `filename` is only used in error messages."""
+    root, data = _parse_yaml(text, filename)
+    try:
+        protocol = Protocol.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError([_problem(filename, root, err) for err in exc.errors()]) from None
+    issues = checks.check(protocol)
+    if issues:
+        raise ProtocolError(
+            [_at(filename, _locate(root, issue.path, key=issue.at_key), issue.message) for issue in issues]
+        )
+    return protocol
+
+
+class _Constructor(yaml.constructor.SafeConstructor):
+    """The safe constructor, refusing duplicate keys (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                first = seen[key].start_mark
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"'{key}' appears twice in this mapping (first at line {first.line + 1}); "
+                    "keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            constructor = _Constructor()
+            data = None if root is None else constructor.construct_document(root)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = exc.problem or exc.context or "invalid YAML"
+        raise ProtocolError([Problem(filename, line, column, f"YAML: {what}")]) from None
+    except yaml.YAMLError as exc:
+        raise ProtocolError([Problem(filename, 1, 1, f"YAML: {exc}")]) from None
+    except RecursionError:
+        raise ProtocolError([Problem(filename, 1, 1, "nested too deeply to be a protocol")]) from None
+    if root is None:
+        raise ProtocolError([Problem(filename, 1, 1, "the file is empty; a protocol needs name and steps")])
+    return root, _plain(data)
+
+
+def _plain(data: Any) -> Any:
+    """Dates YAML recognised by itself become text again: metadata such as 'made: 2025-03-01'."""
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_plain(v) for v in data]
+    if isinstance(data, dt.date | dt.datetime):
+        return data.isoformat()
+    return data
+
+
+def _locate(node: yaml.Node | None, loc: Loc, key: bool = False) -> yaml.Node | None:
+    """The node a pydantic location points at; parts that are not keys (union tags) are skipped.
+
+    With `key`, a location ending in a mapping key points at the key rather than its value.
+    """
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):
+                    scalar = isinstance(value_node, yaml.ScalarNode)
+                    node = key_node if last and (key or not scalar) else value_node
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+    return node
+
+
+def _at(filename: str, node: yaml.Node | None, message: str) -> Problem:
+    if node is None:
+        return Problem(filename, 1, 1, message)
+    return Problem(filename, node.start_mark.line + 1, node.start_mark.column + 1, message)
+
+
+def _problem(filename: str, root: yaml.Node | None, err: ErrorDetails) -> Problem:
+    loc = tuple(err["loc"])
+    key = err["type"] == "extra_forbidden"
+    return _at(filename, _locate(root, loc, key=key), _message(loc, err))
+
+
+def _message(loc: Loc, err: ErrorDetails) -> str:
+    kind = err["type"]
+    name = str(loc[-1]) if loc else "the protocol"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"unknown key '{name}'; {hint}allowed here: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"missing '{name}'; add {_example(loc)}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"'{name}' must be a mapping of keys to values, e.g. {_example(loc)}"
+    if kind == "list_type":
+        return f"'{name}' must be a list (lines starting with '- ')"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"'{name}' must be a whole number, e.g. {_example(loc)}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"'{name}' must be true or false"
+    if kind == "string_type":
+        return f"'{name}' must be text"
+    if kind == "too_short":
+        return f"'{name}' must not be empty; add at least one entry"
+    if kind.startswith(("greater_than", "less_than")):
+        limit = next(iter((err.get("ctx") or {}).values()), "")
+        words = kind.replace("_", " ").replace("equal", "or equal to")
+        return f"'{name}' must be {words} {limit}"
+    return err["msg"]  # our own validators' messages already say what to write
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    found: list[type[BaseModel]] = []
+    stack = [annotation]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            found.append(item)
+        else:
+            stack.extend(get_args(item))
+    return found
+
+
+def _models_at(loc: Loc) -> list[type[BaseModel]]:
+    """The model classes that may stand at `loc` (discriminator tags narrow step unions)."""
+    models: list[type[BaseModel]] = [Protocol]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        narrowed: list[type[BaseModel]] = []
+        for model in models:
+            field = model.model_fields.get(part)
+            if field is not None:
+                narrowed.extend(_models_in(field.annotation))
+            elif STEP_KINDS.get(part) is model:
+                narrowed.append(model)
+        models = narrowed or models
+    return models
+
+
+def _allowed_keys(loc: Loc) -> list[str]:
+    return sorted({name for model in _models_at(loc) for name in model.model_fields if name != "kind"})
+
+
+def _example(loc: Loc) -> str:
+    name = str(loc[-1]) if loc else ""
+    for model in _models_at(loc[:-1]):
+        field = model.model_fields.get(name)
+        if field is None:
+            continue
+        if field.examples:
+            return f"'{name}: {field.examples[0]}'"
+        if field.annotation is bool:
+            return f"'{name}: true' or '{name}: false'"
+    if name == "steps":
+        return "'steps:' followed by a list of steps, e.g. '- rest: 10 min'"
+    return f"'{name}: ...'"

@@ -1,0 +1,246 @@
+"""Quantities written as text in protocol files ("1 mA/cm^2", "10 min", "C/20"), read into SI.
+
+Every quantity field names the kind of quantity it expects; the text must carry a unit of
+that kind. C-rates are read before pint sees the text because to pint `C` is the coulomb.
+Currents and charges may be absolute or per electrode area: the unit decides, and the value
+keeps its basis until a cell (area, capacity) resolves it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+from typing import Annotated, Any
+
+import pint
+from pydantic import PlainSerializer, PlainValidator
+from pydantic_core import PydanticCustomError
+
+SECONDS_PER_HOUR = 3600.0
+
+
+class Basis(StrEnum):
+    """What a current or charge is relative to."""
+
+    ABSOLUTE = "absolute"  # A, or A·s for a charge
+    AREAL = "areal"  # A/m², or A·s/m²
+    C_RATE = "c_rate"  # multiples of the nominal capacity per hour
+
+
+@dataclass(frozen=True)
+class Amount:
+    """A current or charge whose basis (absolute, per area, C-rate) is known but not yet resolved.
+
+    `value` is SI for its basis: A, A/m², A·s, A·s/m², or the C-rate multiplier itself.
+    """
+
+    value: float
+    basis: Basis
+
+    def __neg__(self) -> Amount:
+        return Amount(-self.value, self.basis)
+
+    def __abs__(self) -> Amount:
+        return Amount(abs(self.value), self.basis)
+
+    def text(self, unit: str) -> str:
+        """Readable form for plans, e.g. '1 mA/cm²' or '0.1C'; `unit` is 'A' or 'Ah'."""
+        if self.basis is Basis.C_RATE:
+            return f"{self.value:g}C"
+        scale = SECONDS_PER_HOUR if unit == "Ah" else 1.0
+        if self.basis is Basis.AREAL:
+            return f"{self.value / scale / 10:g} m{unit}/cm²"  # A/m² -> mA/cm² is ÷10
+        return engineering(self.value / scale, unit)
+
+
+@cache
+def registry() -> Any:
+    """One shared pint registry; building it costs ~0.1 s, so only once and only when needed."""
+    ureg = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+    ureg.define("Ohm = ohm")
+    ureg.define("Ohms = ohm")
+    return ureg
+
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_C_RATE = re.compile(rf"^\s*(?:(?P<mult>{_NUMBER})\s*C|(?P<sign>[-+]?)C\s*/\s*(?P<div>{_NUMBER}))\s*$")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """A kind of quantity a field accepts: its pint dimensionality, SI unit and an example."""
+
+    name: str
+    si_unit: str
+    example: str
+    dimensionality: str
+
+
+DURATION = Dimension("duration", "s", "10 min", "[time]")
+VOLTAGE = Dimension("voltage", "V", "4.25 V", "[electric_potential]")
+CURRENT = Dimension("current", "A", "1 mA", "[current]")
+CURRENT_DENSITY = Dimension("current density", "A/m^2", "1 mA/cm^2", "[current]/[area]")
+CHARGE = Dimension("charge", "A*s", "1 mAh", "[current]*[time]")
+AREAL_CHARGE = Dimension("areal charge", "A*s/m^2", "1 mAh/cm^2", "[current]*[time]/[area]")
+AREA = Dimension("area", "m^2", "0.785 cm^2", "[area]")
+FREQUENCY = Dimension("frequency", "Hz", "10 kHz", "[frequency]")
+SCAN_RATE = Dimension("scan rate", "V/s", "0.1 mV/s", "[electric_potential]/[time]")
+TEMPERATURE = Dimension("temperature", "K", "60 degC", "[temperature]")
+RESISTANCE = Dimension("resistance", "ohm", "10 ohm", "[resistance]")
+FRACTION = Dimension("percentage", "", "99.5 %", "[]")
+
+
+def _fail(message: str) -> PydanticCustomError:
+    return PydanticCustomError("quantity", message)
+
+
+def _quantity(text: object, dims: tuple[Dimension, ...]) -> tuple[float, Dimension]:
+    """Parse `text` and return its SI magnitude and which of `dims` it matched."""
+    wanted = " or ".join(f"{_article(d.name)} {d.name} such as '{d.example}'" for d in dims)
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise _fail(f"expected {wanted}, got {type(text).__name__} {text!r}")
+    if not isinstance(text, str):
+        raise _fail(f"the number {text!r} has no unit; write {wanted}")
+    ureg = registry()
+    try:
+        q = ureg.Quantity(text.strip().replace("°C", "degC"))
+    except Exception as exc:  # noqa: BLE001 - pint raises many types on bad text; all mean "not a unit"
+        raise _fail(f"cannot read {text!r} as a quantity ({_pint_reason(exc)}); write {wanted}") from None
+    if not isinstance(q, ureg.Quantity):
+        raise _fail(f"{text!r} has no unit; write {wanted}")
+    for dim in dims:
+        if q.check(dim.dimensionality):
+            if dim is FRACTION and q.unitless:
+                raise _fail(f"{text!r} has no unit; write {wanted}")
+            value = float(q.to(dim.si_unit).magnitude) if dim.si_unit else float(q.to("").magnitude)
+            if not math.isfinite(value):
+                raise _fail(f"{text!r} is not a finite number; write {wanted}")
+            return value, dim
+    got = _describe(q)
+    hint = " ('m' is metres: write 'min' for minutes)" if _ends_with_metre(text) else ""
+    raise _fail(f"{text!r} is {got}, not the expected kind{hint}; write {wanted}")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+_ALL = (DURATION, VOLTAGE, CURRENT, CURRENT_DENSITY, CHARGE, AREAL_CHARGE, AREA, FREQUENCY)
+_ALL += (SCAN_RATE, TEMPERATURE, RESISTANCE)
+
+
+def _describe(q: Any) -> str:
+    if q.dimensionless:
+        return "a plain number" if q.unitless else "a ratio"
+    for dim in _ALL:
+        if q.check(dim.dimensionality):
+            return f"{_article(dim.name)} {dim.name}"
+    return f"of dimension {q.dimensionality}"
+
+
+def _ends_with_metre(text: str) -> bool:
+    return re.search(r"\d\s*m\s*$", text) is not None
+
+
+def _pint_reason(exc: Exception) -> str:
+    if isinstance(exc, pint.UndefinedUnitError):
+        return f"unknown unit {exc.unit_names[0]!r}" if exc.unit_names else "unknown unit"
+    return "not a number followed by a unit"
+
+
+def parse(text: object, dim: Dimension) -> float:
+    """SI magnitude of `text`, which must be a quantity of kind `dim`."""
+    return _quantity(text, (dim,))[0]
+
+
+def parse_c_rate(text: object) -> float | None:
+    """The C-rate multiplier of '0.1C', 'C/20', '2 C', or None if `text` is not a C-rate."""
+    if not isinstance(text, str):
+        return None
+    m = _C_RATE.match(text)
+    if m is None:
+        return None
+    if m["mult"] is not None:
+        value = float(m["mult"])
+    else:
+        divisor = float(m["div"])
+        if divisor == 0:
+            raise _fail(f"{text!r} divides by zero; write a C-rate such as 'C/20'")
+        value = (-1.0 if m["sign"] == "-" else 1.0) / divisor
+    if not math.isfinite(value):
+        raise _fail(f"{text!r} is not a finite C-rate; write e.g. '0.1C' or 'C/20'")
+    return value
+
+
+def parse_current(text: object) -> Amount:
+    """A current: '1 mA', '1 mA/cm^2' or a C-rate ('0.5C', 'C/20')."""
+    rate = parse_c_rate(text)
+    if rate is not None:
+        return Amount(rate, Basis.C_RATE)
+    value, dim = _quantity(text, (CURRENT, CURRENT_DENSITY))
+    return Amount(value, Basis.ABSOLUTE if dim is CURRENT else Basis.AREAL)
+
+
+def parse_charge(text: object) -> Amount:
+    """A charge: '1 mAh' or per electrode area, '1 mAh/cm^2'."""
+    if parse_c_rate(text) is not None:
+        raise _fail(f"{text!r} reads as a C-rate, not a charge; write e.g. '1 mAh' or '1 mAh/cm^2'")
+    value, dim = _quantity(text, (CHARGE, AREAL_CHARGE))
+    return Amount(value, Basis.ABSOLUTE if dim is CHARGE else Basis.AREAL)
+
+
+def parse_positive(text: object, dim: Dimension) -> float:
+    """Like `parse`, for quantities that are meaningless at or below zero (times, rates, areas)."""
+    value = parse(text, dim)
+    if value <= 0:
+        raise _fail(f"{text!r}: a {dim.name} must be positive; write e.g. '{dim.example}'")
+    return value
+
+
+def _field(dim: Dimension, positive: bool = False) -> Any:
+    check = parse_positive if positive else parse
+    return PlainValidator(lambda v: check(v, dim), json_schema_input_type=str)
+
+
+Duration = Annotated[float, _field(DURATION, positive=True)]
+Voltage = Annotated[float, _field(VOLTAGE)]
+Area = Annotated[float, _field(AREA, positive=True)]
+Frequency = Annotated[float, _field(FREQUENCY, positive=True)]
+ScanRate = Annotated[float, _field(SCAN_RATE, positive=True)]
+Temperature = Annotated[float, _field(TEMPERATURE)]
+Fraction = Annotated[float, _field(FRACTION)]
+Current = Annotated[
+    Amount,
+    PlainValidator(parse_current, json_schema_input_type=str),
+    PlainSerializer(lambda a: a.text("A"), return_type=str),
+]
+Charge = Annotated[
+    Amount,
+    PlainValidator(parse_charge, json_schema_input_type=str),
+    PlainSerializer(lambda a: a.text("Ah"), return_type=str),
+]
+
+
+_PREFIXES = ((1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"))
+
+
+def engineering(value: float, unit: str) -> str:
+    """'0.00157 Ah' -> '1.57 mAh': engineering prefixes for plans and tables."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g} {unit}"
+    for scale, prefix in _PREFIXES:
+        if abs(value) >= scale * 0.999_999:
+            return f"{value / scale:.4g} {prefix}{unit}"
+    return f"{value / 1e-9:.4g} n{unit}"
+
+
+def duration_text(seconds: float) -> str:
+    """'5400 s' -> '1.5 h': the unit a person would say."""
+    if seconds < 120:
+        return f"{seconds:g} s"
+    if seconds < 2 * SECONDS_PER_HOUR:
+        return f"{seconds / 60:.4g} min"
+    return f"{seconds / SECONDS_PER_HOUR:.4g} h"

@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 # Plans are read in logs and CI output too, where rich would otherwise wrap at 80 columns.
 console = Console(highlight=False, width=None if Console().is_terminal else 120)
-errors = Console(stderr=True, highlight=False)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)  # one problem, one line
 
 
 def _version(value: bool) -> None:

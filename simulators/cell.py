@@ -1,0 +1,49 @@
+"""What a simulated cell offers the simulated channel: vectorised responses, explicit state.
+
+A cell model is plain numpy over its own state (functional core, no clock, no I/O). The
+channel asks for the response to a constant current or a constant voltage over a grid of
+times *without* changing the state, finds where the step's end conditions first hold, and
+then commits exactly that much with `advance_*`. Asking again after committing part of a
+segment must continue the same trajectory (state is charge and analytic relaxation terms, so
+splitting a segment changes nothing but the noise draws).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+ComplexArray = NDArray[np.complex128]
+
+
+class CellModel(Protocol):
+    """A simulated cell. Sign: positive current charges the cell (strips Li in a half-cell)."""
+
+    @property
+    def area_m2(self) -> float: ...
+
+    def voltage_at_current(self, current_A: float, t_s: FloatArray) -> FloatArray:
+        """Terminal voltage at times `t_s` (seconds from now, increasing) under `current_A`.
+
+        Includes measurement noise from the model's seeded generator. Does not change state.
+        """
+        ...
+
+    def advance_at_current(self, current_A: float, duration_s: float) -> None:
+        """Pass `current_A` for `duration_s` seconds: charge, cycle count and shorts move on."""
+        ...
+
+    def current_at_voltage(self, voltage_V: float, t_s: FloatArray) -> FloatArray:
+        """Current at times `t_s` while the terminal voltage is held at `voltage_V`."""
+        ...
+
+    def advance_at_voltage(self, voltage_V: float, duration_s: float) -> None:
+        """Hold `voltage_V` for `duration_s` seconds."""
+        ...
+
+    def impedance(self, frequencies_Hz: FloatArray) -> ComplexArray:
+        """Z(f) in ohms of the cell in its present state (noise included)."""
+        ...

@@ -1,0 +1,92 @@
+"""The command line as a user meets it: `cyclerd validate`, `cyclerd schema`, `--version`."""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cyclerd.cli import app
+from cyclerd.protocols.schema import SCHEMA_FILE, json_schema
+
+runner = CliRunner()
+
+GOOD = """\
+name: in-situ EIS
+cell: {area: 0.785 cm^2}
+steps:
+  - plate:
+      current: 1 mA/cm^2
+      until: {charge: 1 mAh/cm^2}
+      every:
+        interval: 10 min
+        at_end: true
+        steps:
+          - eis: {frequency_start: 7 MHz, frequency_stop: 0.1 Hz, amplitude: 10 mV}
+"""
+
+BROKEN = """\
+name: broken
+steps:
+  - plate: {current: 1 mA/cm^2, until: {durration: 1 h}}
+  - rest: 600
+"""
+
+
+def test_validate_prints_the_plan(tmp_path: Path) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "✓" in result.output
+    assert "plate at -785 µA until 785 µAh passed" in result.output
+    assert "(6 times)" in result.output
+    assert "EIS (potentiostatic" in result.output
+
+
+def test_validate_lists_every_problem_with_its_position_and_fails(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(BROKEN)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:3:41: unknown key 'durration'; did you mean 'duration'?" in result.output
+    assert f"{path}:4:11:" in result.output
+    assert "write a duration such as '10 min'" in result.output
+
+
+def test_validate_says_what_cell_data_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "crate.yaml"
+    path.write_text("name: c\nsteps: [Charge at 0.1C until 4.2 V]\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0
+    assert "nominal capacity" in result.output
+    result = runner.invoke(app, ["validate", str(path), "--capacity", "2 mAh"])
+    assert result.exit_code == 0
+    assert "cc at 200 µA until V > 4.2 V" in result.output
+
+
+def test_validate_rejects_a_bad_override(tmp_path: Path) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    result = runner.invoke(app, ["validate", str(path), "--area", "10 min"])
+    assert result.exit_code == 2
+    assert "an area such as '0.785 cm^2'" in result.output
+
+
+def test_schema_is_the_models_and_the_library_copy_is_current(tmp_path: Path) -> None:
+    out = tmp_path / "schema.json"
+    result = runner.invoke(app, ["schema", "-o", str(out)])
+    assert result.exit_code == 0
+    written = json.loads(out.read_text())
+    assert written == json_schema()
+    assert "plate" in json.dumps(written["$defs"])
+    shipped = files("cyclerd.protocols") / "library" / SCHEMA_FILE
+    assert json.loads(shipped.read_text()) == written, "run: cyclerd schema -o protocols/library/protocol.schema.json"
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.startswith("cyclerd ")

@@ -1,0 +1,361 @@
+"""The store: one SQLite file per lab PC holding every run, sample, spectrum and event.
+
+The store is the source of truth (the bus is only a view of it). WAL mode lets readers work
+while a run writes; each batch of samples goes in with one executemany in one transaction, so
+a crash loses at most the batch being written and never leaves half a batch behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    protocol TEXT NOT NULL,          -- the protocol file's text, as run
+    cell TEXT NOT NULL,              -- JSON: area, capacity, metadata
+    source TEXT NOT NULL,            -- JSON: simulator preset and seed, or instrument resource
+    state TEXT NOT NULL,
+    started_unix REAL NOT NULL,
+    ended_unix REAL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    number INTEGER NOT NULL,         -- 1, 2, ... in the order the run executed them
+    command INTEGER NOT NULL,        -- StepCommand.index in the compiled program
+    kind TEXT NOT NULL,
+    label TEXT NOT NULL,
+    cycle INTEGER NOT NULL,
+    t_start REAL NOT NULL,
+    t_end REAL,
+    end_reason TEXT,
+    charge_As REAL,
+    energy_J REAL,
+    PRIMARY KEY (run_id, number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples (
+    run_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,            -- 0, 1, 2, ... per run: gaps and duplicates are visible
+    t REAL NOT NULL,                 -- test time, s
+    step INTEGER NOT NULL,           -- steps.number
+    cycle INTEGER NOT NULL,
+    voltage REAL NOT NULL,
+    current REAL NOT NULL,           -- A, positive charges the cell
+    charge REAL NOT NULL,            -- A·s passed in this step so far
+    energy REAL NOT NULL,            -- J passed in this step so far
+    temperature REAL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS spectra (
+    run_id INTEGER NOT NULL,
+    sequence INTEGER NOT NULL,       -- 1, 2, ... per run
+    point INTEGER NOT NULL,
+    t REAL NOT NULL,
+    step INTEGER NOT NULL,
+    cycle INTEGER NOT NULL,
+    frequency REAL NOT NULL,
+    z_real REAL NOT NULL,
+    z_imag REAL NOT NULL,
+    PRIMARY KEY (run_id, sequence, point)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER,
+    t REAL,
+    unix REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id INTEGER PRIMARY KEY,
+    t REAL NOT NULL,
+    state TEXT NOT NULL
+);
+"""
+
+SAMPLE_COLUMNS = (
+    "seq",
+    "t",
+    "step",
+    "cycle",
+    "voltage",
+    "current",
+    "charge",
+    "energy",
+    "temperature",
+)
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    name: str
+    channel: str
+    state: str
+    started_unix: float
+    ended_unix: float | None
+    cell: dict[str, Any]
+    source: dict[str, Any]
+
+
+class Store:
+    """One SQLite database; not shared between threads (open one Store per writer)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a power cut may lose the last transactions, never corrupt the file.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- writing -------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        name: str,
+        channel: str,
+        protocol_text: str,
+        cell: Mapping[str, Any],
+        source: Mapping[str, Any],
+        started_unix: float | None = None,
+    ) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (name, channel, protocol, cell, source, state, started_unix)"
+                " VALUES (?, ?, ?, ?, ?, 'created', ?)",
+                (
+                    name,
+                    channel,
+                    protocol_text,
+                    json.dumps(cell, sort_keys=True),
+                    json.dumps(source, sort_keys=True),
+                    time.time() if started_unix is None else started_unix,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def set_state(self, run_id: int, state: str, ended_unix: float | None = None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET state = ?, ended_unix = COALESCE(?, ended_unix) WHERE id = ?",
+                (state, ended_unix, run_id),
+            )
+
+    def begin_step(
+        self,
+        run_id: int,
+        number: int,
+        command: int,
+        kind: str,
+        label: str,
+        cycle: int,
+        t_start: float,
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO steps (run_id, number, command, kind, label, cycle, t_start)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, number, command, kind, label, cycle, t_start),
+            )
+
+    def end_step(
+        self, run_id: int, number: int, t_end: float, reason: str, charge_As: float, energy_J: float
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE steps SET t_end = ?, end_reason = ?, charge_As = ?, energy_J = ?"
+                " WHERE run_id = ? AND number = ?",
+                (t_end, reason, charge_As, energy_J, run_id, number),
+            )
+
+    def append_samples(
+        self, run_id: int, columns: Mapping[str, FloatArray | NDArray[np.int64]]
+    ) -> None:
+        """Insert one batch of samples (columns named as SAMPLE_COLUMNS) in one transaction."""
+        temperature = columns.get("temperature")
+        seq = columns["seq"]
+        parts = [
+            np.full(len(seq), run_id).tolist(),
+            *(np.asarray(columns[name]).tolist() for name in SAMPLE_COLUMNS[:-1]),
+            [None] * len(seq) if temperature is None else np.asarray(temperature).tolist(),
+        ]
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO samples (run_id, seq, t, step, cycle, voltage, current, charge, energy,"
+                " temperature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                zip(*parts, strict=True),
+            )
+
+    def append_spectrum(
+        self,
+        run_id: int,
+        sequence: int,
+        t: float,
+        step: int,
+        cycle: int,
+        frequency_Hz: FloatArray,
+        impedance_ohm: NDArray[np.complex128],
+    ) -> None:
+        rows = zip(
+            range(len(frequency_Hz)),
+            np.asarray(frequency_Hz).tolist(),
+            impedance_ohm.real.tolist(),
+            impedance_ohm.imag.tolist(),
+            strict=True,
+        )
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO spectra (run_id, sequence, point, t, step, cycle, frequency, z_real, z_imag)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ((run_id, sequence, p, t, step, cycle, f, zr, zi) for p, f, zr, zi in rows),
+            )
+
+    def record_event(
+        self,
+        run_id: int | None,
+        kind: str,
+        message: str,
+        t: float | None = None,
+        data: Mapping[str, Any] | None = None,
+        unix: float | None = None,
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO events (run_id, t, unix, kind, message, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    t,
+                    time.time() if unix is None else unix,
+                    kind,
+                    message,
+                    json.dumps(data or {}, sort_keys=True),
+                ),
+            )
+
+    def save_checkpoint(self, run_id: int, t: float, state: Mapping[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO checkpoints (run_id, t, state) VALUES (?, ?, ?)"
+                " ON CONFLICT (run_id) DO UPDATE SET t = excluded.t, state = excluded.state",
+                (run_id, t, json.dumps(state, sort_keys=True)),
+            )
+
+    # -- reading -------------------------------------------------------------------------
+
+    def runs(self) -> list[Run]:
+        rows = self._db.execute(
+            "SELECT id, name, channel, state, started_unix, ended_unix, cell, source FROM runs ORDER BY id"
+        ).fetchall()
+        return [
+            Run(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), json.loads(r[7]))
+            for r in rows
+        ]
+
+    def run(self, run_id: int) -> Run:
+        for run in self.runs():
+            if run.id == run_id:
+                return run
+        raise KeyError(f"no run {run_id} in {self.path}")
+
+    def protocol_text(self, run_id: int) -> str:
+        row = self._db.execute("SELECT protocol FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no run {run_id} in {self.path}")
+        return str(row[0])
+
+    def samples(self, run_id: int) -> dict[str, FloatArray]:
+        """All samples of a run as columns, in sequence order (temperature NaN where unknown)."""
+        cursor = self._db.execute(
+            f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE run_id = ? ORDER BY seq",
+            (run_id,),
+        )
+        rows = cursor.fetchall()
+        table = np.array(rows, dtype=np.float64).reshape(len(rows), len(SAMPLE_COLUMNS))
+        return {name: table[:, i].copy() for i, name in enumerate(SAMPLE_COLUMNS)}
+
+    def spectra(self, run_id: int) -> list[dict[str, Any]]:
+        """Each spectrum of a run: sequence, t, step, cycle, frequency and complex impedance."""
+        rows = self._db.execute(
+            "SELECT sequence, t, step, cycle, frequency, z_real, z_imag FROM spectra"
+            " WHERE run_id = ? ORDER BY sequence, point",
+            (run_id,),
+        ).fetchall()
+        out: list[dict[str, Any]] = []
+        table = np.array(rows, dtype=np.float64).reshape(len(rows), 7)
+        for sequence in np.unique(table[:, 0]).astype(int).tolist():
+            part = table[table[:, 0] == sequence]
+            out.append(
+                {
+                    "sequence": sequence,
+                    "t": float(part[0, 1]),
+                    "step": int(part[0, 2]),
+                    "cycle": int(part[0, 3]),
+                    "frequency_Hz": part[:, 4].copy(),
+                    "impedance_ohm": part[:, 5] + 1j * part[:, 6],
+                }
+            )
+        return out
+
+    def steps(self, run_id: int) -> list[dict[str, Any]]:
+        cursor = self._db.execute(
+            "SELECT number, command, kind, label, cycle, t_start, t_end, end_reason, charge_As, energy_J"
+            " FROM steps WHERE run_id = ? ORDER BY number",
+            (run_id,),
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def events(self, run_id: int | None = None) -> list[dict[str, Any]]:
+        query = "SELECT id, run_id, t, unix, kind, message, data FROM events"
+        args: tuple[Any, ...] = ()
+        if run_id is not None:
+            query += " WHERE run_id = ?"
+            args = (run_id,)
+        cursor = self._db.execute(query + " ORDER BY id", args)
+        names = [d[0] for d in cursor.description]
+        events = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        for event in events:
+            event["data"] = json.loads(event["data"])
+        return events
+
+    def checkpoint(self, run_id: int) -> tuple[float, dict[str, Any]] | None:
+        row = self._db.execute(
+            "SELECT t, state FROM checkpoints WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return None if row is None else (float(row[0]), json.loads(row[1]))

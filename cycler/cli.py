@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+
 from cyclerd.plan_view import render_plan
 from cyclerd.protocols import ProtocolError, load
 from cyclerd.protocols.compiler import CellDataMissing, compile_protocol
 from cyclerd.protocols.schema import json_schema_text
 from cyclerd.protocols.units import AREA, parse_charge, parse_positive
-from rich.console import Console
 
 app = typer.Typer(
     help="cyclerd: battery test protocols on real and simulated instruments.",
@@ -75,9 +76,7 @@ def validate(
             program = compile_protocol(protocol, area_m2, cell_capacity)
         except CellDataMissing as exc:
             console.print(f"[yellow]✓ {path}[/yellow] is valid, but {exc}", markup=True)
-            console.print(
-                "  give the missing values in the file's cell section or with --area/--capacity"
-            )
+            console.print("  give the missing values in the file's cell section or with --area/--capacity")
             continue
         console.print(f"[green]✓ {path}[/green]")
         render_plan(console, program)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from rich.console import Console
+from rich.table import Table
+
 from cyclerd.protocols.compiler import Program
 from cyclerd.protocols.plan import plan
 from cyclerd.protocols.units import SECONDS_PER_HOUR, duration_text, engineering
-from rich.console import Console
-from rich.table import Table
 
 
 def _window(lo: float | None, hi: float | None, unit: str) -> str:

@@ -204,9 +204,7 @@ class Store:
                 (t_end, reason, charge_As, energy_J, run_id, number),
             )
 
-    def append_samples(
-        self, run_id: int, columns: Mapping[str, FloatArray | NDArray[np.int64]]
-    ) -> None:
+    def append_samples(self, run_id: int, columns: Mapping[str, FloatArray | NDArray[np.int64]]) -> None:
         """Insert one batch of samples (columns named as SAMPLE_COLUMNS) in one transaction."""
         temperature = columns.get("temperature")
         seq = columns["seq"]
@@ -282,10 +280,7 @@ class Store:
         rows = self._db.execute(
             "SELECT id, name, channel, state, started_unix, ended_unix, cell, source FROM runs ORDER BY id"
         ).fetchall()
-        return [
-            Run(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), json.loads(r[7]))
-            for r in rows
-        ]
+        return [Run(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), json.loads(r[7])) for r in rows]
 
     def run(self, run_id: int) -> Run:
         for run in self.runs():
@@ -355,7 +350,5 @@ class Store:
         return events
 
     def checkpoint(self, run_id: int) -> tuple[float, dict[str, Any]] | None:
-        row = self._db.execute(
-            "SELECT t, state FROM checkpoints WHERE run_id = ?", (run_id,)
-        ).fetchone()
+        row = self._db.execute("SELECT t, state FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else (float(row[0]), json.loads(row[1]))

@@ -306,13 +306,9 @@ class _Compiler:
         return RecordRule(
             every_s=record.every if record.every is not None else base.every_s,
             voltage_change_V=(
-                record.voltage_change
-                if record.voltage_change is not None
-                else base.voltage_change_V
+                record.voltage_change if record.voltage_change is not None else base.voltage_change_V
             ),
-            current_change_A=current_change
-            if current_change is not None
-            else base.current_change_A,
+            current_change_A=current_change if current_change is not None else base.current_change_A,
         )
 
     def _end(self, until: Until, where: str) -> EndConditions:
@@ -374,12 +370,7 @@ class _Compiler:
             )
         assert isinstance(
             step,
-            Rest
-            | ConstantCurrent
-            | Plate
-            | Strip
-            | ConstantVoltage
-            | ConstantCurrentConstantVoltage,
+            Rest | ConstantCurrent | Plate | Strip | ConstantVoltage | ConstantCurrentConstantVoltage,
         )
         current = None
         if isinstance(step, ConstantCurrent | Plate | Strip | ConstantCurrentConstantVoltage):
@@ -409,9 +400,7 @@ class _Compiler:
             periodic=periodic,
         )
 
-    def _impedance(
-        self, step: Impedance, index: int, where: str, record: RecordRule
-    ) -> StepCommand:
+    def _impedance(self, step: Impedance, index: int, where: str, record: RecordRule) -> StepCommand:
         amplitude: float | None
         if isinstance(step.amplitude, Amount):
             amplitude = self._amount(step.amplitude, f"{where}.amplitude")

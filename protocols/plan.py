@@ -93,9 +93,7 @@ def plan(program: Program) -> Plan:
     return Plan(lines, total.capped(program.safety.duration_max_s), cycles)
 
 
-def _nodes(
-    nodes: tuple[Node, ...], depth: int, lines: list[PlanLine], cycles: list[CycleCharge]
-) -> Span:
+def _nodes(nodes: tuple[Node, ...], depth: int, lines: list[PlanLine], cycles: list[CycleCharge]) -> Span:
     total = Span(0.0, 0.0)
     for node in nodes:
         if isinstance(node, Loop):
@@ -202,13 +200,9 @@ def describe(command: StepCommand) -> str:
             else f"at {engineering(spec.dc_level, 'A' if spec.dc_is_current else 'V')}"
         )
         mode = "galvanostatic" if spec.galvanostatic else "potentiostatic"
-        start, stop = (
-            engineering(f, "Hz") for f in (spec.frequency_start_Hz, spec.frequency_stop_Hz)
-        )
+        start, stop = (engineering(f, "Hz") for f in (spec.frequency_start_Hz, spec.frequency_stop_Hz))
         points = len(spec.frequencies_Hz())
-        parts.append(
-            f"{mode} {start} → {stop}, {points} points, {engineering(spec.amplitude, unit)} {dc}"
-        )
+        parts.append(f"{mode} {start} → {stop}, {points} points, {engineering(spec.amplitude, unit)} {dc}")
         return " ".join(parts)
     if command.sweep is not None:
         sw = command.sweep

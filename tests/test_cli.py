@@ -83,7 +83,9 @@ def test_schema_is_the_models_and_the_library_copy_is_current(tmp_path: Path) ->
     assert written == json_schema()
     assert "plate" in json.dumps(written["$defs"])
     shipped = files("cyclerd.protocols") / "library" / SCHEMA_FILE
-    assert json.loads(shipped.read_text()) == written, "run: cyclerd schema -o protocols/library/protocol.schema.json"
+    assert json.loads(shipped.read_text()) == written, (
+        "run: cyclerd schema -o protocols/library/protocol.schema.json"
+    )
 
 
 def test_version() -> None:

@@ -6,6 +6,7 @@ import math
 from itertools import pairwise
 
 import pytest
+
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import CellDataMissing, Loop, StepCommand, compile_protocol
 from cyclerd.protocols.plan import command_span, plan

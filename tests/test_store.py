@@ -32,9 +32,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_samples_round_trip_as_columns(store: Store) -> None:
-    run = store.create_run(
-        "E1", "ch1", "name: x\n", {"area_m2": 7.85e-5}, {"preset": "mgagsn", "seed": 1}
-    )
+    run = store.create_run("E1", "ch1", "name: x\n", {"area_m2": 7.85e-5}, {"preset": "mgagsn", "seed": 1})
     store.append_samples(run, _batch(0, 100))
     store.append_samples(run, _batch(100, 50, step=2))
     samples = store.samples(run)

@@ -1,0 +1,176 @@
+"""Cycle summaries from stored samples: capacities, coulombic efficiency, retention, shorts.
+
+Pure functions over numpy columns (functional core): the same code summarises a finished run
+from the store and decides a protocol's loop conditions live. A cycle's *forward* direction
+is that of its first current-carrying step (plating in a half-cell, charging in a full cell);
+its coulombic efficiency is the charge that came back over the charge that went in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+
+# A CE this far above 100 % is not measurement error: charge came from somewhere else.
+CE_SHORT_THRESHOLD = 1.005
+# Forward-step |V| falling below this fraction of its usual level is a voltage collapse.
+COLLAPSE_FRACTION = 0.3
+# Forward-step voltage noise this many times its usual level (and above 1 mV) is a short.
+NOISE_FACTOR = 5.0
+
+
+@dataclass(frozen=True)
+class CycleSummary:
+    """One cycle. Charges in A·s (absolute values), energies in J, voltages in V."""
+
+    cycle: int
+    forward_sign: int  # -1: the cycle starts by discharging/plating; +1: by charging
+    forward_As: float
+    reverse_As: float
+    forward_J: float
+    reverse_J: float
+    forward_mean_V: float
+    reverse_mean_V: float
+    duration_s: float
+
+    @property
+    def coulombic_efficiency(self) -> float:
+        return self.reverse_As / self.forward_As if self.forward_As > 0 else float("nan")
+
+    @property
+    def energy_efficiency(self) -> float:
+        return abs(self.reverse_J / self.forward_J) if self.forward_J else float("nan")
+
+    @property
+    def charge_As(self) -> float:
+        """Charge into the cell (positive current) in this cycle."""
+        return self.forward_As if self.forward_sign > 0 else self.reverse_As
+
+    @property
+    def discharge_As(self) -> float:
+        """Charge out of the cell (negative current): the plated charge in a half-cell."""
+        return self.reverse_As if self.forward_sign > 0 else self.forward_As
+
+
+def summarise(samples: Mapping[str, FloatArray]) -> list[CycleSummary]:
+    """Per-cycle summary from sample columns t, step, cycle, voltage, current, charge, energy.
+
+    Relies on each step's last sample being stored (the runner always logs it), so the last
+    `charge` of a step is the step's charge. Cycle 0 (steps before any loop) is skipped.
+    """
+    step = np.asarray(samples["step"])
+    if len(step) == 0:
+        return []
+    last = np.flatnonzero(np.r_[step[1:] != step[:-1], True])  # last sample of each step
+    first = np.r_[0, last[:-1] + 1]
+    cycle = np.asarray(samples["cycle"])[last].astype(int)
+    charge = np.asarray(samples["charge"])[last]
+    energy = np.asarray(samples["energy"])[last]
+    t = np.asarray(samples["t"])
+    summaries = []
+    for n in np.unique(cycle[cycle > 0]).tolist():
+        mine = np.flatnonzero(cycle == n)
+        moved = mine[np.abs(charge[mine]) > 0]
+        if len(moved) == 0:
+            continue
+        sign = int(np.sign(charge[moved[0]]))
+        fwd = moved[np.sign(charge[moved]) == sign]
+        rev = moved[np.sign(charge[moved]) == -sign]
+        fq, rq = float(np.abs(charge[fwd]).sum()), float(np.abs(charge[rev]).sum())
+        fe, re = float(np.abs(energy[fwd]).sum()), float(np.abs(energy[rev]).sum())
+        summaries.append(
+            CycleSummary(
+                cycle=n,
+                forward_sign=sign,
+                forward_As=fq,
+                reverse_As=rq,
+                forward_J=fe,
+                reverse_J=re,
+                forward_mean_V=fe / fq * sign if fq else float("nan"),
+                reverse_mean_V=re / rq * -sign if rq else float("nan"),
+                duration_s=float(t[last[mine[-1]]] - t[first[mine[0]]]),
+            )
+        )
+    return summaries
+
+
+def coulombic_efficiencies(cycles: Sequence[CycleSummary]) -> FloatArray:
+    return np.array([c.coulombic_efficiency for c in cycles], dtype=np.float64)
+
+
+def cumulative_ce(cycles: Sequence[CycleSummary]) -> FloatArray:
+    """Product of the per-cycle CEs up to each cycle (the paper's cumulative CE)."""
+    return np.cumprod(coulombic_efficiencies(cycles))
+
+
+def average_ce(cycles: Sequence[CycleSummary], first: int = 2, last: int | None = None) -> float:
+    """Mean CE over cycles `first`..`last` (inclusive; cycle numbers, not positions)."""
+    chosen = [
+        c.coulombic_efficiency for c in cycles if c.cycle >= first and (last is None or c.cycle <= last)
+    ]
+    return float(np.mean(chosen)) if chosen else float("nan")
+
+
+def capacity_retention(cycles: Sequence[CycleSummary], reference_cycle: int | None = None) -> FloatArray:
+    """Discharge capacity of each cycle over that of `reference_cycle` (default: the first)."""
+    if not cycles:
+        return np.array([], dtype=np.float64)
+    capacities = np.array([c.discharge_As for c in cycles])
+    ref = cycles[0] if reference_cycle is None else next(c for c in cycles if c.cycle == reference_cycle)
+    return capacities / ref.discharge_As
+
+
+@dataclass(frozen=True)
+class ShortCircuit:
+    cycle: int
+    reason: str
+
+
+def detect_short(
+    samples: Mapping[str, FloatArray],
+    cycles: Sequence[CycleSummary],
+    cutoff_missed: Mapping[int, bool] | None = None,
+) -> ShortCircuit | None:
+    """The first cycle showing a short circuit, and why; None if none does.
+
+    Signatures (experiments.md): CE above 100 %, a reverse step that never reached its voltage
+    cut-off (`cutoff_missed[cycle]`, from the steps' end reasons), or a forward-step voltage
+    that collapses or turns noisy compared with the run's earlier cycles.
+    """
+    cutoff_missed = cutoff_missed or {}
+    levels, noises = _forward_voltage_stats(samples, cycles)
+    for i, c in enumerate(cycles):
+        if c.coulombic_efficiency > CE_SHORT_THRESHOLD:
+            return ShortCircuit(c.cycle, f"CE {100 * c.coulombic_efficiency:.1f} % is above 100 %")
+        if cutoff_missed.get(c.cycle, False):
+            return ShortCircuit(c.cycle, "the voltage never reached its cut-off")
+        if i >= 3:
+            level, noise = np.median(levels[1:i]), np.median(noises[1:i])
+            if levels[i] < COLLAPSE_FRACTION * level:
+                return ShortCircuit(
+                    c.cycle, f"the voltage collapsed to {levels[i] * 1e3:.1f} mV from {level * 1e3:.1f} mV"
+                )
+            if noises[i] > max(NOISE_FACTOR * noise, 1e-3):
+                return ShortCircuit(c.cycle, f"the voltage turned noisy ({noises[i] * 1e3:.1f} mV rms)")
+    return None
+
+
+def _forward_voltage_stats(
+    samples: Mapping[str, FloatArray], cycles: Sequence[CycleSummary]
+) -> tuple[FloatArray, FloatArray]:
+    """Median |V| and rms of sample-to-sample V changes during each cycle's forward current."""
+    cycle = np.asarray(samples["cycle"]).astype(int)
+    current = np.asarray(samples["current"])
+    voltage = np.asarray(samples["voltage"])
+    levels, noises = [], []
+    for c in cycles:
+        mask = (cycle == c.cycle) & (np.sign(current) == c.forward_sign)
+        v = voltage[mask]
+        levels.append(float(np.median(np.abs(v))) if len(v) else float("nan"))
+        noises.append(float(np.sqrt(np.mean(np.diff(v) ** 2))) if len(v) > 2 else 0.0)
+    return np.array(levels), np.array(noises)

@@ -1,0 +1,93 @@
+"""Cycle summaries computed from sample columns, on data whose answers are known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cyclerd.cycles import (
+    average_ce,
+    capacity_retention,
+    cumulative_ce,
+    detect_short,
+    summarise,
+)
+
+I_A = 7.85e-4
+
+
+def _half_cell(
+    strip_fractions: list[float], plate_level_V: list[float] | None = None
+) -> dict[str, np.ndarray]:
+    """Samples of plate (1 h at -I) / strip (fraction of an hour at +I) cycles, 1 sample per 10 s."""
+    columns: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("t", "step", "cycle", "voltage", "current", "charge", "energy")
+    }
+    t0, step = 0.0, 0
+    levels = plate_level_V or [0.04] * len(strip_fractions)
+    for n, (fraction, level) in enumerate(zip(strip_fractions, levels, strict=True), start=1):
+        for sign, duration, volts in ((-1, 3600.0, -level), (+1, 3600.0 * fraction, 0.05)):
+            step += 1
+            t = np.linspace(0.0, duration, int(duration // 10) + 1)
+            columns["t"].append(t0 + t)
+            columns["step"].append(np.full(len(t), step))
+            columns["cycle"].append(np.full(len(t), n))
+            columns["voltage"].append(np.full(len(t), volts))
+            columns["current"].append(np.full(len(t), sign * I_A))
+            columns["charge"].append(sign * I_A * t)
+            columns["energy"].append(sign * I_A * t * abs(volts))
+            t0 += duration
+    return {k: np.concatenate(v) for k, v in columns.items()}
+
+
+def test_ce_ice_cumulative_and_average() -> None:
+    cycles = summarise(_half_cell([0.845, 0.99, 0.995, 1.0]))
+    assert [c.cycle for c in cycles] == [1, 2, 3, 4]
+    assert cycles[0].forward_sign == -1
+    assert cycles[0].discharge_As == pytest.approx(I_A * 3600)
+    assert cycles[0].coulombic_efficiency == pytest.approx(0.845)
+    np.testing.assert_allclose(cumulative_ce(cycles), np.cumprod([0.845, 0.99, 0.995, 1.0]))
+    assert average_ce(cycles, first=2) == pytest.approx((0.99 + 0.995 + 1.0) / 3)
+    assert average_ce(cycles, first=2, last=3) == pytest.approx((0.99 + 0.995) / 2)
+    assert cycles[0].forward_mean_V == pytest.approx(-0.04)
+    assert cycles[0].reverse_mean_V == pytest.approx(0.05)
+
+
+def test_retention_is_relative_to_the_reference_cycle() -> None:
+    # A full cell: charge first (+), then discharge (-); build it by flipping a half-cell's signs.
+    samples = _half_cell([0.9, 0.8, 0.7])
+    for key in ("current", "charge", "voltage", "energy"):
+        samples[key] = -samples[key]
+    cycles = summarise(samples)
+    assert cycles[0].forward_sign == +1
+    assert [c.discharge_As for c in cycles] == pytest.approx([I_A * 3600 * f for f in (0.9, 0.8, 0.7)])
+    np.testing.assert_allclose(capacity_retention(cycles), [1.0, 0.8 / 0.9, 0.7 / 0.9])
+    np.testing.assert_allclose(capacity_retention(cycles, reference_cycle=2), [0.9 / 0.8, 1.0, 0.7 / 0.8])
+
+
+def test_no_short_in_a_healthy_run() -> None:
+    samples = _half_cell([0.845] + [0.996] * 8)
+    assert detect_short(samples, summarise(samples)) is None
+
+
+def test_ce_above_100_percent_is_a_short() -> None:
+    samples = _half_cell([0.845, 0.996, 0.996, 1.6])
+    short = detect_short(samples, summarise(samples))
+    assert short is not None
+    assert short.cycle == 4
+    assert "above 100 %" in short.reason
+
+
+def test_a_collapsing_plating_voltage_is_a_short() -> None:
+    samples = _half_cell([0.845] + [0.996] * 5, plate_level_V=[0.04] * 5 + [0.002])
+    short = detect_short(samples, summarise(samples))
+    assert short is not None
+    assert short.cycle == 6
+    assert "collapsed" in short.reason
+
+
+def test_a_missed_cut_off_is_a_short() -> None:
+    samples = _half_cell([0.845, 0.996, 0.996])
+    short = detect_short(samples, summarise(samples), cutoff_missed={3: True})
+    assert short is not None
+    assert short.cycle == 3

@@ -105,7 +105,7 @@ def coulombic_efficiencies(cycles: Sequence[CycleSummary]) -> FloatArray:
 
 def cumulative_ce(cycles: Sequence[CycleSummary]) -> FloatArray:
     """Product of the per-cycle CEs up to each cycle (the paper's cumulative CE)."""
-    return np.cumprod(coulombic_efficiencies(cycles))
+    return np.cumprod(coulombic_efficiencies(cycles), dtype=np.float64)
 
 
 def average_ce(cycles: Sequence[CycleSummary], first: int = 2, last: int | None = None) -> float:

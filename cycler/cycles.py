@@ -132,24 +132,27 @@ class ShortCircuit:
 
 
 def detect_short(
-    samples: Mapping[str, FloatArray],
     cycles: Sequence[CycleSummary],
+    voltage_stats: Sequence[tuple[float, float]],
     cutoff_missed: Mapping[int, bool] | None = None,
 ) -> ShortCircuit | None:
     """The first cycle showing a short circuit, and why; None if none does.
 
     Signatures (experiments.md): CE above 100 %, a reverse step that never reached its voltage
     cut-off (`cutoff_missed[cycle]`, from the steps' end reasons), or a forward-step voltage
-    that collapses or turns noisy compared with the run's earlier cycles.
+    that collapses or turns noisy compared with the run's earlier cycles (`voltage_stats`,
+    one `forward_voltage_stats` pair per cycle).
     """
     cutoff_missed = cutoff_missed or {}
-    levels, noises = _forward_voltage_stats(samples, cycles)
+    levels = np.array([level for level, _ in voltage_stats])
+    noises = np.array([noise for _, noise in voltage_stats])
     for i, c in enumerate(cycles):
         if c.coulombic_efficiency > CE_SHORT_THRESHOLD:
             return ShortCircuit(c.cycle, f"CE {100 * c.coulombic_efficiency:.1f} % is above 100 %")
         if cutoff_missed.get(c.cycle, False):
             return ShortCircuit(c.cycle, "the voltage never reached its cut-off")
         if i >= 3:
+            # Cycle 1 is left out of the reference: its seed plateaus are not the steady state.
             level, noise = np.median(levels[1:i]), np.median(noises[1:i])
             if levels[i] < COLLAPSE_FRACTION * level:
                 return ShortCircuit(
@@ -160,17 +163,12 @@ def detect_short(
     return None
 
 
-def _forward_voltage_stats(
-    samples: Mapping[str, FloatArray], cycles: Sequence[CycleSummary]
-) -> tuple[FloatArray, FloatArray]:
-    """Median |V| and rms of sample-to-sample V changes during each cycle's forward current."""
-    cycle = np.asarray(samples["cycle"]).astype(int)
-    current = np.asarray(samples["current"])
-    voltage = np.asarray(samples["voltage"])
-    levels, noises = [], []
-    for c in cycles:
-        mask = (cycle == c.cycle) & (np.sign(current) == c.forward_sign)
-        v = voltage[mask]
-        levels.append(float(np.median(np.abs(v))) if len(v) else float("nan"))
-        noises.append(float(np.sqrt(np.mean(np.diff(v) ** 2))) if len(v) > 2 else 0.0)
-    return np.array(levels), np.array(noises)
+def forward_voltage_stats(samples: Mapping[str, FloatArray], cycle: CycleSummary) -> tuple[float, float]:
+    """Median |V| and rms of sample-to-sample V changes while the cycle's forward current flows."""
+    mask = (np.asarray(samples["cycle"]).astype(int) == cycle.cycle) & (
+        np.sign(np.asarray(samples["current"])) == cycle.forward_sign
+    )
+    v = np.asarray(samples["voltage"])[mask]
+    level = float(np.median(np.abs(v))) if len(v) else float("nan")
+    noise = float(np.sqrt(np.mean(np.diff(v) ** 2))) if len(v) > 2 else 0.0
+    return level, noise

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from cyclerd.cycles import (
+    ShortCircuit,
     average_ce,
     capacity_retention,
     cumulative_ce,
     detect_short,
+    forward_voltage_stats,
     summarise,
 )
 
@@ -65,14 +67,22 @@ def test_retention_is_relative_to_the_reference_cycle() -> None:
     np.testing.assert_allclose(capacity_retention(cycles, reference_cycle=2), [0.9 / 0.8, 1.0, 0.7 / 0.8])
 
 
+def _short(
+    samples: dict[str, np.ndarray], cutoff_missed: dict[int, bool] | None = None
+) -> ShortCircuit | None:
+    cycles = summarise(samples)
+    stats = [forward_voltage_stats(samples, c) for c in cycles]
+    return detect_short(cycles, stats, cutoff_missed)
+
+
 def test_no_short_in_a_healthy_run() -> None:
     samples = _half_cell([0.845] + [0.996] * 8)
-    assert detect_short(samples, summarise(samples)) is None
+    assert _short(samples) is None
 
 
 def test_ce_above_100_percent_is_a_short() -> None:
     samples = _half_cell([0.845, 0.996, 0.996, 1.6])
-    short = detect_short(samples, summarise(samples))
+    short = _short(samples)
     assert short is not None
     assert short.cycle == 4
     assert "above 100 %" in short.reason
@@ -80,7 +90,7 @@ def test_ce_above_100_percent_is_a_short() -> None:
 
 def test_a_collapsing_plating_voltage_is_a_short() -> None:
     samples = _half_cell([0.845] + [0.996] * 5, plate_level_V=[0.04] * 5 + [0.002])
-    short = detect_short(samples, summarise(samples))
+    short = _short(samples)
     assert short is not None
     assert short.cycle == 6
     assert "collapsed" in short.reason
@@ -88,6 +98,6 @@ def test_a_collapsing_plating_voltage_is_a_short() -> None:
 
 def test_a_missed_cut_off_is_a_short() -> None:
     samples = _half_cell([0.845, 0.996, 0.996])
-    short = detect_short(samples, summarise(samples), cutoff_missed={3: True})
+    short = _short(samples, cutoff_missed={3: True})
     assert short is not None
     assert short.cycle == 3

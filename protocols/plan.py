@@ -173,7 +173,7 @@ def command_span(command: StepCommand) -> Span:
         return Span(command.deadline_s, command.deadline_s)
     end = command.end
     bounds = [end.duration_s] if end.duration_s is not None else []
-    if end.charge_As is not None and command.current_A:
+    if end.charge_As is not None and command.current_A and command.kind not in ("cv", "cccv"):
         bounds.append(end.charge_As / abs(command.current_A))
     if not bounds:
         return Span(0.0, None)

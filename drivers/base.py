@@ -1,0 +1,102 @@
+"""What every channel speaks: columnar batches of samples, step ends, spectra, capabilities.
+
+A channel is one cell on one instrument channel. The runner hands it compiled step commands
+and receives batches; how the step is executed (by the instrument itself, by a software
+stepper, or vectorised in a simulator) is the channel's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Consecutive logged samples of one step.
+
+    `t_s` is step time (the step's own time: periodic interruptions excluded); `charge_As` and
+    `energy_J` are the step's running totals at each sample, as the instrument counts them.
+    """
+
+    t_s: FloatArray
+    voltage_V: FloatArray
+    current_A: FloatArray
+    charge_As: FloatArray
+    energy_J: FloatArray
+    temperature_K: FloatArray | None = None
+
+    def __len__(self) -> int:
+        return len(self.t_s)
+
+
+@dataclass(frozen=True, slots=True)
+class StepProgress:
+    """Where a step stands; a step interrupted by an every-block resumes from here."""
+
+    t_s: float = 0.0
+    charge_As: float = 0.0
+    energy_J: float = 0.0
+
+
+# Why a step ended: an end condition's name, or one of these.
+INTERRUPT = "interrupt"  # the pause time asked for was reached: the runner resumes the step later
+SAFETY = "safety"
+
+
+@dataclass(frozen=True, slots=True)
+class StepEnd:
+    """The step is over (or paused for an every-block): why, and where it stands."""
+
+    reason: str  # "duration", "voltage_above", "charge", ..., INTERRUPT, SAFETY
+    progress: StepProgress
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Spectrum:
+    frequency_Hz: FloatArray
+    impedance_ohm: NDArray[np.complex128]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a channel can do; a program's needs are checked against it before a run."""
+
+    kinds: frozenset[str]
+    current_max_A: float
+    voltage_range_V: tuple[float, float]
+    eis_modes: frozenset[str] = field(default_factory=frozenset)
+    frequency_range_Hz: tuple[float, float] | None = None
+
+
+class Channel(Protocol):
+    """One cell on one instrument channel."""
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def run(
+        self,
+        command: StepCommand,
+        start: StepProgress,
+        limits: SafetyLimits,
+        pause_at_s: float | None = None,
+    ) -> AsyncGenerator[Batch | StepEnd, None]:
+        """Execute `command` from `start` until an end condition, a safety limit, or step time
+        `pause_at_s`; the last item is always a StepEnd, and its sample is always in a Batch."""
+        ...
+
+    async def impedance(self, spec: ImpedanceSpec) -> Spectrum: ...
+
+    async def safe_state(self) -> None:
+        """Output off / high impedance; must succeed whatever state the channel is in."""
+        ...

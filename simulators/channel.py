@@ -1,0 +1,343 @@
+"""The simulated channel: a cell model behind the Channel protocol, a whole step at a time.
+
+Each step is computed on a fine time grid in chunks, with numpy: the model's response over
+the chunk, the first sample where an end condition or a safety limit holds (vectorised), then
+the model is advanced by exactly that much and the logged samples go out as one Batch. Times
+that are known in advance (duration, charge at constant current, a pause for an every-block)
+are put on the grid exactly, so a plating step delivers exactly its charge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cyclerd.clock import Clock
+from cyclerd.drivers.base import (
+    INTERRUPT,
+    SAFETY,
+    Batch,
+    Capabilities,
+    Spectrum,
+    StepEnd,
+    StepProgress,
+)
+from cyclerd.drivers.record import RecordState, select
+from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
+from cyclerd.simulators.cell import CellModel, FloatArray
+
+CAPABILITIES = Capabilities(
+    kinds=frozenset({"rest", "cc", "plate", "strip", "cv", "cccv", "eis"}),
+    current_max_A=1.0,
+    voltage_range_V=(-10.0, 10.0),
+    eis_modes=frozenset({"potentiostatic", "galvanostatic"}),
+    frequency_range_Hz=(1e-5, 1e7),
+)
+DVDT_WINDOW_S = 60.0  # |dV/dt| is judged over this much step time
+TIE_S = 1e-6  # scheduled ends closer than this are simultaneous (charge time vs a pause)
+
+
+@dataclass
+class _Segment:
+    """One chunk of a step on the fine grid, relative to the chunk's start."""
+
+    t_s: FloatArray  # step time of each sample
+    voltage_V: FloatArray
+    current_A: FloatArray
+
+
+class SimulatedChannel:
+    """A simulated cell on a simulated instrument channel, in the time of `clock`."""
+
+    def __init__(
+        self, cell: CellModel, clock: Clock, resolution_s: float = 1.0, chunk: int = 4096, name: str = "sim"
+    ) -> None:
+        self.cell = cell
+        self.clock = clock
+        self.resolution_s = resolution_s
+        self.chunk = chunk
+        self.name = name
+        self.output_on = False
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
+
+    async def safe_state(self) -> None:
+        self.output_on = False
+
+    async def impedance(self, spec: ImpedanceSpec) -> Spectrum:
+        """The spectrum of the cell now; the cell rests (and the clock runs) while it is measured."""
+        frequencies = np.asarray(spec.frequencies_Hz(), dtype=np.float64)
+        z = self.cell.impedance(frequencies)
+        duration = spec.duration_s()
+        self.cell.advance_at_current(0.0, duration)
+        await self.clock.sleep(duration)
+        return Spectrum(frequencies, z)
+
+    async def run(
+        self,
+        command: StepCommand,
+        start: StepProgress,
+        limits: SafetyLimits,
+        pause_at_s: float | None = None,
+    ) -> AsyncGenerator[Batch | StepEnd, None]:
+        self.output_on = command.kind != "rest"
+        if command.kind in ("rest", "cc", "plate", "strip"):
+            current = command.current_A or 0.0
+            steps = self._current_phase(command, current, start, limits, pause_at_s, final=True)
+        elif command.kind == "cv":
+            assert command.voltage_V is not None
+            steps = self._voltage_phase(command, command.voltage_V, start, limits, pause_at_s)
+        elif command.kind == "cccv":
+            steps = self._cccv(command, start, limits, pause_at_s)
+        else:
+            raise ValueError(f"the simulated channel cannot run a {command.kind} step as a stream")
+        async for item in steps:
+            yield item
+
+    async def _cccv(
+        self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
+    ) -> AsyncGenerator[Batch | StepEnd, None]:
+        assert command.voltage_V is not None
+        assert command.current_A is not None
+        progress = start
+        async for item in self._current_phase(
+            command, command.current_A, start, limits, pause_at_s, final=False, switch_V=command.voltage_V
+        ):
+            if isinstance(item, StepEnd) and item.reason == "switch":
+                progress = item.progress
+                break
+            yield item
+        else:
+            return
+        async for item in self._voltage_phase(command, command.voltage_V, progress, limits, pause_at_s):
+            yield item
+
+    def _scheduled_end(
+        self, command: StepCommand, current_A: float, start: StepProgress, pause_at_s: float | None
+    ) -> tuple[float, str]:
+        """The step time at which the step ends if nothing else happens first, and why."""
+        ends = [(math.inf, "")]
+        if command.end.duration_s is not None:
+            ends.append((command.end.duration_s, "duration"))
+        if command.end.charge_As is not None and current_A != 0:
+            remaining = command.end.charge_As - abs(start.charge_As)
+            ends.append((start.t_s + remaining / abs(current_A), "charge"))
+        if pause_at_s is not None:
+            ends.append((pause_at_s, INTERRUPT))
+        return _soonest(ends)
+
+    async def _current_phase(
+        self,
+        command: StepCommand,
+        current_A: float,
+        start: StepProgress,
+        limits: SafetyLimits,
+        pause_at_s: float | None,
+        final: bool,
+        switch_V: float | None = None,
+    ) -> AsyncGenerator[Batch | StepEnd, None]:
+        t_stop, scheduled = self._scheduled_end(command, current_A, start, pause_at_s)
+
+        def respond(rel: FloatArray) -> tuple[FloatArray, FloatArray]:
+            return self.cell.voltage_at_current(current_A, rel), np.full(len(rel), current_A)
+
+        def commit(duration: float) -> None:
+            self.cell.advance_at_current(current_A, duration)
+
+        def extra(seg: _Segment) -> tuple[int, str]:
+            if switch_V is None:
+                return -1, ""
+            over = seg.voltage_V >= switch_V if current_A > 0 else seg.voltage_V <= switch_V
+            return _first(over), "switch"
+
+        async for item in self._stream(command, start, limits, t_stop, scheduled, respond, commit, extra):
+            yield item
+
+    async def _voltage_phase(
+        self,
+        command: StepCommand,
+        voltage_V: float,
+        start: StepProgress,
+        limits: SafetyLimits,
+        pause_at_s: float | None,
+    ) -> AsyncGenerator[Batch | StepEnd, None]:
+        ends = [(math.inf, "")]
+        if command.end.duration_s is not None:
+            ends.append((command.end.duration_s, "duration"))
+        if pause_at_s is not None:
+            ends.append((pause_at_s, INTERRUPT))
+        t_stop, scheduled = _soonest(ends)
+
+        def respond(rel: FloatArray) -> tuple[FloatArray, FloatArray]:
+            current = self.cell.current_at_voltage(voltage_V, rel)
+            if command.current_limit_A is not None:
+                current = np.clip(current, -command.current_limit_A, command.current_limit_A)
+            return np.full(len(rel), voltage_V), current
+
+        def commit(duration: float) -> None:
+            self.cell.advance_at_voltage(voltage_V, duration)
+
+        def no_extra(seg: _Segment) -> tuple[int, str]:
+            return -1, ""
+
+        async for item in self._stream(command, start, limits, t_stop, scheduled, respond, commit, no_extra):
+            yield item
+
+    async def _stream(
+        self,
+        command: StepCommand,
+        start: StepProgress,
+        limits: SafetyLimits,
+        t_stop: float,
+        scheduled: str,
+        respond: Callable[[FloatArray], tuple[FloatArray, FloatArray]],
+        commit: Callable[[float], None],
+        extra: Callable[[_Segment], tuple[int, str]],
+    ) -> AsyncGenerator[Batch | StepEnd, None]:
+        """Walk the fine grid chunk by chunk until a condition holds; yield logged samples."""
+        dt = min(self.resolution_s, command.record.every_s or self.resolution_s)
+        record = RecordState()
+        t_now, charge, energy = start.t_s, start.charge_As, start.energy_J
+        history = np.empty((0, 2))  # recent (t, V) pairs, for |dV/dt|
+        fresh = start.t_s == 0.0
+        if fresh:
+            v0, i0 = respond(np.zeros(1))
+            first = _Segment(np.array([0.0]), v0, i0)
+            reason, detail = self._safety(first, limits)
+            record_mask = select(command.record, first.t_s, first.voltage_V, first.current_A, record)
+            del record_mask  # the first sample is always logged
+            yield Batch(first.t_s, first.voltage_V, first.current_A, np.zeros(1), np.zeros(1))
+            history = np.array([[0.0, float(v0[0])]])
+            if reason:
+                yield StepEnd(reason, StepProgress(0.0, 0.0, 0.0), detail)
+                return
+        while True:
+            left = (t_stop - t_now) / dt
+            count = self.chunk if left > self.chunk else max(1, math.ceil(left - 1e-9))
+            rel = dt * np.arange(1, count + 1, dtype=np.float64)
+            at_stop = t_now + rel >= t_stop - 1e-9
+            if at_stop.any():
+                rel = rel[: int(np.argmax(at_stop)) + 1]
+                rel[-1] = t_stop - t_now
+            voltage, current = respond(rel)
+            seg = _Segment(t_now + rel, voltage, current)
+            index, reason, detail = self._first_end(command, seg, limits, charge, rel, history, extra)
+            if index < 0 and at_stop.any():
+                index, reason = len(rel) - 1, scheduled
+            cut = len(rel) if index < 0 else index + 1
+            rel, seg = rel[:cut], _Segment(seg.t_s[:cut], seg.voltage_V[:cut], seg.current_A[:cut])
+            steps_dt = np.diff(np.concatenate(([0.0], rel)))
+            q = charge + np.cumsum(seg.current_A * steps_dt)
+            v_prev = np.concatenate(
+                ([history[-1, 1] if len(history) else seg.voltage_V[0]], seg.voltage_V[:-1])
+            )
+            e = energy + np.cumsum(0.5 * (v_prev + seg.voltage_V) * seg.current_A * steps_dt)
+            commit(float(rel[-1]))
+            await self.clock.sleep(float(rel[-1]))
+            keep = select(command.record, seg.t_s, seg.voltage_V, seg.current_A, record)
+            if reason:
+                keep[-1] = True
+            if keep.any():
+                yield Batch(seg.t_s[keep], seg.voltage_V[keep], seg.current_A[keep], q[keep], e[keep])
+            t_now, charge, energy = float(seg.t_s[-1]), float(q[-1]), float(e[-1])
+            if reason:
+                yield StepEnd(reason, StepProgress(t_now, charge, energy), detail)
+                return
+            pairs = np.column_stack((seg.t_s, seg.voltage_V))
+            history = np.concatenate((history, pairs))[-int(DVDT_WINDOW_S / dt) - 2 :]
+
+    def _first_end(
+        self,
+        command: StepCommand,
+        seg: _Segment,
+        limits: SafetyLimits,
+        charge: float,
+        rel: FloatArray,
+        history: FloatArray,
+        extra: Callable[[_Segment], tuple[int, str]],
+    ) -> tuple[int, str, str]:
+        """Index of the first sample where the step must end, its reason and detail; -1 if none."""
+        end = command.end
+        candidates: list[tuple[int, str, str]] = []
+        v, i = seg.voltage_V, seg.current_A
+        if end.voltage_above_V is not None:
+            candidates.append((_first(v >= end.voltage_above_V), "voltage_above", ""))
+        if end.voltage_below_V is not None:
+            candidates.append((_first(v <= end.voltage_below_V), "voltage_below", ""))
+        if end.current_below_A is not None:
+            candidates.append((_first(np.abs(i) < end.current_below_A), "current_below", ""))
+        if end.charge_As is not None and command.kind in ("cv", "cccv"):
+            q = charge + np.cumsum(i * np.diff(np.concatenate(([0.0], rel))))
+            candidates.append((_first(np.abs(q) >= end.charge_As), "charge", ""))
+        if end.dvdt_below_V_per_s is not None:
+            candidates.append((self._dvdt_index(seg, history, end.dvdt_below_V_per_s), "dvdt_below", ""))
+        index, reason = extra(seg)
+        candidates.append((index, reason, ""))
+        index, reason, detail = _earliest(candidates)
+        s_index, s_reason, s_detail = self._safety_index(seg, limits)
+        if s_index >= 0 and (index < 0 or s_index <= index):
+            return s_index, s_reason, s_detail
+        return index, reason, detail
+
+    def _dvdt_index(self, seg: _Segment, history: FloatArray, limit: float) -> int:
+        t = np.concatenate((history[:, 0], seg.t_s)) if len(history) else seg.t_s
+        v = np.concatenate((history[:, 1], seg.voltage_V)) if len(history) else seg.voltage_V
+        back = np.searchsorted(t, t - DVDT_WINDOW_S + 1e-9)
+        span = t - t[back]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = np.abs(v - v[back]) / span
+        ok = (span >= DVDT_WINDOW_S - 1e-6) & (slope < limit)
+        return _first(ok[len(t) - len(seg.t_s) :])
+
+    def _safety(self, seg: _Segment, limits: SafetyLimits) -> tuple[str, str]:
+        index, reason, detail = self._safety_index(seg, limits)
+        return (reason, detail) if index >= 0 else ("", "")
+
+    def _safety_index(self, seg: _Segment, limits: SafetyLimits) -> tuple[int, str, str]:
+        checks = []
+        v, i = seg.voltage_V, seg.current_A
+        if limits.voltage_max_V is not None:
+            at = _first(v > limits.voltage_max_V)
+            checks.append(
+                (at, SAFETY, f"voltage {v[at]:.4g} V above {limits.voltage_max_V:g} V" if at >= 0 else "")
+            )
+        if limits.voltage_min_V is not None:
+            at = _first(v < limits.voltage_min_V)
+            checks.append(
+                (at, SAFETY, f"voltage {v[at]:.4g} V below {limits.voltage_min_V:g} V" if at >= 0 else "")
+            )
+        if limits.current_max_A is not None:
+            at = _first(np.abs(i) > limits.current_max_A * (1 + 1e-9))
+            checks.append(
+                (
+                    at,
+                    SAFETY,
+                    f"|current| {abs(i[at]):.4g} A above {limits.current_max_A:.4g} A" if at >= 0 else "",
+                )
+            )
+        return _earliest(checks)
+
+
+def _soonest(ends: list[tuple[float, str]]) -> tuple[float, str]:
+    """The earliest scheduled end; on a tie the step's own end wins over a pause, so a block
+    due exactly when the step ends runs once, as the step's at-end block."""
+    soonest = min(t for t, _ in ends)
+    tied = [end for end in ends if end[0] <= soonest + TIE_S]
+    return min(tied, key=lambda end: end[1] == INTERRUPT)
+
+
+def _first(mask: np.ndarray) -> int:
+    """Index of the first True, or -1."""
+    if not mask.any():
+        return -1
+    return int(np.argmax(mask))
+
+
+def _earliest(candidates: list[tuple[int, str, str]]) -> tuple[int, str, str]:
+    found = [c for c in candidates if c[0] >= 0]
+    return min(found, key=lambda c: c[0]) if found else (-1, "", "")

@@ -1,0 +1,192 @@
+"""The runner on a simulated channel in virtual time, checked against exact numbers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from linear_cell import LinearCell
+
+from cyclerd.clock import VirtualClock
+from cyclerd.engine import Runner
+from cyclerd.protocols import loads
+from cyclerd.protocols.compiler import compile_protocol
+from cyclerd.simulators.channel import SimulatedChannel
+from cyclerd.states import RunState, TransitionError
+from cyclerd.store import Store
+
+
+def _run(tmp_path: Path, text: str, cell: LinearCell | None = None, resolution_s: float = 1.0):  # type: ignore[no-untyped-def]
+    program = compile_protocol(loads(text))
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run(program.name, "sim", text, {}, {"model": "linear"})
+    clock = VirtualClock()
+    channel = SimulatedChannel(cell or LinearCell(), clock, resolution_s=resolution_s)
+    runner = Runner(program, channel, store, run_id, clock)
+    result = asyncio.run(runner.run())
+    return result, store, run_id, channel, clock
+
+
+CHARGE_STEP = """
+name: charge
+record: {every: 10 s}
+steps:
+  - cc: {current: 1 mA, until: {charge: 1 mAh, voltage_above: 9 V}}
+"""
+
+
+def test_a_charge_condition_is_met_exactly_and_first_and_last_samples_are_logged(tmp_path: Path) -> None:
+    result, store, run, _, clock = _run(tmp_path, CHARGE_STEP)
+    assert result.state is RunState.COMPLETED
+    samples = store.samples(run)
+    assert samples["t"][0] == 0.0
+    assert samples["charge"][-1] == pytest.approx(3.6, abs=1e-12)  # 1 mAh in A·s
+    assert samples["t"][-1] == pytest.approx(3600.0)
+    assert np.all(np.diff(samples["t"]) == pytest.approx(10.0))
+    (step,) = store.steps(run)
+    assert step["end_reason"] == "charge"
+    assert clock.now() == pytest.approx(3600.0)
+    # The charge integrated from the stored samples matches the step's counter.
+    integrated = np.trapezoid(samples["current"], samples["t"])
+    assert integrated == pytest.approx(step["charge_As"])
+
+
+def test_a_voltage_cut_off_ends_the_step_within_one_fine_sample(tmp_path: Path) -> None:
+    # V = 3 + q/1000 + I·10: at 1 mA the cut-off 3.01 V is reached when q = 0 A·s... plus IR 0.01 V:
+    text = (
+        "name: v\nrecord: {every: 1 min}\nsteps:\n  - cc: {current: 1 mA, until: {voltage_above: 3.02 V}}\n"
+    )
+    result, store, run, _, _ = _run(tmp_path, text)
+    samples = store.samples(run)
+    # 3 + 0.001·t/1000 + 0.01 >= 3.02  <=>  t >= 10000 s
+    assert samples["t"][-1] == pytest.approx(10000.0, abs=1.0)
+    assert samples["voltage"][-1] >= 3.02
+    assert store.steps(run)[0]["end_reason"] == "voltage_above"
+    assert result.state is RunState.COMPLETED
+
+
+INSITU = """
+name: in-situ
+cell: {area: 1 cm^2}
+record: {every: 1 min}
+steps:
+  - repeat:
+      count: 1
+      steps:
+        - plate:
+            current: 1 mA/cm^2
+            until: {charge: 1 mAh/cm^2}
+            every:
+              interval: 10 min
+              at_end: true
+              steps:
+                - rest: 30 s
+                - eis: {frequency_start: 10 kHz, frequency_stop: 1 Hz, amplitude: 10 mV}
+        - strip:
+            current: 1 mA/cm^2
+            until: {duration: 55 min}
+            every:
+              interval: 10 min
+              at_end: false
+              steps:
+                - eis: {frequency_start: 10 kHz, frequency_stop: 1 Hz, amplitude: 10 mV}
+"""
+
+
+def test_every_blocks_interrupt_without_counting_towards_the_step(tmp_path: Path) -> None:
+    result, store, run, _, clock = _run(tmp_path, INSITU, LinearCell(v0=1.0))
+    assert result.state is RunState.COMPLETED
+    spectra = store.spectra(run)
+    steps = store.steps(run)
+    plate = next(s for s in steps if s["kind"] == "plate")
+    strip = next(s for s in steps if s["kind"] == "strip")
+    during_plating = [s for s in spectra if plate["t_start"] <= s["t"] <= plate["t_end"]]
+    during_stripping = [s for s in spectra if strip["t_start"] <= s["t"] <= strip["t_end"]]
+    assert len(during_plating) == 6
+    assert len(during_stripping) == 5
+    # Exactly 1 mAh/cm² on 1 cm² in the plating step, whatever the interruptions.
+    assert plate["charge_As"] == pytest.approx(-3.6, abs=1e-9)
+    samples = store.samples(run)
+    in_plate = samples["step"] == plate["number"]
+    assert samples["charge"][in_plate][-1] == pytest.approx(-3.6, abs=1e-9)
+    # Spectra fall every 10 min of *step* time: their step-time stamps are 600, 1200, ... s.
+    eis_time = spectra[1]["t"] - spectra[0]["t"] - 600.0
+    assert eis_time > 30.0  # the rest and the spectrum took real (virtual) time
+    assert plate["t_end"] - plate["t_start"] == pytest.approx(3600.0 + 6 * eis_time, rel=1e-6)
+    assert clock.now() > 3600 + 3300
+
+
+SAFETY = """
+name: safety
+safety: {voltage_max: 3.05 V}
+record: {every: 1 min}
+steps:
+  - cc: {current: 1 mA, until: {duration: 20 h}}
+"""
+
+
+def test_crossing_a_safety_limit_stops_within_one_logged_sample_and_makes_the_cell_safe(
+    tmp_path: Path,
+) -> None:
+    result, store, run, channel, _ = _run(tmp_path, SAFETY)
+    assert result.state is RunState.STOPPED
+    assert result.reason.startswith("safety")
+    assert not channel.output_on
+    samples = store.samples(run)
+    # 3 + t·1e-6 + 0.01 > 3.05 from t = 40000 s on; the last stored sample is the first beyond it.
+    assert samples["voltage"][-1] > 3.05
+    assert (samples["voltage"][:-1] <= 3.05).all()
+    assert samples["t"][-1] == pytest.approx(40001.0, abs=1.0)
+    kinds = [e["kind"] for e in store.events(run)]
+    assert "safety" in kinds
+    assert store.run(run).state == "stopped"
+
+
+def test_same_seed_same_bytes(tmp_path: Path) -> None:
+    a = _run(tmp_path / "a", INSITU, LinearCell(v0=1.0, noise_V=1e-3, seed=7))[1]
+    b = _run(tmp_path / "b", INSITU, LinearCell(v0=1.0, noise_V=1e-3, seed=7))[1]
+    c = _run(tmp_path / "c", INSITU, LinearCell(v0=1.0, noise_V=1e-3, seed=8))[1]
+    for key in ("t", "voltage", "current", "charge", "energy"):
+        assert a.samples(1)[key].tobytes() == b.samples(1)[key].tobytes()
+    assert a.samples(1)["voltage"].tobytes() != c.samples(1)["voltage"].tobytes()
+
+
+def test_pause_resume_and_stop_are_state_transitions(tmp_path: Path) -> None:
+    text = "name: long\nrecord: {every: 10 s}\nsteps:\n  - cc: {current: 1 mA, until: {duration: 100 h}}\n"
+    program = compile_protocol(loads(text))
+    (tmp_path / "x").mkdir()
+    store = Store(tmp_path / "x" / "runs.db")
+    run_id = store.create_run("long", "sim", text, {}, {})
+    clock = VirtualClock()
+    channel = SimulatedChannel(LinearCell(capacitance_F=1e9), clock, chunk=256)
+    runner = Runner(program, channel, store, run_id, clock)
+
+    async def drive() -> RunState:
+        task = asyncio.create_task(runner.run())
+        while clock.now() < 3600 and not task.done():
+            await asyncio.sleep(0)
+        runner.pause()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        paused_at = clock.now()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert clock.now() == paused_at  # nothing runs while paused
+        assert not channel.output_on
+        runner.resume()
+        while clock.now() < 7200 and not task.done():
+            await asyncio.sleep(0)
+        runner.stop()
+        result = await task
+        with pytest.raises(TransitionError):
+            runner.resume()
+        return result.state
+
+    assert asyncio.run(drive()) is RunState.STOPPED
+    states = [e["data"].get("state") for e in store.events(run_id) if e["kind"] == "state"]
+    assert states == ["running", "paused", "running", "stopping", "stopped"]
+    samples = store.samples(run_id)
+    assert np.all(np.diff(samples["seq"]) == 1)  # no gap, no duplicate across the pause
+    assert np.all(np.diff(samples["t"]) > 0)

@@ -6,8 +6,9 @@ carries the model path of the value at fault so the loader can name its line and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from cyclerd.protocols.model import (
     ConstantCurrent,
@@ -35,7 +36,9 @@ class Issue:
     at_key: bool = False
 
 
-def signed_current(step: ConstantCurrent | Plate | Strip | ConstantCurrentConstantVoltage) -> Amount:
+def signed_current(
+    step: ConstantCurrent | Plate | Strip | ConstantCurrentConstantVoltage,
+) -> Amount:
     """The step's current in the cyclerd sign convention (positive charges the cell)."""
     if isinstance(step, Plate):
         return -abs(step.current)
@@ -75,14 +78,17 @@ class _Checker:
         if s.voltage_min is not None and s.voltage_max is not None and s.voltage_min >= s.voltage_max:
             yield Issue(
                 ("safety", "voltage_min"),
-                f"voltage_min ({s.voltage_min:g} V) must be below voltage_max ({s.voltage_max:g} V)",
+                f"voltage_min ({s.voltage_min:g} V) must be below "
+                f"voltage_max ({s.voltage_max:g} V); lower voltage_min or raise voltage_max",
             )
         if s.current_max is not None and s.current_max.value <= 0:
             yield Issue(("safety", "current_max"), "current_max must be positive, e.g. '5 mA'")
         yield from self._record(("record",), self.protocol.record)
         yield from self._steps(("steps",), self.protocol.steps, bounded=s.duration_max is not None)
 
-    def _steps(self, path: Path, steps: list[object], bounded: bool, periodic: bool = False) -> Iterator[Issue]:
+    def _steps(
+        self, path: Path, steps: Sequence[object], bounded: bool, periodic: bool = False
+    ) -> Iterator[Issue]:
         for i, step in enumerate(steps):
             here = (*path, i, str(getattr(step, "kind", "")))
             if periodic and not isinstance(step, Rest | Impedance):
@@ -98,7 +104,10 @@ class _Checker:
                 yield from self._impedance(here, step)
             elif isinstance(step, Sweep):
                 yield from self._sweep(here, step)
-            elif isinstance(step, Rest | ConstantCurrent | Plate | Strip | ConstantVoltage | ConstantCurrentConstantVoltage):
+            elif isinstance(
+                step,
+                Rest | ConstantCurrent | Plate | Strip | ConstantVoltage | ConstantCurrentConstantVoltage,
+            ):
                 yield from self._sourcing(here, step, periodic)
 
     def _repeat(self, path: Path, loop: Repeat, bounded: bool) -> Iterator[Issue]:
@@ -125,7 +134,9 @@ class _Checker:
     ) -> Iterator[Issue]:
         until = step.until
         if until.is_empty():
-            example = "'until: {duration: 10 min}'" if isinstance(step, Rest) else "'until: {voltage_above: 4.2 V}'"
+            example = (
+                "'until: {duration: 10 min}'" if isinstance(step, Rest) else "'until: {voltage_above: 4.2 V}'"
+            )
             yield Issue(path, f"this step never ends: add an end condition, e.g. {example}", at_key=True)
         if isinstance(step, Plate | Strip) and step.current.value <= 0:
             yield Issue(
@@ -145,7 +156,12 @@ class _Checker:
             yield from self._record((*path, "record"), step.record)
         if step.every is not None:
             if periodic:
-                yield Issue((*path, "every"), "an every-block cannot hold another every-block", at_key=True)
+                yield Issue(
+                    (*path, "every"),
+                    "an every-block cannot hold another every-block; remove this 'every' "
+                    "(the outer block already runs its steps periodically)",
+                    at_key=True,
+                )
             else:
                 yield from self._every((*path, "every"), step, step.every)
 
@@ -212,14 +228,17 @@ class _Checker:
 
     def _impedance(self, path: Path, eis: Impedance) -> Iterator[Issue]:
         if eis.frequency_start == eis.frequency_stop:
-            yield Issue((*path, "frequency_stop"), "frequency_stop equals frequency_start; a spectrum needs a range")
+            yield Issue(
+                (*path, "frequency_stop"),
+                "frequency_stop equals frequency_start; a spectrum needs a range",
+            )
         amplitude = eis.amplitude.value if isinstance(eis.amplitude, Amount) else eis.amplitude
         if amplitude <= 0:
             yield Issue((*path, "amplitude"), "the amplitude must be positive, e.g. '10 mV'")
 
     def _sweep(self, path: Path, sweep: Sweep) -> Iterator[Issue]:
         points = [sweep.start, *sweep.vertices]
-        for i, (a, b) in enumerate(zip(points, points[1:], strict=False)):
+        for i, (a, b) in enumerate(pairwise(points)):
             if a == b:
                 yield Issue((*path, "vertices", i), f"vertex {b:g} V equals the point before it; remove it")
         yield from self._window(path, sweep)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -48,24 +48,62 @@ def loads(text: str, filename: str = "<protocol>") -> Protocol:
     return protocol
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping; the message already says what to do."""
+
+
 class _Constructor(yaml.constructor.SafeConstructor):
     """The safe constructor, refusing duplicate keys (PyYAML keeps the last one silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, yaml.Node] = {}
+        seen: dict[str, yaml.Node] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` is resolved by the base class; later keys override it
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, str) and key in seen:
+            if not isinstance(key, str):
+                continue  # unhashable keys are refused by the base class, numbers by the model
+            if key in seen:
                 first = seen[key].start_mark
-                raise yaml.constructor.ConstructorError(
+                raise _DuplicateKey(
                     None,
                     None,
-                    f"'{key}' appears twice in this mapping (first at line {first.line + 1}); "
-                    "keep one",
+                    f"'{key}' appears twice in this mapping (first at line {first.line + 1}); keep one",
                     key_node.start_mark,
                 )
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
+
+
+# What PyYAML reports -> what to write instead, and whether the fault lies where the unfinished
+# construct began (an unclosed quote, a key without ':') rather than where PyYAML noticed it.
+_YAML_HINTS: tuple[tuple[str, str, bool], ...] = (
+    ("'\\t'", "indent with spaces, not tabs", False),
+    ("expected ',' or ']'", "close the list with ']' and separate its items with ','", False),
+    ("expected ',' or '}'", "close the mapping with '}' and separate entries with ','", False),
+    ("found unexpected end of stream", "close the quoted text with the same quote", True),
+    ("could not find expected ':'", "write 'key: value', with a space after the colon", True),
+    ("expected <block end>", "line this entry up with the ones above it", False),
+    ("mapping values are not allowed", "quote text containing ': ', or fix the indentation", False),
+    ("found undefined alias", "define the anchor ('&name') before its alias ('*name')", False),
+    ("could not determine a constructor", "remove the '!' tag; write plain text or numbers", False),
+    ("but found another document", "keep one protocol per file: remove the second '---'", False),
+    ("found unhashable key", "a key must be a word such as 'name'", False),
+)
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError, filename: str) -> Problem:
+    """A YAML syntax error placed where to fix it, saying what to write instead."""
+    what = exc.problem or exc.context or "invalid YAML"
+    hint, at_start = "", False
+    if not isinstance(exc, _DuplicateKey):
+        default = ("check the indentation and quoting here", False)
+        hint, at_start = next(((h, s) for f, h, s in _YAML_HINTS if f in what), default)
+        # Ran off the end of the file: the unclosed bracket or quote is what to point at.
+        at_start = at_start or "<stream end>" in what
+    mark = (exc.context_mark if at_start else None) or exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    return Problem(filename, line, column, f"YAML: {what}" + (f"; {hint}" if hint else ""))
 
 
 def _parse_yaml(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
@@ -74,27 +112,35 @@ def _parse_yaml(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
         try:
             root = loader.get_single_node()
             constructor = _Constructor()
-            data = None if root is None else constructor.construct_document(root)
+            data = None if root is None else _plain(constructor.construct_document(root))
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = exc.problem or exc.context or "invalid YAML"
-        raise ProtocolError([Problem(filename, line, column, f"YAML: {what}")]) from None
+        raise ProtocolError([_yaml_problem(exc, filename)]) from None
+    except yaml.reader.ReaderError as exc:
+        # Not marked with a line and column: count them from the character offset.
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        message = f"YAML: the character {chr(exc.character)!r} is not allowed here; delete it"
+        raise ProtocolError([Problem(filename, line, column, message)]) from None
     except yaml.YAMLError as exc:
         raise ProtocolError([Problem(filename, 1, 1, f"YAML: {exc}")]) from None
     except RecursionError:
-        raise ProtocolError([Problem(filename, 1, 1, "nested too deeply to be a protocol")]) from None
+        # Also what an alias inside its own anchor (`a: &a [*a]`) comes to.
+        message = (
+            "nested too deeply to be a protocol; flatten it, and write out any alias ('*a') "
+            "used inside its own anchor ('&a')"
+        )
+        raise ProtocolError([Problem(filename, 1, 1, message)]) from None
     if root is None:
         raise ProtocolError([Problem(filename, 1, 1, "the file is empty; a protocol needs name and steps")])
-    return root, _plain(data)
+    return root, data
 
 
 def _plain(data: Any) -> Any:
     """Dates YAML recognised by itself become text again: metadata such as 'made: 2025-03-01'."""
     if isinstance(data, dict):
-        return {k: _plain(v) for k, v in data.items()}
+        return {_plain(k): _plain(v) for k, v in data.items()}
     if isinstance(data, list):
         return [_plain(v) for v in data]
     if isinstance(data, dt.date | dt.datetime):
@@ -128,14 +174,23 @@ def _at(filename: str, node: yaml.Node | None, message: str) -> Problem:
 
 def _problem(filename: str, root: yaml.Node | None, err: ErrorDetails) -> Problem:
     loc = tuple(err["loc"])
-    key = err["type"] == "extra_forbidden"
+    if loc and loc[-1] == "[key]":  # a key that is not text in a free-form mapping (metadata)
+        name = loc[-2]
+        message = f"the key {name} must be text; put it in quotes, e.g. '\"{name}\": ...'"
+        return _at(filename, _locate(root, loc[:-1], key=True), message)
+    if err["type"] == "missing":
+        # Point at the key whose settings lack it: the mapping itself starts a line further on.
+        return _at(filename, _locate(root, loc[:-1], key=True), _message(loc, err))
+    key = err["type"] in ("extra_forbidden", "invalid_key")
     return _at(filename, _locate(root, loc, key=key), _message(loc, err))
 
 
 def _message(loc: Loc, err: ErrorDetails) -> str:
     kind = err["type"]
     name = str(loc[-1]) if loc else "the protocol"
-    if kind == "extra_forbidden":
+    if not loc and kind in ("model_type", "model_attributes_type"):
+        return "a protocol is a mapping of keys to values: 'name: ...' followed by 'steps:'"
+    if kind in ("extra_forbidden", "invalid_key"):  # invalid_key: a number or null as a key
         allowed = _allowed_keys(loc[:-1])
         close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'? " if close else ""
@@ -146,7 +201,7 @@ def _message(loc: Loc, err: ErrorDetails) -> str:
         return f"'{name}' must be a mapping of keys to values, e.g. {_example(loc)}"
     if kind == "list_type":
         return f"'{name}' must be a list (lines starting with '- ')"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
+    if kind in ("int_type", "int_parsing", "int_from_float", "finite_number"):
         return f"'{name}' must be a whole number, e.g. {_example(loc)}"
     if kind in ("bool_type", "bool_parsing"):
         return f"'{name}' must be true or false"
@@ -202,6 +257,11 @@ def _example(loc: Loc) -> str:
             continue
         if field.examples:
             return f"'{name}: {field.examples[0]}'"
+        sections = [] if get_origin(field.annotation) is list else _models_in(field.annotation)
+        for sub in sections:  # a section such as 'cell': show one of its settings
+            for sub_name, sub_field in sub.model_fields.items():
+                if sub_field.examples:
+                    return f"'{name}: {{{sub_name}: {sub_field.examples[0]}}}'"
         if field.annotation is bool:
             return f"'{name}: true' or '{name}: false'"
     if name == "steps":

@@ -11,12 +11,22 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from cyclerd.protocols import step_strings
 from cyclerd.protocols.units import (
+    VOLTAGE,
     Amount,
     Area,
     Charge,
@@ -29,7 +39,6 @@ from cyclerd.protocols.units import (
     Voltage,
     parse,
     parse_current,
-    VOLTAGE,
 )
 
 
@@ -37,6 +46,21 @@ class Strict(BaseModel):
     """Unknown keys are errors: a typo must never silently drop a limit."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _metadata_value(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """One error saying what a value may be, rather than one per member of the union."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "metadata_value",
+            "a metadata value is one piece of text, a number or true/false; "
+            "write a list or mapping as text, e.g. 'binder: Elastane 5 %'",
+        ) from None
+
+
+MetadataValue = Annotated[str | int | float | bool | None, WrapValidator(_metadata_value)]
 
 
 class Cell(Strict):
@@ -50,7 +74,7 @@ class Cell(Strict):
         description="Nominal capacity, absolute or per area; 1C is this charge per hour.",
         examples=["1.57 mAh", "2 mAh/cm^2"],
     )
-    metadata: dict[str, str | int | float | bool | None] = Field(
+    metadata: dict[str, MetadataValue] = Field(
         default_factory=dict,
         description="Free-form facts stored with the run (seed, binder, electrolyte, ...).",
         examples=[{"seed": "MgAgSn", "binder": "Elastane"}],
@@ -82,10 +106,14 @@ class Record(Strict):
 class Until(Strict):
     """Step end conditions: the step ends when any one of them holds."""
 
-    duration: Duration | None = Field(None, description="Step time (periodic blocks not counted).", examples=["1 h"])
+    duration: Duration | None = Field(
+        None, description="Step time (periodic blocks not counted).", examples=["1 h"]
+    )
     voltage_above: Voltage | None = Field(None, examples=["4.25 V"])
     voltage_below: Voltage | None = Field(None, examples=["2.5 V"])
-    current_below: Current | None = Field(None, description="|I| below this (CV holds).", examples=["C/20", "0.05 mA"])
+    current_below: Current | None = Field(
+        None, description="|I| below this (CV holds).", examples=["C/20", "0.05 mA"]
+    )
     charge: Charge | None = Field(
         None, description="|charge| passed in this step.", examples=["1 mAh/cm^2", "1.57 mAh"]
     )
@@ -161,18 +189,26 @@ class ConstantCurrentConstantVoltage(_Sourcing):
     voltage: Voltage = Field(examples=["4.25 V"])
 
 
+def _voltage_or_current(value: object, voltage_example: str) -> float | Amount:
+    if isinstance(value, str) and "V" in value:
+        return parse(value, VOLTAGE)
+    try:
+        return parse_current(value)
+    except PydanticCustomError as exc:
+        # The current's message alone would hide that a voltage (the usual choice) is allowed.
+        raise PydanticCustomError(
+            "quantity", f"{exc.message()}; or write a voltage such as '{voltage_example}'"
+        ) from None
+
+
 def _parse_dc_level(value: object) -> str | float | Amount:
     if value == "ocv":
         return "ocv"
-    if isinstance(value, str) and "V" in value:
-        return parse(value, VOLTAGE)
-    return parse_current(value)
+    return _voltage_or_current(value, "3.7 V' or 'ocv")
 
 
 def _parse_amplitude(value: object) -> float | Amount:
-    if isinstance(value, str) and "V" in value:
-        return parse(value, VOLTAGE)
-    return parse_current(value)
+    return _voltage_or_current(value, "10 mV")
 
 
 class Impedance(_Step):
@@ -182,11 +218,15 @@ class Impedance(_Step):
     frequency_start: Frequency = Field(examples=["7 MHz"])
     frequency_stop: Frequency = Field(examples=["0.1 Hz"])
     points_per_decade: int = Field(10, gt=0, le=100)
-    amplitude: Annotated[float | Amount, BeforeValidator(_parse_amplitude, json_schema_input_type=str)] = Field(
-        description="Excitation: a voltage (potentiostatic) or a current (galvanostatic).",
-        examples=["10 mV", "10 uA"],
+    amplitude: Annotated[float | Amount, BeforeValidator(_parse_amplitude, json_schema_input_type=str)] = (
+        Field(
+            description="Excitation: a voltage (potentiostatic) or a current (galvanostatic).",
+            examples=["10 mV", "10 uA"],
+        )
     )
-    dc_level: Annotated[str | float | Amount, BeforeValidator(_parse_dc_level, json_schema_input_type=str)] = Field(
+    dc_level: Annotated[
+        str | float | Amount, BeforeValidator(_parse_dc_level, json_schema_input_type=str)
+    ] = Field(
         "ocv",
         description="'ocv' (around the open-circuit voltage), a voltage, or a current.",
         examples=["ocv", "3.7 V", "0 A"],
@@ -259,19 +299,23 @@ def _normalise_entry(value: Any) -> Any:
         )
     if len(value) != 1:
         keys = ", ".join(map(str, value))
+        # Two kinds in one entry is a missing '- '; one kind plus settings is missing indentation.
+        several = sum(key in STEP_KINDS for key in value) > 1
+        advice = (
+            "start each step on its own line with '- '"
+            if several
+            else "indent the step's settings under its kind"
+        )
         raise PydanticCustomError(
             "step_entry",
-            f"a step has exactly one key naming its kind ({kinds}), found {keys}; "
-            "indent the step's settings under its kind",
+            f"a step has exactly one key naming its kind ({kinds}), found {keys}; {advice}",
         )
     ((kind, body),) = value.items()
     if kind not in STEP_KINDS:
         close = difflib.get_close_matches(str(kind), STEP_KINDS, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise PydanticCustomError(
-            "step_kind", f"unknown step kind '{kind}'; {hint}step kinds are {kinds}"
-        )
-    if kind == "rest" and isinstance(body, str):
+        raise PydanticCustomError("step_kind", f"unknown step kind '{kind}'; {hint}step kinds are {kinds}")
+    if kind == "rest" and isinstance(body, str | int | float) and not isinstance(body, bool):
         return {"kind": "rest", "until": {"duration": body}}
     if body is None:
         body = {}
@@ -370,9 +414,15 @@ class Protocol(Strict):
         return data
 
 
-for _model in (Repeat, Every, _Sourcing, Rest, ConstantCurrent, Plate, Strip, ConstantVoltage):
-    _model.model_rebuild()
-for _model in (ConstantCurrentConstantVoltage, _RepeatEntry, Protocol):
+# Steps nest (repeat and every hold steps), so the models are finished once all exist.
+_RECURSIVE: tuple[type[BaseModel], ...] = (Repeat, Every, _Sourcing, Rest, ConstantCurrent, Plate, Strip)
+_FINISH: tuple[type[BaseModel], ...] = (
+    ConstantVoltage,
+    ConstantCurrentConstantVoltage,
+    _RepeatEntry,
+    Protocol,
+)
+for _model in _RECURSIVE + _FINISH:
     _model.model_rebuild()
 
 SourcingStep = Rest | ConstantCurrent | Plate | Strip | ConstantVoltage | ConstantCurrentConstantVoltage

@@ -18,6 +18,7 @@ one model validates both. Differences from PyBaMM, on purpose:
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -115,8 +116,10 @@ def _seconds(duration: str, text: str) -> str:
             f"{text!r}: time unit {m['unit']!r} is not seconds, minutes or hours; write e.g. '2 hours'"
         )
     seconds = float(m["number"]) * _TIME_UNITS[unit]
-    if not seconds > 0 or seconds == float("inf"):
+    if not seconds > 0:
         raise StepStringError(f"{text!r}: a time must be positive; write e.g. '10 minutes'")
+    if not math.isfinite(seconds):
+        raise StepStringError(f"{text!r}: {duration!r} is too long; write e.g. '10 hours'")
     return f"{seconds:.12g}"
 
 
@@ -125,11 +128,13 @@ def _control(value: str, text: str) -> tuple[str, str]:
     c = _C_RATE.match(value)
     if c is not None:
         rate = float(c["mult"]) if c["mult"] is not None else 1 / _nonzero(float(c["div"]), text)
-        return "current", f"{rate:.12g}C"
+        return "current", f"{_finite(rate, value, text):.12g}C"
     e = _ELECTRIC.match(value)
     if e is None:
-        raise StepStringError(f"{text!r}: cannot read the value {value!r}; write e.g. '1 mA', '0.5C' or '4.2 V'")
-    number, unit = float(e["number"]), e["unit"]
+        raise StepStringError(
+            f"{text!r}: cannot read the value {value!r}; write e.g. '1 mA', '0.5C' or '4.2 V'"
+        )
+    number, unit = _finite(float(e["number"]), value, text), e["unit"]
     if unit in _CURRENT_UNITS:
         return "current", f"{number * _CURRENT_UNITS[unit]:.12g} A"
     if unit in _VOLTAGE_UNITS:
@@ -159,6 +164,13 @@ def _condition(condition: str, charging: bool | None, text: str) -> tuple[str, s
             f"{text!r}: say which way the voltage must cross, e.g. 'until > 4.2 V' or 'until < 2.5 V'"
         )
     return ("voltage_above" if charging else "voltage_below"), value
+
+
+def _finite(number: float, value: str, text: str) -> float:
+    # '1e999 A' would become 'inf A', which the model then reports as someone else's text.
+    if not math.isfinite(number):
+        raise StepStringError(f"{text!r}: {value!r} is not a finite number; write e.g. '4.2 V'")
+    return number
 
 
 def _negate(value: str) -> str:

@@ -59,7 +59,7 @@ class Amount:
 @cache
 def registry() -> Any:
     """One shared pint registry; building it costs ~0.1 s, so only once and only when needed."""
-    ureg = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+    ureg: Any = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
     ureg.define("Ohm = ohm")
     ureg.define("Ohms = ohm")
     return ureg
@@ -67,6 +67,14 @@ def registry() -> Any:
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _C_RATE = re.compile(rf"^\s*(?:(?P<mult>{_NUMBER})\s*C|(?P<sign>[-+]?)C\s*/\s*(?P<div>{_NUMBER}))\s*$")
+
+# One number, then a unit in which digits appear only as small powers ('cm^2'). pint would
+# otherwise evaluate arithmetic ('9 ** 9 ** 9 s' runs for hours) and read a bare 'min' as 1 min.
+_QUANTITY_TEXT = re.compile(
+    rf"^\s*(?P<number>{_NUMBER}|[-+]?(?:nan|inf))"
+    r"[^\d()]*(?:(?:\^|\*\*)\s*[-+]?\d{1,2}(?!\s*(?:\d|\^|\*\*))[^\d()]*)*$",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,11 @@ def _quantity(text: object, dims: tuple[Dimension, ...]) -> tuple[float, Dimensi
         raise _fail(f"expected {wanted}, got {type(text).__name__} {text!r}")
     if not isinstance(text, str):
         raise _fail(f"the number {text!r} has no unit; write {wanted}")
+    m = _QUANTITY_TEXT.match(text)
+    if m is None:
+        raise _fail(f"cannot read {text!r} as a quantity (one number, then its unit); write {wanted}")
+    if not math.isfinite(float(m["number"])):  # also '1000…000 V', too long for a float
+        raise _fail(f"{text!r} is not a finite number; write {wanted}")
     ureg = registry()
     try:
         q = ureg.Quantity(text.strip().replace("°C", "degC"))
@@ -113,7 +126,8 @@ def _quantity(text: object, dims: tuple[Dimension, ...]) -> tuple[float, Dimensi
         raise _fail(f"{text!r} has no unit; write {wanted}")
     for dim in dims:
         if q.check(dim.dimensionality):
-            if dim is FRACTION and q.unitless:
+            # Not `q.unitless`: pint counts '%' as unitless too, which refused every percentage.
+            if dim is FRACTION and q.units == ureg.dimensionless:
                 raise _fail(f"{text!r} has no unit; write {wanted}")
             value = float(q.to(dim.si_unit).magnitude) if dim.si_unit else float(q.to("").magnitude)
             if not math.isfinite(value):
@@ -128,8 +142,8 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-_ALL = (DURATION, VOLTAGE, CURRENT, CURRENT_DENSITY, CHARGE, AREAL_CHARGE, AREA, FREQUENCY)
-_ALL += (SCAN_RATE, TEMPERATURE, RESISTANCE)
+_ALL: tuple[Dimension, ...] = (DURATION, VOLTAGE, CURRENT, CURRENT_DENSITY, CHARGE, AREAL_CHARGE)
+_ALL += (AREA, FREQUENCY, SCAN_RATE, TEMPERATURE, RESISTANCE)
 
 
 def _describe(q: Any) -> str:

@@ -91,12 +91,18 @@ def summarise(samples: Mapping[str, FloatArray]) -> list[CycleSummary]:
                 reverse_As=rq,
                 forward_J=fe,
                 reverse_J=re,
-                forward_mean_V=fe / fq * sign if fq else float("nan"),
-                reverse_mean_V=re / rq * -sign if rq else float("nan"),
+                forward_mean_V=_mean_voltage(energy[fwd], charge[fwd]),
+                reverse_mean_V=_mean_voltage(energy[rev], charge[rev]),
                 duration_s=float(t[last[mine[-1]]] - t[first[mine[0]]]),
             )
         )
     return summaries
+
+
+def _mean_voltage(energy_J: FloatArray, charge_As: FloatArray) -> float:
+    """∫V·I dt / ∫I dt: the charge-weighted mean voltage (signs cancel, so it is the real V)."""
+    charge = float(charge_As.sum())
+    return float(energy_J.sum()) / charge if charge else float("nan")
 
 
 def coulombic_efficiencies(cycles: Sequence[CycleSummary]) -> FloatArray:

@@ -92,3 +92,56 @@ def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.output.startswith("cyclerd ")
+
+
+E1_SHORT = """\
+name: E1, three cycles
+cell: {area: 0.785 cm^2}
+record: {every: 1 min}
+steps:
+  - repeat:
+      count: 3
+      until: {short_circuit: true}
+      steps:
+        - plate: {current: 1 mA/cm^2, until: {charge: 1 mAh/cm^2}}
+        - strip: {current: 1 mA/cm^2, until: {voltage_above: 1 V, duration: 2 h}}
+"""
+
+
+def test_run_stores_a_run_that_runs_and_show_report(tmp_path: Path) -> None:
+    protocol = tmp_path / "e1.yaml"
+    protocol.write_text(E1_SHORT)
+    db = tmp_path / "lab.db"
+    result = runner.invoke(app, ["run", str(protocol), "--sim", "mgagsn", "--seed", "2", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "first-cycle CE (ICE)" in result.output
+    assert "84.5 %" in result.output  # the paper's column and, within rounding, this run's
+    assert f"stored as run 1 in {db}" in result.output
+    listing = runner.invoke(app, ["runs", "--db", str(db)])
+    assert "E1, three cycles" in listing.output
+    assert "completed" in listing.output
+    shown = runner.invoke(app, ["show", "1", "--db", str(db)])
+    assert shown.exit_code == 0
+    assert "plated / mAh" in shown.output
+    assert shown.output.count("0.7850") == 3  # 1 mAh/cm² on 0.785 cm², every cycle
+    missing = runner.invoke(app, ["show", "9", "--db", str(db)])
+    assert missing.exit_code == 2
+    assert "no run 9" in missing.output
+
+
+def test_run_refuses_what_it_cannot_run(tmp_path: Path) -> None:
+    protocol = tmp_path / "e1.yaml"
+    protocol.write_text(E1_SHORT)
+    db = str(tmp_path / "lab.db")
+    unknown = runner.invoke(app, ["run", str(protocol), "--sim", "mgagsnn", "--db", db])
+    assert unknown.exit_code == 2
+    assert "choose one of" in unknown.output
+    typo = runner.invoke(app, ["run", str(protocol), "--sim", "mgagsn", "--set", "r_bulk=1", "--db", db])
+    assert typo.exit_code == 2
+    assert "unknown half-cell parameter" in typo.output
+    crate = tmp_path / "crate.yaml"
+    crate.write_text("name: c\nsteps: [Charge at 0.1C until 4.2 V]\n")
+    needs = runner.invoke(app, ["run", str(crate), "--sim", "ncm811-anodeless", "--db", db])
+    assert needs.exit_code == 2
+    assert "nominal capacity" in needs.output
+    assert not (tmp_path / "lab.db").exists()  # refused before anything was stored

@@ -37,7 +37,7 @@ def _half_cell(
             columns["voltage"].append(np.full(len(t), volts))
             columns["current"].append(np.full(len(t), sign * I_A))
             columns["charge"].append(sign * I_A * t)
-            columns["energy"].append(sign * I_A * t * abs(volts))
+            columns["energy"].append(volts * sign * I_A * t)
             t0 += duration
     return {k: np.concatenate(v) for k, v in columns.items()}
 
@@ -58,13 +58,16 @@ def test_ce_ice_cumulative_and_average() -> None:
 def test_retention_is_relative_to_the_reference_cycle() -> None:
     # A full cell: charge first (+), then discharge (-); build it by flipping a half-cell's signs.
     samples = _half_cell([0.9, 0.8, 0.7])
-    for key in ("current", "charge", "voltage", "energy"):
+    for key in ("current", "charge", "voltage"):  # V·I, the energy, keeps its sign
         samples[key] = -samples[key]
     cycles = summarise(samples)
     assert cycles[0].forward_sign == +1
     assert [c.discharge_As for c in cycles] == pytest.approx([I_A * 3600 * f for f in (0.9, 0.8, 0.7)])
     np.testing.assert_allclose(capacity_retention(cycles), [1.0, 0.8 / 0.9, 0.7 / 0.9])
     np.testing.assert_allclose(capacity_retention(cycles, reference_cycle=2), [0.9 / 0.8, 1.0, 0.7 / 0.8])
+    # Mean voltages are real voltages, whichever way the current flows.
+    assert cycles[0].forward_mean_V == pytest.approx(0.04)
+    assert cycles[0].reverse_mean_V == pytest.approx(-0.05)
 
 
 def _short(

@@ -149,23 +149,40 @@ def detect_short(
     that collapses or turns noisy compared with the run's earlier cycles (`voltage_stats`,
     one `forward_voltage_stats` pair per cycle).
     """
-    cutoff_missed = cutoff_missed or {}
-    levels = np.array([level for level, _ in voltage_stats])
-    noises = np.array([noise for _, noise in voltage_stats])
-    for i, c in enumerate(cycles):
-        if c.coulombic_efficiency > CE_SHORT_THRESHOLD:
-            return ShortCircuit(c.cycle, f"CE {100 * c.coulombic_efficiency:.1f} % is above 100 %")
-        if cutoff_missed.get(c.cycle, False):
-            return ShortCircuit(c.cycle, "the voltage never reached its cut-off")
-        if i >= 3:
-            # Cycle 1 is left out of the reference: its seed plateaus are not the steady state.
-            level, noise = np.median(levels[1:i]), np.median(noises[1:i])
-            if levels[i] < COLLAPSE_FRACTION * level:
-                return ShortCircuit(
-                    c.cycle, f"the voltage collapsed to {levels[i] * 1e3:.1f} mV from {level * 1e3:.1f} mV"
-                )
-            if noises[i] > max(NOISE_FACTOR * noise, 1e-3):
-                return ShortCircuit(c.cycle, f"the voltage turned noisy ({noises[i] * 1e3:.1f} mV rms)")
+    for i in range(len(cycles)):
+        short = short_in_cycle(i, cycles, voltage_stats, cutoff_missed)
+        if short is not None:
+            return short
+    return None
+
+
+def short_in_cycle(
+    i: int,
+    cycles: Sequence[CycleSummary],
+    voltage_stats: Sequence[tuple[float, float]],
+    cutoff_missed: Mapping[int, bool] | None = None,
+) -> ShortCircuit | None:
+    """Whether cycle `cycles[i]` shows a short, judged against the cycles before it.
+
+    The runner asks this once per finished cycle, so a long run costs one check per cycle.
+    """
+    c = cycles[i]
+    if c.coulombic_efficiency > CE_SHORT_THRESHOLD:
+        return ShortCircuit(c.cycle, f"CE {100 * c.coulombic_efficiency:.1f} % is above 100 %")
+    if (cutoff_missed or {}).get(c.cycle, False):
+        return ShortCircuit(c.cycle, "the voltage never reached its cut-off")
+    if i < 3:
+        return None
+    # Cycle 1 is left out of the reference: its seed plateaus are not the steady state.
+    level = float(np.median([stat[0] for stat in voltage_stats[1:i]]))
+    noise = float(np.median([stat[1] for stat in voltage_stats[1:i]]))
+    now_level, now_noise = voltage_stats[i]
+    if now_level < COLLAPSE_FRACTION * level:
+        return ShortCircuit(
+            c.cycle, f"the voltage collapsed to {now_level * 1e3:.1f} mV from {level * 1e3:.1f} mV"
+        )
+    if now_noise > max(NOISE_FACTOR * noise, 1e-3):
+        return ShortCircuit(c.cycle, f"the voltage turned noisy ({now_noise * 1e3:.1f} mV rms)")
     return None
 
 

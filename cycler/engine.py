@@ -22,8 +22,8 @@ from cyclerd.cycles import (
     CycleSummary,
     ShortCircuit,
     capacity_retention,
-    detect_short,
     forward_voltage_stats,
+    short_in_cycle,
     summarise,
 )
 from cyclerd.drivers.base import INTERRUPT, SAFETY, Batch, Channel, StepEnd, StepProgress
@@ -191,7 +191,9 @@ class Runner:
         self.cutoff_missed[summary.cycle] = self._buffer.cutoff_missed
         until = loop.until
         if until.short_circuit and self.short is None:
-            self.short = detect_short(self.cycles, self.voltage_stats, self.cutoff_missed)
+            self.short = short_in_cycle(
+                len(self.cycles) - 1, self.cycles, self.voltage_stats, self.cutoff_missed
+            )
             if self.short is not None:
                 self._event(
                     "short_circuit",

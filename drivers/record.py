@@ -40,15 +40,14 @@ def select(
     keep = np.zeros(n, dtype=bool)
     if n == 0:
         return keep
-    dv, di = rule.voltage_change_V, rule.current_change_A
-    quiet = (dv is None or np.ptp(voltage_V) + abs(voltage_V[0] - state.voltage_V) < dv) and (
-        di is None or np.ptp(current_A) + abs(current_A[0] - state.current_A) < di
-    )
-    if rule.every_s is not None and quiet:
-        # Fast path: no change trigger can fire in this chunk; only the clock decides.
-        _by_time(rule.every_s, t_s, keep, state)
-    elif rule.every_s is not None or dv is not None or di is not None:
-        _sequential(rule, t_s, voltage_V, current_A, keep, state)
+    if (
+        rule.every_s is not None
+        and t_s[0] - state.t_s >= rule.every_s - 1e-9
+        and (n == 1 or np.diff(t_s).min() >= rule.every_s - 1e-9)
+    ):
+        keep[:] = True  # logging at least as often as the samples come: all of them, whatever changed
+    else:
+        _choose(rule, t_s, voltage_V, current_A, keep, state)
     kept = np.flatnonzero(keep)
     if len(kept):
         last = kept[-1]
@@ -58,6 +57,25 @@ def select(
             float(current_A[last]),
         )
     return keep
+
+
+def _choose(
+    rule: RecordRule,
+    t_s: FloatArray,
+    voltage_V: FloatArray,
+    current_A: FloatArray,
+    keep: BoolArray,
+    state: RecordState,
+) -> None:
+    dv, di = rule.voltage_change_V, rule.current_change_A
+    quiet = (dv is None or np.ptp(voltage_V) + abs(voltage_V[0] - state.voltage_V) < dv) and (
+        di is None or np.ptp(current_A) + abs(current_A[0] - state.current_A) < di
+    )
+    if rule.every_s is not None and quiet:
+        # Fast path: no change trigger can fire in this chunk; only the clock decides.
+        _by_time(rule.every_s, t_s, keep, state)
+    elif rule.every_s is not None or dv is not None or di is not None:
+        _sequential(rule, t_s, voltage_V, current_A, keep, state)
 
 
 def _by_time(every_s: float, t_s: FloatArray, keep: BoolArray, state: RecordState) -> None:

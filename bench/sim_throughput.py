@@ -1,0 +1,84 @@
+"""E1 on MgAgSn for the full ~500 h at 1 s logging, through Runner and Store, against raw SQLite.
+
+Prints samples/s of the whole simulated run (model, channel, runner, store), samples/s of
+plain `executemany` inserts of the very same rows into a table of the same shape (batches of
+the same size, one transaction each, same pragmas), their ratio, and the growth of the peak
+resident memory during the run. Run: .venv/bin/python bench/sim_throughput.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import sqlite3
+import sys
+import tempfile
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+
+from cyclerd.clock import VirtualClock
+from cyclerd.engine import Runner
+from cyclerd.protocols import loads
+from cyclerd.protocols.compiler import compile_protocol
+from cyclerd.simulators.channel import SimulatedChannel
+from cyclerd.simulators.presets import make_cell
+from cyclerd.store import SCHEMA, Store
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def simulated_run(db: Path) -> tuple[int, float, list[int]]:
+    text = (files("cyclerd.protocols") / "library" / "plating_stripping.yaml").read_text()
+    text = text.replace("every: 10 s", "every: 1 s")
+    program = compile_protocol(loads(text))
+    store = Store(db)
+    run_id = store.create_run(program.name, "sim", text, {}, {"preset": "mgagsn", "seed": 1})
+    clock = VirtualClock()
+    channel = SimulatedChannel(make_cell("mgagsn", seed=1), clock)
+    sizes: list[int] = []
+    runner = Runner(program, channel, store, run_id, clock, on_batch=lambda c: sizes.append(len(c["seq"])))
+    start = time.perf_counter()
+    asyncio.run(runner.run())
+    elapsed = time.perf_counter() - start
+    store.close()
+    return sum(sizes), elapsed, sizes
+
+
+def raw_inserts(source: Path, target: Path, sizes: list[int]) -> float:
+    rows = sqlite3.connect(source).execute("SELECT * FROM samples ORDER BY run_id, seq").fetchall()
+    db = sqlite3.connect(target, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    insert = "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    bounds = np.cumsum([0, *sizes])
+    start = time.perf_counter()
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(insert, rows[lo:hi])
+        db.execute("COMMIT")
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        before = peak_rss_mb()
+        count, run_s, sizes = simulated_run(Path(tmp) / "run.db")
+        growth = peak_rss_mb() - before
+        raw_s = raw_inserts(Path(tmp) / "run.db", Path(tmp) / "raw.db", sizes)
+    run_rate, raw_rate = count / run_s, count / raw_s
+    print(f"samples                      {count:>12,}  in {len(sizes):,} batches")
+    print(f"simulated E1 (Runner+Store)  {run_rate:>12,.0f} samples/s  ({run_s:.2f} s)")
+    print(f"raw SQLite executemany       {raw_rate:>12,.0f} samples/s  ({raw_s:.2f} s)")
+    print(f"ratio                        {run_rate / raw_rate:>12.2f}  (target >= 0.5)")
+    print(f"peak RSS growth during run   {growth:>12.1f} MB (target <= 30 MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

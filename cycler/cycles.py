@@ -8,6 +8,7 @@ its coulombic efficiency is the charge that came back over the charge that went 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,10 @@ class CycleSummary:
     @property
     def coulombic_efficiency(self) -> float:
         return self.reverse_As / self.forward_As if self.forward_As > 0 else float("nan")
+
+    def as_row(self) -> dict[str, float]:
+        """The summary as the store's cycles table holds it."""
+        return {**dataclasses.asdict(self), "coulombic_efficiency": self.coulombic_efficiency}
 
     @property
     def energy_efficiency(self) -> float:

@@ -187,6 +187,7 @@ class Runner:
             return ""
         (summary,) = summaries
         self.cycles.append(summary)
+        self.store.save_cycle(self.run_id, summary.as_row())
         self.voltage_stats.append(forward_voltage_stats(columns, summary))
         self.cutoff_missed[summary.cycle] = self._buffer.cutoff_missed
         until = loop.until

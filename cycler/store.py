@@ -79,6 +79,20 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL,
     data TEXT NOT NULL DEFAULT '{}'
 );
+CREATE TABLE IF NOT EXISTS cycles (  -- written when a cycle ends, from its stored samples
+    run_id INTEGER NOT NULL,
+    cycle INTEGER NOT NULL,
+    forward_sign INTEGER NOT NULL,   -- -1: starts by plating/discharging, +1: by charging
+    forward_As REAL NOT NULL,
+    reverse_As REAL NOT NULL,
+    forward_J REAL NOT NULL,
+    reverse_J REAL NOT NULL,
+    forward_mean_V REAL,
+    reverse_mean_V REAL,
+    duration_s REAL NOT NULL,
+    coulombic_efficiency REAL,
+    PRIMARY KEY (run_id, cycle)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id INTEGER PRIMARY KEY,
     t REAL NOT NULL,
@@ -86,6 +100,18 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
+CYCLE_COLUMNS = (
+    "cycle",
+    "forward_sign",
+    "forward_As",
+    "reverse_As",
+    "forward_J",
+    "reverse_J",
+    "forward_mean_V",
+    "reverse_mean_V",
+    "duration_s",
+    "coulombic_efficiency",
+)
 SAMPLE_COLUMNS = (
     "seq",
     "t",
@@ -267,6 +293,15 @@ class Store:
                 ),
             )
 
+    def save_cycle(self, run_id: int, summary: Mapping[str, float]) -> None:
+        """Store one cycle's summary (keys as CYCLE_COLUMNS)."""
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO cycles (run_id, {', '.join(CYCLE_COLUMNS)})"
+                f" VALUES (?{', ?' * len(CYCLE_COLUMNS)})",
+                (run_id, *(summary[name] for name in CYCLE_COLUMNS)),
+            )
+
     def save_checkpoint(self, run_id: int, t: float, state: Mapping[str, Any]) -> None:
         with self.transaction() as db:
             db.execute(
@@ -349,6 +384,14 @@ class Store:
         for event in events:
             event["data"] = json.loads(event["data"])
         return events
+
+    def cycles(self, run_id: int) -> dict[str, FloatArray]:
+        """The stored cycle summaries of a run as columns (CYCLE_COLUMNS), in cycle order."""
+        rows = self._db.execute(
+            f"SELECT {', '.join(CYCLE_COLUMNS)} FROM cycles WHERE run_id = ? ORDER BY cycle", (run_id,)
+        ).fetchall()
+        table = np.array(rows, dtype=np.float64).reshape(len(rows), len(CYCLE_COLUMNS))
+        return {name: table[:, i].copy() for i, name in enumerate(CYCLE_COLUMNS)}
 
     def checkpoint(self, run_id: int) -> tuple[float, dict[str, Any]] | None:
         row = self._db.execute("SELECT t, state FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()

@@ -145,3 +145,15 @@ def test_run_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     assert needs.exit_code == 2
     assert "nominal capacity" in needs.output
     assert not (tmp_path / "lab.db").exists()  # refused before anything was stored
+
+
+def test_simulator_parameters_come_from_a_file(tmp_path: Path) -> None:
+    protocol = tmp_path / "e1.yaml"
+    protocol.write_text(E1_SHORT)
+    params = tmp_path / "cell.yaml"
+    params.write_text("ice: 0.9\n")  # a better first cycle than the paper's 84.5 %
+    db = tmp_path / "lab.db"
+    args = ["run", str(protocol), "--sim", "mgagsn", "--params", str(params), "--db", str(db)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "90.0 %" in result.output

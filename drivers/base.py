@@ -100,3 +100,68 @@ class Channel(Protocol):
     async def safe_state(self) -> None:
         """Output off / high impedance; must succeed whatever state the channel is in."""
         ...
+
+
+class InstrumentFault(Exception):
+    """Something went wrong talking to an instrument; the message names it and what it said."""
+
+    def __init__(self, instrument: str, message: str) -> None:
+        self.instrument = instrument
+        super().__init__(f"{instrument}: {message}")
+
+
+class InstrumentTimeout(InstrumentFault):
+    """No (complete) reply in time; often transient: the runner may retry."""
+
+
+class InstrumentDisconnected(InstrumentFault):
+    """The link is gone (socket closed, serial port vanished); reconnecting may help."""
+
+
+class InstrumentError(InstrumentFault):
+    """The instrument reported an error; `code` and `text` are its own words."""
+
+    def __init__(self, instrument: str, code: int, text: str) -> None:
+        self.code = code
+        self.text = text
+        super().__init__(instrument, f"instrument error {code}: {text}")
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One measurement of a source-measure instrument, with the instrument's own timestamp."""
+
+    t_s: float  # instrument time, s (only differences matter)
+    voltage_V: float
+    current_A: float
+    in_limit: bool = False  # the compliance limit (VLIM or ILIM) is engaged
+
+
+class SourceMeasure(Protocol):
+    """An instrument that only sources and measures (an SMU); the software stepper runs steps on it.
+
+    Implementations keep all I/O of one instrument in one worker thread and expose it as
+    coroutines, so a slow instrument never blocks the event loop or another channel.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def source_current(self, current_A: float, voltage_limit_V: float) -> None:
+        """Output on, sourcing `current_A` (0 A: open-circuit rest), voltage clamped at the limit."""
+        ...
+
+    async def source_voltage(self, voltage_V: float, current_limit_A: float) -> None:
+        """Output on, holding `voltage_V` with |current| clamped at the limit."""
+        ...
+
+    async def measure(self) -> Reading: ...
+
+    async def output_off(self) -> None:
+        """Output off in high-impedance mode: the cell sees an open circuit."""
+        ...
+
+    async def close(self) -> None: ...

@@ -18,13 +18,13 @@ import numpy as np
 from cyclerd.clock import Clock
 from cyclerd.drivers.base import (
     INTERRUPT,
-    SAFETY,
     Batch,
     Capabilities,
     Spectrum,
     StepEnd,
     StepProgress,
 )
+from cyclerd.drivers.conditions import NO_END, Counter, End, EndWatch, first, safety_end
 from cyclerd.drivers.record import RecordState, select
 from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
 from cyclerd.simulators.cell import CellModel, FloatArray
@@ -36,7 +36,6 @@ CAPABILITIES = Capabilities(
     eis_modes=frozenset({"potentiostatic", "galvanostatic"}),
     frequency_range_Hz=(1e-5, 1e7),
 )
-DVDT_WINDOW_S = 60.0  # |dV/dt| is judged over this much step time
 TIE_S = 1e-6  # scheduled ends closer than this are simultaneous (charge time vs a pause)
 
 
@@ -149,11 +148,11 @@ class SimulatedChannel:
         def commit(duration: float) -> None:
             self.cell.advance_at_current(current_A, duration)
 
-        def extra(seg: _Segment) -> tuple[int, str]:
+        def extra(seg: _Segment) -> End:
             if switch_V is None:
-                return -1, ""
+                return NO_END
             over = seg.voltage_V >= switch_V if current_A > 0 else seg.voltage_V <= switch_V
-            return _first(over), "switch"
+            return first(over), "switch", ""
 
         async for item in self._stream(command, start, limits, t_stop, scheduled, respond, commit, extra):
             yield item
@@ -182,8 +181,8 @@ class SimulatedChannel:
         def commit(duration: float) -> None:
             self.cell.advance_at_voltage(voltage_V, duration)
 
-        def no_extra(seg: _Segment) -> tuple[int, str]:
-            return -1, ""
+        def no_extra(seg: _Segment) -> End:
+            return NO_END
 
         async for item in self._stream(command, start, limits, t_stop, scheduled, respond, commit, no_extra):
             yield item
@@ -197,23 +196,23 @@ class SimulatedChannel:
         scheduled: str,
         respond: Callable[[FloatArray], tuple[FloatArray, FloatArray]],
         commit: Callable[[float], None],
-        extra: Callable[[_Segment], tuple[int, str]],
+        extra: Callable[[_Segment], End],
     ) -> AsyncGenerator[Batch | StepEnd, None]:
         """Walk the fine grid chunk by chunk until a condition holds; yield logged samples."""
         dt = min(self.resolution_s, command.record.every_s or self.resolution_s)
         record = RecordState()
-        t_now, charge, energy = start.t_s, start.charge_As, start.energy_J
-        history = np.empty((0, 2))  # recent (t, V) pairs, for |dV/dt|
-        fresh = start.t_s == 0.0
-        if fresh:
+        counter = Counter(start)
+        watch = EndWatch(command, limits)
+        t_now = start.t_s
+        if t_now == 0.0:
+            # The step's first sample, before any current has flowed; always logged.
             v0, i0 = respond(np.zeros(1))
-            first = _Segment(np.array([0.0]), v0, i0)
-            reason, detail = self._safety(first, limits)
-            record_mask = select(command.record, first.t_s, first.voltage_V, first.current_A, record)
-            del record_mask  # the first sample is always logged
-            yield Batch(first.t_s, first.voltage_V, first.current_A, np.zeros(1), np.zeros(1))
-            history = np.array([[0.0, float(v0[0])]])
-            if reason:
+            t0 = np.zeros(1)
+            q0, e0 = counter.add(t0, v0, i0)
+            select(command.record, t0, v0, i0, record)
+            yield Batch(t0, v0, i0, q0, e0)
+            index, reason, detail = safety_end(limits, v0, i0)
+            if index >= 0:
                 yield StepEnd(reason, StepProgress(0.0, 0.0, 0.0), detail)
                 return
         while True:
@@ -226,101 +225,25 @@ class SimulatedChannel:
                 rel[-1] = t_stop - t_now
             voltage, current = respond(rel)
             seg = _Segment(t_now + rel, voltage, current)
-            index, reason, detail = self._first_end(command, seg, limits, charge, rel, history, extra)
+            charge = counter.charge_As + np.cumsum(current * np.diff(np.concatenate(([0.0], rel))))
+            index, reason, detail = watch.check(seg.t_s, voltage, current, charge, extra(seg))
             if index < 0 and at_stop.any():
                 index, reason = len(rel) - 1, scheduled
             cut = len(rel) if index < 0 else index + 1
-            rel, seg = rel[:cut], _Segment(seg.t_s[:cut], seg.voltage_V[:cut], seg.current_A[:cut])
-            steps_dt = np.diff(np.concatenate(([0.0], rel)))
-            q = charge + np.cumsum(seg.current_A * steps_dt)
-            v_prev = np.concatenate(
-                ([history[-1, 1] if len(history) else seg.voltage_V[0]], seg.voltage_V[:-1])
-            )
-            e = energy + np.cumsum(0.5 * (v_prev + seg.voltage_V) * seg.current_A * steps_dt)
-            commit(float(rel[-1]))
-            await self.clock.sleep(float(rel[-1]))
+            seg = _Segment(seg.t_s[:cut], seg.voltage_V[:cut], seg.current_A[:cut])
+            q, e = counter.add(seg.t_s, seg.voltage_V, seg.current_A)
+            elapsed = float(seg.t_s[-1]) - t_now
+            commit(elapsed)
+            await self.clock.sleep(elapsed)
             keep = select(command.record, seg.t_s, seg.voltage_V, seg.current_A, record)
             if reason:
                 keep[-1] = True
             if keep.any():
                 yield Batch(seg.t_s[keep], seg.voltage_V[keep], seg.current_A[keep], q[keep], e[keep])
-            t_now, charge, energy = float(seg.t_s[-1]), float(q[-1]), float(e[-1])
+            t_now = float(seg.t_s[-1])
             if reason:
-                yield StepEnd(reason, StepProgress(t_now, charge, energy), detail)
+                yield StepEnd(reason, StepProgress(t_now, counter.charge_As, counter.energy_J), detail)
                 return
-            pairs = np.column_stack((seg.t_s, seg.voltage_V))
-            history = np.concatenate((history, pairs))[-int(DVDT_WINDOW_S / dt) - 2 :]
-
-    def _first_end(
-        self,
-        command: StepCommand,
-        seg: _Segment,
-        limits: SafetyLimits,
-        charge: float,
-        rel: FloatArray,
-        history: FloatArray,
-        extra: Callable[[_Segment], tuple[int, str]],
-    ) -> tuple[int, str, str]:
-        """Index of the first sample where the step must end, its reason and detail; -1 if none."""
-        end = command.end
-        candidates: list[tuple[int, str, str]] = []
-        v, i = seg.voltage_V, seg.current_A
-        if end.voltage_above_V is not None:
-            candidates.append((_first(v >= end.voltage_above_V), "voltage_above", ""))
-        if end.voltage_below_V is not None:
-            candidates.append((_first(v <= end.voltage_below_V), "voltage_below", ""))
-        if end.current_below_A is not None:
-            candidates.append((_first(np.abs(i) < end.current_below_A), "current_below", ""))
-        if end.charge_As is not None and command.kind in ("cv", "cccv"):
-            q = charge + np.cumsum(i * np.diff(np.concatenate(([0.0], rel))))
-            candidates.append((_first(np.abs(q) >= end.charge_As), "charge", ""))
-        if end.dvdt_below_V_per_s is not None:
-            candidates.append((self._dvdt_index(seg, history, end.dvdt_below_V_per_s), "dvdt_below", ""))
-        index, reason = extra(seg)
-        candidates.append((index, reason, ""))
-        index, reason, detail = _earliest(candidates)
-        s_index, s_reason, s_detail = self._safety_index(seg, limits)
-        if s_index >= 0 and (index < 0 or s_index <= index):
-            return s_index, s_reason, s_detail
-        return index, reason, detail
-
-    def _dvdt_index(self, seg: _Segment, history: FloatArray, limit: float) -> int:
-        t = np.concatenate((history[:, 0], seg.t_s)) if len(history) else seg.t_s
-        v = np.concatenate((history[:, 1], seg.voltage_V)) if len(history) else seg.voltage_V
-        back = np.searchsorted(t, t - DVDT_WINDOW_S + 1e-9)
-        span = t - t[back]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            slope = np.abs(v - v[back]) / span
-        ok = (span >= DVDT_WINDOW_S - 1e-6) & (slope < limit)
-        return _first(ok[len(t) - len(seg.t_s) :])
-
-    def _safety(self, seg: _Segment, limits: SafetyLimits) -> tuple[str, str]:
-        index, reason, detail = self._safety_index(seg, limits)
-        return (reason, detail) if index >= 0 else ("", "")
-
-    def _safety_index(self, seg: _Segment, limits: SafetyLimits) -> tuple[int, str, str]:
-        checks = []
-        v, i = seg.voltage_V, seg.current_A
-        if limits.voltage_max_V is not None:
-            at = _first(v > limits.voltage_max_V)
-            checks.append(
-                (at, SAFETY, f"voltage {v[at]:.4g} V above {limits.voltage_max_V:g} V" if at >= 0 else "")
-            )
-        if limits.voltage_min_V is not None:
-            at = _first(v < limits.voltage_min_V)
-            checks.append(
-                (at, SAFETY, f"voltage {v[at]:.4g} V below {limits.voltage_min_V:g} V" if at >= 0 else "")
-            )
-        if limits.current_max_A is not None:
-            at = _first(np.abs(i) > limits.current_max_A * (1 + 1e-9))
-            checks.append(
-                (
-                    at,
-                    SAFETY,
-                    f"|current| {abs(i[at]):.4g} A above {limits.current_max_A:.4g} A" if at >= 0 else "",
-                )
-            )
-        return _earliest(checks)
 
 
 def _soonest(ends: list[tuple[float, str]]) -> tuple[float, str]:
@@ -329,15 +252,3 @@ def _soonest(ends: list[tuple[float, str]]) -> tuple[float, str]:
     soonest = min(t for t, _ in ends)
     tied = [end for end in ends if end[0] <= soonest + TIE_S]
     return min(tied, key=lambda end: end[1] == INTERRUPT)
-
-
-def _first(mask: np.ndarray) -> int:
-    """Index of the first True, or -1."""
-    if not mask.any():
-        return -1
-    return int(np.argmax(mask))
-
-
-def _earliest(candidates: list[tuple[int, str, str]]) -> tuple[int, str, str]:
-    found = [c for c in candidates if c[0] >= 0]
-    return min(found, key=lambda c: c[0]) if found else (-1, "", "")

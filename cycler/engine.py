@@ -26,10 +26,22 @@ from cyclerd.cycles import (
     short_in_cycle,
     summarise,
 )
-from cyclerd.drivers.base import INTERRUPT, SAFETY, Batch, Channel, StepEnd, StepProgress
+from cyclerd.drivers.base import (
+    INTERRUPT,
+    SAFETY,
+    Batch,
+    Channel,
+    InstrumentDisconnected,
+    InstrumentFault,
+    InstrumentTimeout,
+    StepEnd,
+    StepProgress,
+)
 from cyclerd.protocols.compiler import Loop, Node, Periodic, Program, StepCommand
 from cyclerd.states import FINAL, RunState, check_transition
 from cyclerd.store import Store
+
+RETRY_BACKOFF_S = 2.0  # run-clock seconds before retrying a step after a transient fault
 
 
 class SafetyStop(Exception):
@@ -38,6 +50,10 @@ class SafetyStop(Exception):
 
 class StopRequested(Exception):
     """Someone asked the run to stop."""
+
+
+class FaultStop(Exception):
+    """An instrument fault that retrying did not cure; the run ends with the cell made safe."""
 
 
 @dataclass
@@ -72,6 +88,7 @@ class Runner:
         run_id: int,
         clock: Clock,
         on_batch: Callable[[dict[str, np.ndarray]], None] | None = None,
+        retries: int = 3,
     ) -> None:
         self.program = program
         self.channel = channel
@@ -79,6 +96,7 @@ class Runner:
         self.run_id = run_id
         self.clock = clock
         self.on_batch = on_batch
+        self.retries = retries
         self.state = RunState.CREATED
         self.cycle = 0
         self.cycles: list[CycleSummary] = []
@@ -127,19 +145,30 @@ class Runner:
         except SafetyStop as exc:
             reason = f"safety: {exc}"
             self._event("safety", f"safety limit crossed: {exc}; cell made safe, run ended")
-            await self.channel.safe_state()
+            await self._make_safe()
             self._transition(RunState.STOPPED, reason)
         except StopRequested:
             reason = "stopped on request"
-            await self.channel.safe_state()
+            await self._make_safe()
+            self._transition(RunState.STOPPED, reason)
+        except FaultStop as exc:
+            reason = f"instrument fault: {exc}"
+            await self._make_safe()
             self._transition(RunState.STOPPED, reason)
         except BaseException as exc:
-            await asyncio.shield(self.channel.safe_state())
+            await asyncio.shield(self._make_safe())
             self._transition(RunState.FAILED, f"run failed: {type(exc).__name__}: {exc}")
             raise
         finally:
-            await self.channel.safe_state()
+            await self._make_safe()
         return RunResult(self.state, self.cycles, self.short, reason)
+
+    async def _make_safe(self) -> None:
+        """Tell the channel to go safe; if it cannot even answer that, say so in the store."""
+        try:
+            await self.channel.safe_state()
+        except InstrumentFault as exc:
+            self._event("fault", f"could not confirm the cell is safe: {exc}")
 
     def _transition(self, state: RunState, message: str) -> None:
         check_transition(self.state, state)
@@ -253,7 +282,9 @@ class Runner:
     async def _segment(
         self, command: StepCommand, number: int, progress: StepProgress, pause_at: float | None
     ) -> StepEnd:
-        """Run the step from `progress` until it ends, is interrupted, or the run is paused/stopped."""
+        """Run the step from `progress` until it ends or is interrupted; pause, stop and instrument
+        faults are handled here, each resuming the step from the last stored sample."""
+        faults = 0
         while True:
             segment_start = self.test_time_s - progress.t_s  # test time at step time 0 of this stretch
             stream = self.channel.run(command, progress, self.program.safety, pause_at)
@@ -271,14 +302,39 @@ class Runner:
                     if not self._resume.is_set():
                         paused = True
                         break
+            except InstrumentFault as exc:
+                faults += 1
+                await self._recover(exc, faults, number, progress)
+                continue
             finally:
                 await stream.aclose()
             if paused:
-                await self.channel.safe_state()
+                await self._make_safe()
                 self._event("pause", f"paused in step {number} at {progress.t_s:.1f} s of step time")
                 await self._resume.wait()
                 if self._stop_requested:
                     raise StopRequested
+
+    async def _recover(
+        self, fault: InstrumentFault, attempt: int, number: int, progress: StepProgress
+    ) -> None:
+        """Record the fault in the instrument's words, make the cell safe, retry or give up."""
+        transient = isinstance(fault, InstrumentTimeout | InstrumentDisconnected)
+        self._event(
+            "fault",
+            f"step {number}: {fault}; cell made safe",
+            {"step": number, "step_time": progress.t_s, "attempt": attempt, "transient": transient},
+        )
+        await self._make_safe()
+        if not transient or attempt > self.retries:
+            raise FaultStop(str(fault)) from fault
+        await self.clock.sleep(RETRY_BACKOFF_S * attempt)
+        reconnect = getattr(self.channel, "reconnect", None)
+        if reconnect is not None:
+            try:
+                await reconnect()
+            except InstrumentFault as exc:
+                self._event("fault", f"reconnecting failed: {exc}")
 
     def _ingest(self, batch: Batch, number: int, segment_start: float) -> None:
         n = len(batch)
@@ -345,7 +401,11 @@ class Runner:
         number = self._step_number
         start = self.test_time_s
         self.store.begin_step(self.run_id, number, command.index, "eis", command.label, self.cycle, start)
-        spectrum = await self.channel.impedance(command.impedance)
+        try:
+            spectrum = await self.channel.impedance(command.impedance)
+        except InstrumentFault as exc:
+            self._event("fault", f"spectrum in step {number}: {exc}")
+            raise FaultStop(str(exc)) from exc
         self._spectrum += 1
         self.store.append_spectrum(
             self.run_id,

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
+from cyclerd.protocols.compiler import ImpedanceSpec, Needs, SafetyLimits, StepCommand
 
 FloatArray = NDArray[np.float64]
 
@@ -76,6 +76,30 @@ class Capabilities:
     voltage_range_V: tuple[float, float]
     eis_modes: frozenset[str] = field(default_factory=frozenset)
     frequency_range_Hz: tuple[float, float] | None = None
+
+
+def unmet_needs(needs: Needs, capabilities: Capabilities, channel: str) -> list[str]:
+    """What a program asks of a channel that the channel cannot do, in words for the user."""
+    problems = []
+    for kind in sorted(needs.kinds - capabilities.kinds):
+        what = "impedance spectra (EIS)" if kind == "eis" else f"{kind} steps"
+        problems.append(
+            f"{channel} cannot measure {what}" if kind == "eis" else f"{channel} cannot run {what}"
+        )
+    if needs.current_max_A > capabilities.current_max_A:
+        problems.append(
+            f"the protocol needs up to {needs.current_max_A:g} A; {channel} sources at most "
+            f"{capabilities.current_max_A:g} A"
+        )
+    low, high = capabilities.voltage_range_V
+    if needs.voltage_range_V is not None and (
+        needs.voltage_range_V[0] < low or needs.voltage_range_V[1] > high
+    ):
+        problems.append(f"the protocol reaches voltages outside {channel}'s {low:g} to {high:g} V")
+    for mode in sorted(needs.eis_modes - capabilities.eis_modes):
+        if "eis" in capabilities.kinds:
+            problems.append(f"{channel} cannot measure {mode} impedance")
+    return problems
 
 
 class Channel(Protocol):

@@ -1,0 +1,242 @@
+"""Keithley 2450 SourceMeter in its native SCPI mode, through pyvisa with the pyvisa-py backend.
+
+Resource strings are pyvisa's: `TCPIP::host::5025::SOCKET` (LAN raw socket), and USB or GPIB
+resources the same way. The 2450 only sources and measures, so steps run on the software
+stepper (`SteppedChannel`). All I/O of one instrument runs in one worker thread: pyvisa-py
+sessions are not safe to share, and a slow instrument must never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import pyvisa
+from pyvisa import errors as visa_errors
+
+from cyclerd.drivers.base import (
+    Capabilities,
+    InstrumentDisconnected,
+    InstrumentError,
+    InstrumentFault,
+    InstrumentTimeout,
+    Reading,
+)
+
+T = TypeVar("T")
+
+# The 2450's SCPI vocabulary used here, in one place (instrument-protocols.md §1.4-1.5).
+SCPI = {
+    "identify": "*IDN?",
+    "language": "*LANG?",
+    "reset": "*RST",
+    "clear": "*CLS",
+    "next_error": ":SYST:ERR?",
+    "output_on": ":OUTP ON",
+    "output_off": ":OUTP OFF",
+    "off_mode_current": ":OUTP:CURR:SMOD HIMP",  # relay opens when off: no current from the cell
+    "off_mode_voltage": ":OUTP:VOLT:SMOD HIMP",
+    "source_current_mode": ":SOUR:FUNC CURR",
+    "source_voltage_mode": ":SOUR:FUNC VOLT",
+    "current_level": ":SOUR:CURR {:.6E}",
+    "voltage_limit": ":SOUR:CURR:VLIM {:.6E}",
+    "voltage_level": ":SOUR:VOLT {:.6E}",
+    "current_limit": ":SOUR:VOLT:ILIM {:.6E}",
+    "voltage_limit_tripped": ":SOUR:CURR:VLIM:TRIP?",
+    "current_limit_tripped": ":SOUR:VOLT:ILIM:TRIP?",
+    "sense_voltage": ':SENS:FUNC "VOLT"',
+    "sense_current": ':SENS:FUNC "CURR"',
+    "remote_sense": ":SENS:VOLT:RSEN {}",
+    "voltage_autorange": ":SENS:VOLT:RANG:AUTO ON",
+    "integration": ":SENS:VOLT:NPLC {:g}",
+    "read": ':READ? "defbuffer1", READ, SOUR, REL',
+    "measure_current": ":MEAS:CURR?",
+}
+
+CAPABILITIES = Capabilities(
+    kinds=frozenset({"rest", "cc", "plate", "strip", "cv", "cccv"}),
+    current_max_A=1.05,
+    voltage_range_V=(-21.0, 21.0),
+)
+
+
+class Keithley2450:
+    """One 2450 on one resource; implements SourceMeasure."""
+
+    def __init__(
+        self,
+        resource: str,
+        remote_sense: bool = True,
+        nplc: float = 1.0,
+        timeout_s: float = 2.0,
+        backend: str = "@py",
+    ) -> None:
+        self.resource = resource
+        self.remote_sense = remote_sense
+        self.nplc = nplc
+        self.timeout_s = timeout_s
+        self.backend = backend
+        self.identity = ""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"k2450-{resource}")
+        self._session: Any = None
+        self._mode = "off"  # "current" | "voltage" | "off"
+        self._voltage_limit_V = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"Keithley 2450 at {self.resource}"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, check it is a 2450 in SCPI mode, reset to a safe, known state."""
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        manager = pyvisa.ResourceManager(self.backend)
+        self._session = manager.open_resource(
+            self.resource,
+            read_termination="\n",
+            write_termination="\n",
+            timeout=int(self.timeout_s * 1000),
+        )
+        self.identity = self._query(SCPI["identify"])
+        if "MODEL 2450" not in self.identity:
+            raise InstrumentFault(self.name, f"expected a Keithley 2450, it says {self.identity!r}")
+        self._configure(
+            SCPI["reset"],
+            SCPI["clear"],
+            SCPI["off_mode_current"],
+            SCPI["off_mode_voltage"],
+            SCPI["sense_voltage"],
+            SCPI["remote_sense"].format("ON" if self.remote_sense else "OFF"),
+            SCPI["voltage_autorange"],
+            SCPI["integration"].format(self.nplc),
+        )
+        self._mode = "off"
+
+    async def close(self) -> None:
+        try:
+            await self.output_off()
+        finally:
+            await self._call(self._close)
+            self._executor.shutdown(wait=False)
+
+    def _close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    # -- SourceMeasure -------------------------------------------------------------------
+
+    async def source_current(self, current_A: float, voltage_limit_V: float) -> None:
+        await self._call(self._source_current, current_A, voltage_limit_V)
+
+    def _source_current(self, current_A: float, voltage_limit_V: float) -> None:
+        # Level, then limit, then function: the limit is set above the cell voltage before the
+        # output can drive the cell (sink-mode guidance, §1.5).
+        self._configure(
+            SCPI["source_current_mode"],
+            SCPI["voltage_limit"].format(voltage_limit_V),
+            SCPI["current_level"].format(current_A),
+            SCPI["sense_voltage"],
+            SCPI["output_on"],
+        )
+        self._mode, self._voltage_limit_V = "current", voltage_limit_V
+
+    async def source_voltage(self, voltage_V: float, current_limit_A: float) -> None:
+        await self._call(self._source_voltage, voltage_V, current_limit_A)
+
+    def _source_voltage(self, voltage_V: float, current_limit_A: float) -> None:
+        self._configure(
+            SCPI["source_voltage_mode"],
+            SCPI["current_limit"].format(current_limit_A),
+            SCPI["voltage_level"].format(voltage_V),
+            SCPI["sense_current"],
+            SCPI["output_on"],
+        )
+        self._mode = "voltage"
+
+    async def measure(self) -> Reading:
+        reading: Reading = await self._call(self._measure)
+        return reading
+
+    def _measure(self) -> Reading:
+        reading, source, t = self._numbers(self._query(SCPI["read"]), 3)
+        if self._mode == "voltage":
+            return Reading(t, source, reading, in_limit=False)
+        # Sourcing current: near the voltage limit the 2450 clamps and the current tapers; only
+        # then is the programmed current not the real one, so only then ask for it (§1.5).
+        near_limit = self._voltage_limit_V and abs(reading) >= 0.99 * self._voltage_limit_V
+        if near_limit and self._query(SCPI["voltage_limit_tripped"]).strip() == "1":
+            (actual,) = self._numbers(self._query(SCPI["measure_current"]), 1)
+            self._session.write(SCPI["sense_voltage"])  # :MEAS:CURR? left current sensing on
+            return Reading(t, reading, actual, in_limit=True)
+        return Reading(t, reading, source)
+
+    async def output_off(self) -> None:
+        if self._session is None:
+            return
+        await self._call(self._output_off)
+
+    def _output_off(self) -> None:
+        self._session.write(SCPI["output_off"])
+        self._mode = "off"
+
+    async def errors(self) -> list[tuple[int, str]]:
+        """Drain the instrument's error queue."""
+        queued: list[tuple[int, str]] = await self._call(self._drain)
+        return queued
+
+    # -- plumbing (worker thread only) ---------------------------------------------------
+
+    async def _call(self, function: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._guarded, function, *args)
+
+    def _guarded(self, function: Any, *args: Any) -> Any:
+        try:
+            return function(*args)
+        except visa_errors.VisaIOError as exc:
+            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
+                raise InstrumentTimeout(self.name, f"no reply within {self.timeout_s:g} s") from None
+            raise InstrumentDisconnected(self.name, f"link failed: {exc.description}") from None
+        except (ConnectionError, OSError) as exc:
+            raise InstrumentDisconnected(self.name, f"link failed: {exc}") from None
+
+    def _query(self, command: str) -> str:
+        if self._session is None:
+            raise InstrumentDisconnected(self.name, "not connected")
+        return str(self._session.query(command))
+
+    def _configure(self, *commands: str) -> None:
+        """Send a configuration block, then make sure the instrument accepted all of it."""
+        for command in commands:
+            self._session.write(command)
+        queued = self._drain()
+        if queued:
+            code, text = queued[0]
+            raise InstrumentError(self.name, code, text)
+
+    def _drain(self) -> list[tuple[int, str]]:
+        found: list[tuple[int, str]] = []
+        for _ in range(100):  # the queue holds at most a few dozen entries
+            code, _, rest = self._query(SCPI["next_error"]).partition(",")
+            if int(code) == 0:
+                break
+            found.append((int(code), rest.strip().strip('"').split(";")[0]))
+        return found
+
+    def _numbers(self, reply: str, count: int) -> list[float]:
+        try:
+            values = [float(part) for part in reply.split(",")]
+        except ValueError:
+            raise InstrumentFault(self.name, f"unreadable reply {reply!r}") from None
+        if len(values) != count:
+            raise InstrumentFault(self.name, f"expected {count} values, got {reply!r}")
+        return values

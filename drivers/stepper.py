@@ -1,0 +1,147 @@
+"""The software stepper: runs steps on instruments that only source and measure (SMUs).
+
+The instrument is told what to source; the stepper polls it, timestamps readings with the
+instrument's own clock, checks end conditions and safety limits on every reading (the same
+`EndWatch` every channel uses), logs by the record rule and hands the runner batches.
+A constant-current charge to a voltage (cccv) uses the SMU's own compliance: sourcing the
+current with the voltage limit at the CV level makes the SMU clamp there and taper — CC-CV.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+
+import numpy as np
+
+from cyclerd.clock import Clock
+from cyclerd.drivers.base import (
+    INTERRUPT,
+    Batch,
+    Capabilities,
+    InstrumentFault,
+    Reading,
+    SourceMeasure,
+    Spectrum,
+    StepEnd,
+    StepProgress,
+)
+from cyclerd.drivers.conditions import Counter, EndWatch
+from cyclerd.drivers.record import RecordState, select
+from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
+
+COMPLIANCE_MARGIN_V = 0.5  # the voltage limit sits this far beyond anything the step may reach
+DEFAULT_VOLTAGE_LIMIT_V = 5.0
+DEFAULT_CURRENT_LIMIT_A = 0.1
+FLUSH_AFTER_S = 1.0  # hand logged samples to the runner at least this often (wall clock)
+FLUSH_AFTER_SAMPLES = 256
+
+
+class SteppedChannel:
+    """A Channel made of a SourceMeasure instrument and the software stepper."""
+
+    def __init__(self, instrument: SourceMeasure, clock: Clock, poll_interval_s: float = 1.0) -> None:
+        self.instrument = instrument
+        self.clock = clock
+        self.poll_interval_s = poll_interval_s
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.instrument.capabilities
+
+    async def safe_state(self) -> None:
+        await self.instrument.output_off()
+
+    async def impedance(self, spec: ImpedanceSpec) -> Spectrum:
+        raise NotImplementedError(f"{self.instrument.name} cannot measure impedance spectra")
+
+    async def run(
+        self,
+        command: StepCommand,
+        start: StepProgress,
+        limits: SafetyLimits,
+        pause_at_s: float | None = None,
+    ) -> AsyncGenerator[Batch | StepEnd, None]:
+        if command.kind in ("eis", "sweep"):
+            raise NotImplementedError(f"{self.instrument.name} cannot run {command.kind} steps")
+        try:
+            await self._source(command, limits)
+            async for item in self._poll(command, start, limits, pause_at_s):
+                yield item
+        except BaseException:
+            # Never leave a cell driven by a failed step. If the link itself failed this cannot
+            # succeed; the original fault says why and the runner records it.
+            with contextlib.suppress(InstrumentFault):
+                await self.instrument.output_off()
+            raise
+
+    async def _source(self, command: StepCommand, limits: SafetyLimits) -> None:
+        if command.kind in ("cv",):
+            assert command.voltage_V is not None
+            ceiling = command.current_limit_A or limits.current_max_A or DEFAULT_CURRENT_LIMIT_A
+            await self.instrument.source_voltage(command.voltage_V, ceiling)
+        elif command.kind == "cccv":
+            assert command.voltage_V is not None
+            await self.instrument.source_current(command.current_A or 0.0, abs(command.voltage_V))
+        else:
+            await self.instrument.source_current(command.current_A or 0.0, _voltage_limit(command, limits))
+
+    async def _poll(
+        self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
+    ) -> AsyncGenerator[Batch | StepEnd, None]:
+        watch = EndWatch(command, limits)
+        counter = Counter(start)
+        record = RecordState()
+        buffer: list[Reading] = []
+        logged: list[tuple[float, float, float, float, float]] = []
+        origin: float | None = None
+        fresh = start.t_s == 0.0  # a step's first sample is always logged
+        flushed = time.monotonic()
+        while True:
+            reading = await self.instrument.measure()
+            if origin is None:
+                origin = reading.t_s - start.t_s  # instrument time at step time 0
+            buffer.append(reading)
+            t = np.array([reading.t_s - origin])
+            v = np.array([reading.voltage_V])
+            i = np.array([reading.current_A])
+            q, e = counter.add(t, v, i)
+            index, reason, detail = watch.check(t, v, i, q)
+            if index < 0 and pause_at_s is not None and t[0] >= pause_at_s - 1e-9:
+                reason = INTERRUPT
+            keep = select(command.record, t, v, i, record)
+            if keep[0] or reason or fresh:
+                fresh = False
+                logged.append((float(t[0]), float(v[0]), float(i[0]), float(q[0]), float(e[0])))
+            due = time.monotonic() - flushed >= FLUSH_AFTER_S or len(logged) >= FLUSH_AFTER_SAMPLES
+            if logged and (due or reason):
+                yield _batch(logged)
+                logged = []
+                flushed = time.monotonic()
+            if reason:
+                yield StepEnd(reason, StepProgress(float(t[0]), counter.charge_As, counter.energy_J), detail)
+                return
+            await self.clock.sleep(self.poll_interval_s)
+
+
+def _voltage_limit(command: StepCommand, limits: SafetyLimits) -> float:
+    """A compliance voltage beyond every voltage the step or the safety window allows."""
+    volts = [
+        v
+        for v in (
+            limits.voltage_max_V,
+            limits.voltage_min_V,
+            command.end.voltage_above_V,
+            command.end.voltage_below_V,
+        )
+        if v is not None
+    ]
+    if not volts:
+        return DEFAULT_VOLTAGE_LIMIT_V
+    return max(abs(v) for v in volts) + COMPLIANCE_MARGIN_V
+
+
+def _batch(rows: list[tuple[float, float, float, float, float]]) -> Batch:
+    table = np.array(rows, dtype=np.float64)
+    return Batch(table[:, 0], table[:, 1], table[:, 2], table[:, 3], table[:, 4])

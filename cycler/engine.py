@@ -33,6 +33,7 @@ from cyclerd.drivers.base import (
     Channel,
     InstrumentDisconnected,
     InstrumentFault,
+    InstrumentGarbled,
     InstrumentTimeout,
     StepEnd,
     StepProgress,
@@ -319,7 +320,7 @@ class Runner:
         self, fault: InstrumentFault, attempt: int, number: int, progress: StepProgress
     ) -> None:
         """Record the fault in the instrument's words, make the cell safe, retry or give up."""
-        transient = isinstance(fault, InstrumentTimeout | InstrumentDisconnected)
+        transient = isinstance(fault, InstrumentTimeout | InstrumentDisconnected | InstrumentGarbled)
         self._event(
             "fault",
             f"step {number}: {fault}; cell made safe",

@@ -138,6 +138,10 @@ class InstrumentTimeout(InstrumentFault):
     """No (complete) reply in time; often transient: the runner may retry."""
 
 
+class InstrumentGarbled(InstrumentFault):
+    """A reply that cannot be read (noise on the line, a half-sent message); usually transient."""
+
+
 class InstrumentDisconnected(InstrumentFault):
     """The link is gone (socket closed, serial port vanished); reconnecting may help."""
 

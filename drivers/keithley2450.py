@@ -9,6 +9,7 @@ sessions are not safe to share, and a slow instrument must never block the event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from cyclerd.drivers.base import (
     InstrumentDisconnected,
     InstrumentError,
     InstrumentFault,
+    InstrumentGarbled,
     InstrumentTimeout,
     Reading,
 )
@@ -32,6 +34,7 @@ SCPI = {
     "language": "*LANG?",
     "reset": "*RST",
     "clear": "*CLS",
+    "operation_complete": "*OPC?",
     "next_error": ":SYST:ERR?",
     "output_on": ":OUTP ON",
     "output_off": ":OUTP OFF",
@@ -120,6 +123,11 @@ class Keithley2450:
         )
         self._mode = "off"
 
+    async def reopen(self) -> None:
+        """Reconnect after a dropped link; the instrument is reset, so its output is off."""
+        await self._call(self._close)
+        await self._call(self._open)
+
     async def close(self) -> None:
         try:
             await self.output_off()
@@ -129,7 +137,8 @@ class Keithley2450:
 
     def _close(self) -> None:
         if self._session is not None:
-            self._session.close()
+            with contextlib.suppress(visa_errors.VisaIOError, OSError):
+                self._session.close()
             self._session = None
 
     # -- SourceMeasure -------------------------------------------------------------------
@@ -185,8 +194,10 @@ class Keithley2450:
         await self._call(self._output_off)
 
     def _output_off(self) -> None:
+        # Wait for *OPC? so "safe" means the instrument has acted, not that a line was sent.
         self._session.write(SCPI["output_off"])
         self._mode = "off"
+        self._query(SCPI["operation_complete"])
 
     async def errors(self) -> list[tuple[int, str]]:
         """Drain the instrument's error queue."""
@@ -226,17 +237,22 @@ class Keithley2450:
     def _drain(self) -> list[tuple[int, str]]:
         found: list[tuple[int, str]] = []
         for _ in range(100):  # the queue holds at most a few dozen entries
-            code, _, rest = self._query(SCPI["next_error"]).partition(",")
-            if int(code) == 0:
+            reply = self._query(SCPI["next_error"])
+            code, _, rest = reply.partition(",")
+            try:
+                number = int(code)
+            except ValueError:
+                raise InstrumentGarbled(self.name, f"unreadable error queue entry {reply!r}") from None
+            if number == 0:
                 break
-            found.append((int(code), rest.strip().strip('"').split(";")[0]))
+            found.append((number, rest.strip().strip('"').split(";")[0]))
         return found
 
     def _numbers(self, reply: str, count: int) -> list[float]:
         try:
             values = [float(part) for part in reply.split(",")]
         except ValueError:
-            raise InstrumentFault(self.name, f"unreadable reply {reply!r}") from None
+            raise InstrumentGarbled(self.name, f"unreadable reply {reply!r}") from None
         if len(values) != count:
-            raise InstrumentFault(self.name, f"expected {count} values, got {reply!r}")
+            raise InstrumentGarbled(self.name, f"expected {count} values, got {reply!r}")
         return values

@@ -53,6 +53,12 @@ class SteppedChannel:
     async def safe_state(self) -> None:
         await self.instrument.output_off()
 
+    async def reconnect(self) -> None:
+        """After a dropped link: reopen the instrument if its driver can."""
+        reopen = getattr(self.instrument, "reopen", None)
+        if reopen is not None:
+            await reopen()
+
     async def impedance(self, spec: ImpedanceSpec) -> Spectrum:
         raise NotImplementedError(f"{self.instrument.name} cannot measure impedance spectra")
 

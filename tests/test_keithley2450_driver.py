@@ -1,0 +1,191 @@
+"""The Keithley 2450 driver and the software stepper over a real TCP socket, against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cyclerd.clock import VirtualClock
+from cyclerd.cycles import summarise
+from cyclerd.drivers.base import InstrumentError, InstrumentTimeout, unmet_needs
+from cyclerd.drivers.keithley2450 import Keithley2450
+from cyclerd.drivers.stepper import SteppedChannel
+from cyclerd.engine import Runner
+from cyclerd.protocols import loads
+from cyclerd.protocols.compiler import compile_protocol
+from cyclerd.simulators.channel import SimulatedChannel
+from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
+from cyclerd.simulators.presets import make_cell
+from cyclerd.simulators.scpi import running
+from cyclerd.states import RunState
+from cyclerd.store import Store
+
+STEP_S = 10.0  # the emulator's virtual time per reading, and the stepper's poll interval
+
+E1_FEW = """
+name: E1, a few cycles
+cell: {area: 0.785 cm^2}
+safety: {voltage_min: -0.5 V, voltage_max: 3 V, current_max: 2 mA/cm^2}
+record: {every: 10 s}
+steps:
+  - repeat:
+      count: 3
+      until: {short_circuit: true}
+      steps:
+        - plate: {current: 1 mA/cm^2, until: {charge: 1 mAh/cm^2}}
+        - strip: {current: 1 mA/cm^2, until: {voltage_above: 1 V, duration: 2 h}}
+"""
+
+
+@pytest.fixture
+def emulator() -> Iterator[tuple[Keithley2450Emulator, str]]:
+    device = Keithley2450Emulator(make_cell("mgagsn", seed=1), virtual_step_s=STEP_S)
+    with running(device) as port:
+        yield device, f"TCPIP::127.0.0.1::{port}::SOCKET"
+
+
+def _run(program_text: str, channel: object, clock: VirtualClock, db: Path) -> tuple[Runner, Store, int]:
+    program = compile_protocol(loads(program_text))
+    store = Store(db)
+    run_id = store.create_run(program.name, "test", program_text, {}, {})
+    runner = Runner(program, channel, store, run_id, clock)  # type: ignore[arg-type]
+    asyncio.run(runner.run())
+    return runner, store, run_id
+
+
+def test_identifies_and_configures_a_2450(emulator: tuple[Keithley2450Emulator, str]) -> None:
+    device, resource = emulator
+
+    async def check() -> None:
+        smu = Keithley2450(resource)
+        await smu.open()
+        assert "MODEL 2450" in smu.identity
+        assert await smu.errors() == []
+        await smu.source_current(1e-4, 3.0)
+        assert device.s.output
+        reading = await smu.measure()
+        assert reading.current_A == pytest.approx(1e-4, rel=1e-3)
+        await smu.close()
+        assert not device.s.output
+
+    asyncio.run(check())
+
+
+def test_e1_on_the_emulator_matches_the_in_process_simulator(
+    emulator: tuple[Keithley2450Emulator, str], tmp_path: Path
+) -> None:
+    _, resource = emulator
+
+    async def on_instrument() -> RunState:
+        clock = VirtualClock()
+        smu = Keithley2450(resource)
+        await smu.open()
+        channel = SteppedChannel(smu, clock, poll_interval_s=STEP_S)
+        program = compile_protocol(loads(E1_FEW))
+        assert unmet_needs(program.needs(), channel.capabilities, smu.name) == []
+        store = Store(tmp_path / "instrument.db")
+        run_id = store.create_run(program.name, "k2450", E1_FEW, {}, {})
+        result = await Runner(program, channel, store, run_id, clock).run()
+        await smu.close()
+        return result.state
+
+    assert asyncio.run(on_instrument()) is RunState.COMPLETED
+    clock = VirtualClock()
+    _, reference, _ = _run(
+        E1_FEW, SimulatedChannel(make_cell("mgagsn", seed=1), clock), clock, tmp_path / "sim.db"
+    )
+    measured = summarise(Store(tmp_path / "instrument.db").samples(1))
+    expected = summarise(reference.samples(1))
+    assert len(measured) == len(expected) == 3
+    for m, e in zip(measured, expected, strict=True):
+        # An SMU ends a step on the first reading past its condition: up to one poll late.
+        assert m.forward_As == pytest.approx(e.forward_As, abs=7.85e-4 * STEP_S * 1.01)
+        assert m.coulombic_efficiency == pytest.approx(e.coulombic_efficiency, abs=0.01)
+        assert m.reverse_mean_V == pytest.approx(e.reverse_mean_V, abs=0.005)
+
+
+def test_a_refused_setting_surfaces_the_instruments_own_error(
+    emulator: tuple[Keithley2450Emulator, str],
+) -> None:
+    device, resource = emulator
+
+    async def check() -> None:
+        smu = Keithley2450(resource)
+        await smu.open()
+        with pytest.raises(InstrumentError) as err:
+            await smu.source_current(5.0, 3.0)  # beyond the 2450's 1.05 A: -222
+        assert err.value.code == -222
+        assert "out of range" in err.value.text.lower()
+        device.faults.error_next = (-310, "System error")
+        with pytest.raises(InstrumentError, match="-310"):
+            await smu.source_current(1e-4, 3.0)
+        await smu.close()
+
+    asyncio.run(check())
+
+
+def test_a_persistent_timeout_stops_the_run_safely_and_keeps_the_data(
+    emulator: tuple[Keithley2450Emulator, str], tmp_path: Path
+) -> None:
+    device, resource = emulator
+    long_rest = "name: rest\nrecord: {every: 10 s}\nsteps:\n  - rest: 10 h\n"
+
+    async def run() -> tuple[RunState, Store]:
+        clock = VirtualClock()
+        smu = Keithley2450(resource, timeout_s=0.3)
+        await smu.open()
+        store = Store(tmp_path / "fault.db")
+        run_id = store.create_run("rest", "k2450", long_rest, {}, {})
+        program = compile_protocol(loads(long_rest))
+
+        def stall_after_some_samples(columns: dict[str, object]) -> None:
+            if clock.now() > 600:
+                device.faults.delay_s = 1.0  # every reply now comes too late: a stalled instrument
+
+        runner = Runner(
+            program,
+            SteppedChannel(smu, clock, STEP_S),
+            store,
+            run_id,
+            clock,
+            on_batch=stall_after_some_samples,
+        )
+        runner.retries = 1
+        result = await runner.run()
+        device.faults.delay_s = 0.0
+        for _ in range(100):  # the stalled instrument works through the lines it was sent
+            if not device.s.output:
+                break
+            await asyncio.sleep(0.1)
+        await smu.close()
+        return result.state, store
+
+    state, store = asyncio.run(run())
+    assert state is RunState.STOPPED
+    faults = [e["message"] for e in store.events(1) if e["kind"] == "fault"]
+    assert any("no reply within 0.3 s" in message for message in faults)
+    assert len(store.samples(1)["seq"]) > 0  # what was stored before the stall is still there
+    assert not device.s.output  # the output-off the runner sent was acted on once the stall ended
+    assert any("could not confirm the cell is safe" in m for m in faults) or any(
+        "cell made safe" in m for m in faults
+    )
+
+
+def test_the_emulator_timeout_maps_to_instrument_timeout(emulator: tuple[Keithley2450Emulator, str]) -> None:
+    device, resource = emulator
+
+    async def check() -> None:
+        smu = Keithley2450(resource, timeout_s=0.2)
+        await smu.open()
+        device.faults.delay_s = 0.5
+        with pytest.raises(InstrumentTimeout):
+            await smu.measure()
+        device.faults.delay_s = 0.0
+        await smu.reopen()  # a fresh session: no late reply left in the buffer
+        assert (await smu.measure()).voltage_V > 0
+        await smu.close()
+
+    asyncio.run(check())

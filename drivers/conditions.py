@@ -7,6 +7,8 @@ keep the step's running charge and energy, so every channel ends steps the same 
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -75,6 +77,15 @@ class Counter:
         self._last = (float(t_s[-1]), float(voltage_V[-1]), float(current_A[-1]))
         return q, e
 
+    def add_one(self, t_s: float, voltage_V: float, current_A: float) -> tuple[float, float]:
+        """`add` for a single sample, without numpy: an SMU is polled one reading at a time."""
+        t0, v0, i0 = self._last if self._last is not None else (min(self._start_t, t_s), voltage_V, current_A)
+        dt = t_s - t0
+        self.charge_As += 0.5 * (current_A + i0) * dt
+        self.energy_J += 0.5 * (voltage_V * current_A + v0 * i0) * dt
+        self._last = (t_s, voltage_V, current_A)
+        return self.charge_As, self.energy_J
+
 
 class EndWatch:
     """Watches a step's end conditions over successive chunks of samples."""
@@ -83,6 +94,7 @@ class EndWatch:
         self.command = command
         self.limits = limits
         self._history = np.empty((0, 2))  # recent (t, V) pairs, for |dV/dt|
+        self._recent: deque[tuple[float, float]] = deque()  # the same, for check_one
 
     def check(
         self,
@@ -115,6 +127,38 @@ class EndWatch:
         if unsafe[0] >= 0 and (found[0] < 0 or unsafe[0] <= found[0]):
             return unsafe
         return found
+
+    def check_one(self, t_s: float, voltage_V: float, current_A: float, charge_As: float) -> End:
+        """`check` for a single sample, without numpy (same conditions, same precedence)."""
+        lim, end, v, i = self.limits, self.command.end, voltage_V, current_A
+        if lim.voltage_max_V is not None and v > lim.voltage_max_V:
+            return 0, SAFETY, f"voltage {v:.4g} V above {lim.voltage_max_V:g} V"
+        if lim.voltage_min_V is not None and v < lim.voltage_min_V:
+            return 0, SAFETY, f"voltage {v:.4g} V below {lim.voltage_min_V:g} V"
+        if lim.current_max_A is not None and abs(i) > lim.current_max_A * (1 + 1e-9):
+            return 0, SAFETY, f"|current| {abs(i):.4g} A above {lim.current_max_A:.4g} A"
+        if end.voltage_above_V is not None and v >= end.voltage_above_V:
+            return 0, "voltage_above", ""
+        if end.voltage_below_V is not None and v <= end.voltage_below_V:
+            return 0, "voltage_below", ""
+        if end.current_below_A is not None and abs(i) < end.current_below_A:
+            return 0, "current_below", ""
+        if end.charge_As is not None and abs(charge_As) >= end.charge_As * (1 - CHARGE_TOLERANCE):
+            return 0, "charge", ""
+        if end.duration_s is not None and t_s >= end.duration_s - 1e-9:
+            return 0, "duration", ""
+        if end.dvdt_below_V_per_s is not None and self._dvdt_one(t_s, v, end.dvdt_below_V_per_s):
+            return 0, "dvdt_below", ""
+        return NO_END
+
+    def _dvdt_one(self, t_s: float, voltage_V: float, limit: float) -> bool:
+        recent = self._recent
+        recent.append((t_s, voltage_V))
+        while len(recent) > 1 and recent[1][0] <= t_s - DVDT_WINDOW_S + 1e-9:
+            recent.popleft()  # keep exactly one sample at least a window old, at the front
+        t0, v0 = recent[0]
+        span = t_s - t0
+        return span >= DVDT_WINDOW_S - 1e-6 and abs(voltage_V - v0) / span < limit
 
     def _dvdt(self, t_s: FloatArray, voltage_V: FloatArray, limit: float) -> int:
         t = np.concatenate((self._history[:, 0], t_s))

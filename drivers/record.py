@@ -104,3 +104,15 @@ def _sequential(
         if t - last_t >= every - 1e-9 or not abs(v - last_v) < dv or not abs(i - last_i) < di:
             keep[j] = True
             last_t, last_v, last_i = t, v, i
+
+
+def select_one(rule: RecordRule, t_s: float, voltage_V: float, current_A: float, state: RecordState) -> bool:
+    """`select` for a single sample, without numpy: whether to log it (updates `state`)."""
+    due = rule.every_s is not None and t_s - state.t_s >= rule.every_s - 1e-9
+    moved = (
+        rule.voltage_change_V is not None and not abs(voltage_V - state.voltage_V) < rule.voltage_change_V
+    ) or (rule.current_change_A is not None and not abs(current_A - state.current_A) < rule.current_change_A)
+    if due or moved:
+        state.t_s, state.voltage_V, state.current_A = t_s, voltage_V, current_A
+        return True
+    return False

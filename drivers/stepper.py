@@ -21,14 +21,13 @@ from cyclerd.drivers.base import (
     Batch,
     Capabilities,
     InstrumentFault,
-    Reading,
     SourceMeasure,
     Spectrum,
     StepEnd,
     StepProgress,
 )
 from cyclerd.drivers.conditions import Counter, EndWatch
-from cyclerd.drivers.record import RecordState, select
+from cyclerd.drivers.record import RecordState, select_one
 from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
 
 COMPLIANCE_MARGIN_V = 0.5  # the voltage limit sits this far beyond anything the step may reach
@@ -99,7 +98,6 @@ class SteppedChannel:
         watch = EndWatch(command, limits)
         counter = Counter(start)
         record = RecordState()
-        buffer: list[Reading] = []
         logged: list[tuple[float, float, float, float, float]] = []
         origin: float | None = None
         fresh = start.t_s == 0.0  # a step's first sample is always logged
@@ -108,25 +106,22 @@ class SteppedChannel:
             reading = await self.instrument.measure()
             if origin is None:
                 origin = reading.t_s - start.t_s  # instrument time at step time 0
-            buffer.append(reading)
-            t = np.array([reading.t_s - origin])
-            v = np.array([reading.voltage_V])
-            i = np.array([reading.current_A])
-            q, e = counter.add(t, v, i)
-            index, reason, detail = watch.check(t, v, i, q)
-            if index < 0 and pause_at_s is not None and t[0] >= pause_at_s - 1e-9:
+            # One reading at a time, so scalar arithmetic: numpy would cost more than the query.
+            t, v, i = reading.t_s - origin, reading.voltage_V, reading.current_A
+            q, e = counter.add_one(t, v, i)
+            _, reason, detail = watch.check_one(t, v, i, q)
+            if not reason and pause_at_s is not None and t >= pause_at_s - 1e-9:
                 reason = INTERRUPT
-            keep = select(command.record, t, v, i, record)
-            if keep[0] or reason or fresh:
+            if select_one(command.record, t, v, i, record) or reason or fresh:
                 fresh = False
-                logged.append((float(t[0]), float(v[0]), float(i[0]), float(q[0]), float(e[0])))
+                logged.append((t, v, i, q, e))
             due = time.monotonic() - flushed >= FLUSH_AFTER_S or len(logged) >= FLUSH_AFTER_SAMPLES
             if logged and (due or reason):
                 yield _batch(logged)
                 logged = []
                 flushed = time.monotonic()
             if reason:
-                yield StepEnd(reason, StepProgress(float(t[0]), counter.charge_As, counter.energy_J), detail)
+                yield StepEnd(reason, StepProgress(t, counter.charge_As, counter.energy_J), detail)
                 return
             await self.clock.sleep(self.poll_interval_s)
 

@@ -45,3 +45,27 @@ def test_dvdt_is_judged_over_a_window_that_spans_chunks() -> None:
     assert reason == "dvdt_below"
     # Below 1e-5 V/s once exp(-t/600) < 0.06, t > 1688 s; the 60 s window lags a little.
     assert 1680 <= t[second][index] <= 1760
+
+
+def test_one_at_a_time_agrees_with_the_array_checks() -> None:
+    rng = np.random.default_rng(5)
+    t = np.arange(1.0, 2001.0)
+    v = 3.0 + 0.05 * (1 - np.exp(-t / 300)) + rng.normal(0, 1e-4, len(t))
+    i = 1e-3 * np.exp(-t / 800)
+    q = np.cumsum(i)
+    for end in (
+        {"voltage_above_V": 3.04},
+        {"current_below_A": 2e-4},
+        {"charge_As": 0.5},
+        {"dvdt_below_V_per_s": 2e-6},
+        {"duration_s": 1234.0},
+    ):
+        array_watch, scalar_watch = (
+            EndWatch(_command(**end), SafetyLimits()),
+            EndWatch(_command(**end), SafetyLimits()),
+        )
+        expected = array_watch.check(t, v, i, q)
+        found = next(
+            (k, r) for k in range(len(t)) if (r := scalar_watch.check_one(t[k], v[k], i[k], q[k])[1])
+        )
+        assert found == expected[:2], end

@@ -42,3 +42,19 @@ def test_a_current_step_change_is_logged_at_once() -> None:
     current = np.where(t < 42, 1e-3, 2e-3)
     keep = select(RecordRule(every_s=60.0, current_change_A=1e-4), t, np.zeros(100), current, RecordState())
     assert np.flatnonzero(keep).tolist() == [0, 42]
+
+
+def test_one_at_a_time_agrees_with_the_array_rule() -> None:
+    from cyclerd.drivers.record import select_one
+
+    rng = np.random.default_rng(3)
+    t = np.cumsum(rng.uniform(0.5, 1.5, 500))
+    v = 3.0 + np.cumsum(rng.normal(0, 4e-4, 500))
+    i = np.where(t < 200, 1e-3, 5e-4)
+    rule = RecordRule(every_s=10.0, voltage_change_V=2e-3, current_change_A=1e-4)
+    array = select(rule, t, v, i, RecordState())
+    state = RecordState()
+    scalar = [
+        select_one(rule, a, b, c, state) for a, b, c in zip(t.tolist(), v.tolist(), i.tolist(), strict=True)
+    ]
+    assert array.tolist() == scalar

@@ -20,6 +20,10 @@ class Clock(Protocol):
         """Let `seconds` of this clock's time pass."""
         ...
 
+    def sleep_blocking(self, seconds: float) -> None:
+        """The same, from an instrument's worker thread (never from the event loop)."""
+        ...
+
 
 class RealClock:
     def now(self) -> float:
@@ -27,6 +31,9 @@ class RealClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def sleep_blocking(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
 
 
 class VirtualClock:
@@ -41,6 +48,10 @@ class VirtualClock:
     async def sleep(self, seconds: float) -> None:
         self._now += max(0.0, seconds)
         await asyncio.sleep(0)
+
+    def sleep_blocking(self, seconds: float) -> None:
+        # Only one party moves a virtual clock at a time: the worker, while the loop awaits it.
+        self._now += max(0.0, seconds)
 
 
 class AcceleratedClock:
@@ -57,3 +68,6 @@ class AcceleratedClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self.factor)
+
+    def sleep_blocking(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds) / self.factor)

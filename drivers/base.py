@@ -7,9 +7,9 @@ stepper, or vectorised in a simulator) is the channel's business.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from cyclerd.protocols.compiler import ImpedanceSpec, Needs, SafetyLimits, StepCommand
 
 FloatArray = NDArray[np.float64]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,18 @@ class SourceMeasure(Protocol):
 
     async def output_off(self) -> None:
         """Output off in high-impedance mode: the cell sees an open circuit."""
+        ...
+
+    async def in_worker(self, work: Callable[[], T]) -> T:
+        """Run `work` in the instrument's worker thread (where `read` and `output_off_now` live)."""
+        ...
+
+    def read(self) -> Reading:
+        """`measure`, blocking: only inside `in_worker`."""
+        ...
+
+    def output_off_now(self) -> None:
+        """`output_off`, blocking: only inside `in_worker`."""
         ...
 
     async def close(self) -> None: ...

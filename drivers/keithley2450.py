@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -187,6 +188,18 @@ class Keithley2450:
             self._session.write(SCPI["sense_voltage"])  # :MEAS:CURR? left current sensing on
             return Reading(t, reading, actual, in_limit=True)
         return Reading(t, reading, source)
+
+    async def in_worker(self, work: Callable[[], T]) -> T:
+        result: T = await self._call(work)
+        return result
+
+    def read(self) -> Reading:
+        reading: Reading = self._guarded(self._measure)
+        return reading
+
+    def output_off_now(self) -> None:
+        if self._session is not None:
+            self._guarded(self._output_off)
 
     async def output_off(self) -> None:
         if self._session is None:

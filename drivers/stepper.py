@@ -9,15 +9,18 @@ current with the voltage limit at the CV level makes the SMU clamp there and tap
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import numpy as np
 
 from cyclerd.clock import Clock
 from cyclerd.drivers.base import (
     INTERRUPT,
+    SAFETY,
     Batch,
     Capabilities,
     InstrumentFault,
@@ -95,6 +98,47 @@ class SteppedChannel:
     async def _poll(
         self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
     ) -> AsyncGenerator[Batch | StepEnd, None]:
+        """Poll in the instrument's worker thread; batches come back at most every second.
+
+        One thread hop per reading would cost more CPU than the query itself, so the loop runs
+        where the I/O runs and checks every reading there; a safety stop turns the output off
+        from that thread at once, before the runner even hears of it.
+        """
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Batch | StepEnd | BaseException] = asyncio.Queue()
+        halt = threading.Event()
+
+        def post(item: Batch | StepEnd | BaseException) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        def work() -> None:
+            try:
+                self._poll_in_worker(command, start, limits, pause_at_s, post, halt)
+            except BaseException as exc:  # noqa: BLE001 - not swallowed: re-raised in the event loop
+                post(exc)
+
+        worker = asyncio.ensure_future(self.instrument.in_worker(work))
+        try:
+            while True:
+                item = await items.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, StepEnd):
+                    return
+        finally:
+            halt.set()  # paused, stopped or failed: the worker stops at its next reading
+            await asyncio.shield(worker)
+
+    def _poll_in_worker(
+        self,
+        command: StepCommand,
+        start: StepProgress,
+        limits: SafetyLimits,
+        pause_at_s: float | None,
+        post: Callable[[Batch | StepEnd | BaseException], None],
+        halt: threading.Event,
+    ) -> None:
         watch = EndWatch(command, limits)
         counter = Counter(start)
         record = RecordState()
@@ -102,8 +146,8 @@ class SteppedChannel:
         origin: float | None = None
         fresh = start.t_s == 0.0  # a step's first sample is always logged
         flushed = time.monotonic()
-        while True:
-            reading = await self.instrument.measure()
+        while not halt.is_set():
+            reading = self.instrument.read()
             if origin is None:
                 origin = reading.t_s - start.t_s  # instrument time at step time 0
             # One reading at a time, so scalar arithmetic: numpy would cost more than the query.
@@ -117,13 +161,18 @@ class SteppedChannel:
                 logged.append((t, v, i, q, e))
             due = time.monotonic() - flushed >= FLUSH_AFTER_S or len(logged) >= FLUSH_AFTER_SAMPLES
             if logged and (due or reason):
-                yield _batch(logged)
+                post(_batch(logged))
                 logged = []
                 flushed = time.monotonic()
             if reason:
-                yield StepEnd(reason, StepProgress(t, counter.charge_As, counter.energy_J), detail)
+                if reason == SAFETY:
+                    with contextlib.suppress(InstrumentFault):
+                        self.instrument.output_off_now()
+                post(StepEnd(reason, StepProgress(t, counter.charge_As, counter.energy_J), detail))
                 return
-            await self.clock.sleep(self.poll_interval_s)
+            self.clock.sleep_blocking(self.poll_interval_s)
+        # Halted (pause or stop): readings since the last batch are dropped. The runner resumes
+        # from the last *stored* sample, so stored data and the step's charge stay consistent.
 
 
 def _voltage_limit(command: StepCommand, limits: SafetyLimits) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -12,7 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cyclerd.clock import VirtualClock
+import cyclerd.instruments as instruments
+from cyclerd.clock import AcceleratedClock, Clock, RealClock, VirtualClock
+from cyclerd.drivers.base import Channel, InstrumentFault, unmet_needs
 from cyclerd.engine import Runner
 from cyclerd.plan_view import render_plan
 from cyclerd.progress import RunProgress
@@ -106,6 +109,19 @@ def run(
     sim: Annotated[
         str | None, typer.Option("--sim", help=f"Simulated cell: {', '.join(presets.names())}.")
     ] = None,
+    instrument: Annotated[
+        str | None,
+        typer.Option(
+            "--instrument", help="A real or emulated instrument: TCPIP::host::5025::SOCKET, /dev/ttyUSB0, ..."
+        ),
+    ] = None,
+    driver: Annotated[
+        str | None, typer.Option("--driver", help=f"Instrument driver: {', '.join(instruments.DRIVERS)}.")
+    ] = None,
+    speed: Annotated[
+        float, typer.Option("--speed", help="Time acceleration of an emulated instrument (same as its own).")
+    ] = 1.0,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between readings of an SMU.")] = 1.0,
     db: DbOption = DEFAULT_DB,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated cell's randomness.")] = 0,
     area: AreaOption = None,
@@ -117,21 +133,25 @@ def run(
         Path | None, typer.Option("--params", help="YAML/JSON file of simulator parameters.")
     ] = None,
 ) -> None:
-    """Run a protocol on a simulated cell (in virtual time) and store every sample."""
-    if sim is None:
-        errors.print("[red]error:[/red] say what to run on: --sim PRESET (instruments come with the drivers)")
+    """Run a protocol on a simulated cell (virtual time) or an instrument, storing every sample."""
+    if (sim is None) == (instrument is None):
+        errors.print("[red]error:[/red] say what to run on: --sim PRESET or --instrument RESOURCE")
         raise typer.Exit(2)
     try:
         area_m2 = None if area is None else parse_positive(area, AREA)
         cell_capacity = None if capacity is None else parse_charge(capacity)
         protocol = load(protocol_file)
         program = compile_protocol(protocol, area_m2, cell_capacity)
-        cell = presets.make_cell(
-            sim,
-            seed=seed,
-            area_m2=program.area_m2,
-            overrides=presets.parse_overrides(overrides or [], params_file),
-        )
+        if instrument is not None:
+            driver = driver or instruments.guess_driver(instrument)
+            cell = None
+        else:
+            cell = presets.make_cell(
+                sim or "",
+                seed=seed,
+                area_m2=program.area_m2,
+                overrides=presets.parse_overrides(overrides or [], params_file),
+            )
     except ProtocolError as exc:
         errors.print(str(exc), markup=False)
         raise typer.Exit(1) from None
@@ -139,16 +159,50 @@ def run(
         errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     text = protocol_file.read_text(encoding="utf-8")
-    source = {"preset": sim, "seed": seed, **({"overrides": overrides} if overrides else {})}
     with Store(db) as store:
         cell_info = {"area_m2": program.area_m2, "capacity_As": program.capacity_As, **program.metadata}
-        run_id = store.create_run(program.name, f"sim:{sim}", text, cell_info, source)
-        clock = VirtualClock()
-        channel = SimulatedChannel(cell, clock)
-        with RunProgress(console, plan(program).total.high) as progress:
-            runner = Runner(program, channel, store, run_id, clock, on_batch=progress.batch_callback(clock))
-            progress.runner = runner
-            asyncio.run(runner.run())
+        if cell is not None:
+            source: dict[str, object] = {"preset": sim, "seed": seed}
+            if overrides:
+                source["overrides"] = overrides
+            clock: Clock = VirtualClock()
+            channel_name = f"sim:{sim}"
+        else:
+            source = {"instrument": instrument, "driver": driver}
+            clock = AcceleratedClock(speed) if speed != 1.0 else RealClock()
+            channel_name = f"{driver}:{instrument}"
+
+        async def execute(channel: Channel) -> int:
+            problems = unmet_needs(program.needs(), channel.capabilities, channel_name)
+            if problems:
+                for problem in problems:
+                    errors.print(f"[red]refused:[/red] {problem}")
+                return -1
+            run_id = store.create_run(program.name, channel_name, text, cell_info, source)
+            with RunProgress(console, plan(program).total.high) as progress:
+                runner = Runner(
+                    program, channel, store, run_id, clock, on_batch=progress.batch_callback(clock)
+                )
+                progress.runner = runner
+                await runner.run()
+            return run_id
+
+        async def on_instrument() -> int:
+            assert instrument is not None
+            assert driver is not None
+            async with instruments.open_channel(driver, instrument, clock, poll) as channel:
+                return await execute(channel)
+
+        try:
+            if cell is not None:
+                run_id = asyncio.run(execute(SimulatedChannel(cell, clock)))
+            else:
+                run_id = asyncio.run(on_instrument())
+        except InstrumentFault as exc:
+            errors.print(f"[red]instrument:[/red] {exc}")
+            raise typer.Exit(3) from None
+        if run_id < 0:
+            raise typer.Exit(2)
         render_summary(console, store, run_id)
         console.print(f"stored as run {run_id} in {db}")
 
@@ -185,6 +239,38 @@ def show(
             errors.print(f"[red]error:[/red] {exc.args[0]}")
             raise typer.Exit(2) from None
         render_summary(console, store, run_id)
+
+
+@app.command()
+def emulate(
+    instrument: Annotated[str, typer.Argument(help="keithley2450 or methodscript.")],
+    preset: Annotated[str, typer.Option("--preset", help="The simulated cell on its terminals.")] = "mgagsn",
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free one).")] = 5025,
+    speed: Annotated[float, typer.Option("--speed", help="Real time x this; 0: virtual time.")] = 1.0,
+    virtual_step: Annotated[
+        float | None, typer.Option("--virtual-step", help="Keithley: seconds of cell time per reading.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Serve an emulated instrument with a simulated cell, for drivers or any SCPI/serial tool."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if instrument == "keithley2450":
+            from cyclerd.simulators.keithley2450_emulator import serve as serve_keithley
+
+            asyncio.run(serve_keithley(preset, port, speed or 1.0, virtual_step, seed))
+        elif instrument == "methodscript":
+            from cyclerd.simulators.methodscript_emulator import serve as serve_methodscript
+
+            asyncio.run(serve_methodscript(preset, port, pty=True, speed=speed or None, seed=seed))
+        else:
+            errors.print(f"[red]error:[/red] no emulator {instrument!r}; choose keithley2450 or methodscript")
+            raise typer.Exit(2)
+    except KeyboardInterrupt:
+        pass
+    except presets.PresetError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

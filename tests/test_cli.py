@@ -157,3 +157,25 @@ def test_simulator_parameters_come_from_a_file(tmp_path: Path) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "90.0 %" in result.output
+
+
+def test_run_on_an_instrument_checks_its_capabilities_first(tmp_path: Path) -> None:
+    from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
+    from cyclerd.simulators.presets import make_cell
+    from cyclerd.simulators.scpi import running
+
+    insitu = files("cyclerd.protocols") / "library" / "insitu_eis.yaml"
+    rest = tmp_path / "rest.yaml"
+    rest.write_text("name: OCV\nrecord: {every: 1 min}\nsteps:\n  - rest: 1 h\n")
+    db = tmp_path / "lab.db"
+    with running(Keithley2450Emulator(make_cell("mgagsn", seed=1), speed=3600)) as port:
+        resource = f"TCPIP::127.0.0.1::{port}::SOCKET"
+        refused = runner.invoke(app, ["run", str(insitu), "--instrument", resource, "--db", str(db)])
+        assert refused.exit_code == 2
+        assert "cannot measure impedance spectra (EIS)" in refused.output
+        ran = runner.invoke(
+            app,
+            ["run", str(rest), "--instrument", resource, "--speed", "3600", "--poll", "60", "--db", str(db)],
+        )
+    assert ran.exit_code == 0, ran.output
+    assert "keithley2450" in runner.invoke(app, ["runs", "--db", str(db)]).output

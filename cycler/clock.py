@@ -24,6 +24,11 @@ class Clock(Protocol):
         """The same, from an instrument's worker thread (never from the event loop)."""
         ...
 
+    def elapse(self, seconds: float) -> None:
+        """An instrument that times itself reports `seconds` passed: a virtual clock follows it;
+        a real one has already seen them pass."""
+        ...
+
 
 class RealClock:
     def now(self) -> float:
@@ -34,6 +39,9 @@ class RealClock:
 
     def sleep_blocking(self, seconds: float) -> None:
         time.sleep(max(0.0, seconds))
+
+    def elapse(self, seconds: float) -> None:
+        pass
 
 
 class VirtualClock:
@@ -51,6 +59,9 @@ class VirtualClock:
 
     def sleep_blocking(self, seconds: float) -> None:
         # Only one party moves a virtual clock at a time: the worker, while the loop awaits it.
+        self._now += max(0.0, seconds)
+
+    def elapse(self, seconds: float) -> None:
         self._now += max(0.0, seconds)
 
 
@@ -71,3 +82,6 @@ class AcceleratedClock:
 
     def sleep_blocking(self, seconds: float) -> None:
         time.sleep(max(0.0, seconds) / self.factor)
+
+    def elapse(self, seconds: float) -> None:
+        pass

@@ -100,6 +100,12 @@ def unmet_needs(needs: Needs, capabilities: Capabilities, channel: str) -> list[
     for mode in sorted(needs.eis_modes - capabilities.eis_modes):
         if "eis" in capabilities.kinds:
             problems.append(f"{channel} cannot measure {mode} impedance")
+    wanted, offered = needs.frequency_range_Hz, capabilities.frequency_range_Hz
+    if wanted is not None and offered is not None and (wanted[0] < offered[0] or wanted[1] > offered[1]):
+        problems.append(
+            f"the protocol's spectra span {wanted[0]:g} to {wanted[1]:g} Hz; {channel} measures "
+            f"{offered[0]:g} to {offered[1]:g} Hz (change frequency_start/frequency_stop)"
+        )
     return problems
 
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar, cast
 import numpy as np
 import serial
 
+from cyclerd.clock import Clock, RealClock
 from cyclerd.drivers import methodscript_scripts as ms
 from cyclerd.drivers.base import (
     INTERRUPT,
@@ -223,7 +224,9 @@ class MethodScriptChannel:
         baudrate: int = BAUDRATE,
         current_max_A: float | None = None,
         voltage_range_V: tuple[float, float] | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        self.clock: Clock = clock if clock is not None else RealClock()
         self.url = url
         self.name = name or f"MethodSCRIPT at {url}"
         self.timeout_s = timeout_s
@@ -337,10 +340,15 @@ class MethodScriptChannel:
         else:
             raise NotSupported(self.name, f"{command.kind} is not a streamed step; use impedance()")
         ended = False
+        device_t = start.t_s  # the device times the step; a virtual run clock follows it
         try:
             async with contextlib.aclosing(steps):
                 async for item in steps:
                     ended = isinstance(item, StepEnd)
+                    now = item.progress.t_s if isinstance(item, StepEnd) else float(item.t_s[-1])
+                    if now > device_t:
+                        self.clock.elapse(now - device_t)
+                        device_t = now
                     yield item
         except BaseException as exc:
             if not (isinstance(exc, GeneratorExit) and ended):  # closed mid-step, failed, cancelled
@@ -524,6 +532,7 @@ class MethodScriptChannel:
         except BaseException as exc:
             await self._leave_off(exc)
             raise
+        self.clock.elapse(spec.duration_s())  # the device's own sweep time is not reported
         values = np.array([[v.value for v in p[:3]] for p in packages if len(p) >= 3], dtype=np.float64)
         if len(values) == 0:
             raise InstrumentFault(self.name, "the EIS script ended without a single frequency")
@@ -766,14 +775,13 @@ def _holds(brk: Break, value: float) -> bool:
 
 @contextlib.asynccontextmanager
 async def open_methodscript(
-    url: str, clock: object = None, **options: Any
+    url: str, clock: Clock | None = None, **options: Any
 ) -> AsyncIterator[MethodScriptChannel]:
     """The device at `url` as an open, identified channel; cell off and port closed on the way out.
 
-    `clock` is accepted so that every driver opens alike; it is unused because the instrument
-    times its own steps (step time is the device's timer).
+    The device times its own steps; a virtual run clock is moved on by the time it reports.
     """
-    channel = MethodScriptChannel(url, **options)
+    channel = MethodScriptChannel(url, clock=clock, **options)
     await channel.open()
     try:
         yield channel

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -30,12 +31,13 @@ from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
 from cyclerd.simulators.cell import CellModel, FloatArray
 
 CAPABILITIES = Capabilities(
-    kinds=frozenset({"rest", "cc", "plate", "strip", "cv", "cccv", "eis"}),
+    kinds=frozenset({"rest", "cc", "plate", "strip", "cv", "cccv", "eis", "sweep"}),
     current_max_A=1.0,
     voltage_range_V=(-10.0, 10.0),
     eis_modes=frozenset({"potentiostatic", "galvanostatic"}),
     frequency_range_Hz=(1e-5, 1e7),
 )
+SWEEP_STEP_V = 1e-3  # the staircase of a simulated cyclic voltammogram
 TIE_S = 1e-6  # scheduled ends closer than this are simultaneous (charge time vs a pause)
 
 
@@ -93,6 +95,8 @@ class SimulatedChannel:
             steps = self._voltage_phase(command, command.voltage_V, start, limits, pause_at_s)
         elif command.kind == "cccv":
             steps = self._cccv(command, start, limits, pause_at_s)
+        elif command.kind == "sweep":
+            steps = self._sweep(command, limits)
         else:
             raise ValueError(f"the simulated channel cannot run a {command.kind} step as a stream")
         async for item in steps:
@@ -115,6 +119,40 @@ class SimulatedChannel:
             return
         async for item in self._voltage_phase(command, command.voltage_V, progress, limits, pause_at_s):
             yield item
+
+    async def _sweep(
+        self, command: StepCommand, limits: SafetyLimits
+    ) -> AsyncGenerator[Batch | StepEnd, None]:
+        """Cyclic voltammetry as short potential holds on a grid of SWEEP_STEP_V steps.
+
+        The same approximation a potentiostat's staircase makes (and the MethodSCRIPT emulator),
+        one model call per step; a sweep runs to its end and is not interrupted by every-blocks.
+        """
+        sweep = command.sweep
+        assert sweep is not None
+        dt = SWEEP_STEP_V / sweep.scan_rate_V_per_s
+        points = [sweep.start_V]
+        for a, b in pairwise((sweep.start_V, *sweep.vertices_V)):
+            n = max(1, round(abs(b - a) / SWEEP_STEP_V))
+            points += [a + (b - a) * k / n for k in range(1, n + 1)]
+        # Scans repeat the path (closed, as a voltammogram's is: last vertex = start).
+        grid = np.array([points[0]] + points[1:] * sweep.scans)
+        counter, watch, record = Counter(StepProgress()), EndWatch(command, limits), RecordState()
+        currents = np.empty(len(grid))
+        for k, volts in enumerate(grid.tolist()):
+            currents[k] = self.cell.current_at_voltage(volts, np.array([dt]))[-1]
+            self.cell.advance_at_voltage(volts, dt)
+        t = dt * np.arange(len(grid), dtype=np.float64)
+        await self.clock.sleep(float(t[-1]) + dt)
+        q, e = counter.add(t, grid, currents)
+        index, reason, detail = watch.check(t, grid, currents, q)
+        cut = len(t) if index < 0 else index + 1
+        keep = select(command.record, t[:cut], grid[:cut], currents[:cut], record)
+        keep[0] = keep[-1] = True
+        yield Batch(t[:cut][keep], grid[:cut][keep], currents[:cut][keep], q[:cut][keep], e[:cut][keep])
+        yield StepEnd(
+            reason or "sweep", StepProgress(float(t[cut - 1]), float(q[cut - 1]), float(e[cut - 1])), detail
+        )
 
     def _scheduled_end(
         self, command: StepCommand, current_A: float, start: StepProgress, pause_at_s: float | None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +103,51 @@ def test_e5_spectra_agree_within_the_noise(runs: tuple[Store, Store]) -> None:
         )
         assert inside.sum() > 20
         np.testing.assert_allclose(z_device[inside], s["impedance_ohm"].real[inside], rtol=0.05)
+
+
+CV = """
+name: E10, a short voltammogram
+cell: {area: 0.785 cm^2}
+safety: {voltage_min: -0.2 V, voltage_max: 2.5 V, current_max: 5 mA}
+record: {every: 1 s}
+steps:
+  - sweep: {start: 0.6 V, vertices: [0.0 V, 0.6 V], scan_rate: 2 mV/s}
+"""
+
+
+def test_e10_voltammogram_on_the_device_matches_the_simulator(tmp_path: Path) -> None:
+    program = compile_protocol(loads(CV))
+
+    async def on_device() -> None:
+        emulator = MethodScriptEmulator(preset="mgagsn", seed=SEED, speed=None, pty=True, tcp=False)
+        await emulator.start()
+        try:
+            clock = VirtualClock()
+            async with open_methodscript(emulator.pty_path or "", clock) as channel:
+                store = Store(tmp_path / "device.db")
+                run_id = store.create_run(program.name, "methodscript", CV, {}, {})
+                assert (
+                    await Runner(program, channel, store, run_id, clock).run()
+                ).state is RunState.COMPLETED
+        finally:
+            await emulator.stop()
+
+    asyncio.run(on_device())
+    clock = VirtualClock()
+    store = Store(tmp_path / "sim.db")
+    run_id = store.create_run(program.name, "sim", CV, {}, {})
+    channel = SimulatedChannel(make_cell("mgagsn", seed=SEED), clock)
+    assert asyncio.run(Runner(program, channel, store, run_id, clock).run()).state is RunState.COMPLETED
+    device, simulated = Store(tmp_path / "device.db").samples(1), store.samples(1)
+    # Both sweep 0.6 V -> 0 V -> 0.6 V; compare the current at the same potentials, cathodic branch.
+    for samples in (device, simulated):
+        assert samples["voltage"].min() == pytest.approx(0.0, abs=2e-3)
+    turn_d, turn_s = int(np.argmin(device["voltage"])), int(np.argmin(simulated["voltage"]))
+    cathodic_d = np.interp(
+        np.linspace(0.5, 0.05, 10), device["voltage"][:turn_d][::-1], device["current"][:turn_d][::-1]
+    )
+    cathodic_s = np.interp(
+        np.linspace(0.5, 0.05, 10), simulated["voltage"][:turn_s][::-1], simulated["current"][:turn_s][::-1]
+    )
+    assert (cathodic_s < 0).any()  # lithiation current flows on the way down
+    np.testing.assert_allclose(cathodic_d, cathodic_s, rtol=0.1, atol=2e-6)

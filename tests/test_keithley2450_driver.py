@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cyclerd.clock import VirtualClock
@@ -189,3 +190,48 @@ def test_the_emulator_timeout_maps_to_instrument_timeout(emulator: tuple[Keithle
         await smu.close()
 
     asyncio.run(check())
+
+
+@pytest.mark.parametrize("fault", ["garble", "drop"])
+def test_a_transient_fault_is_retried_and_the_run_completes(
+    emulator: tuple[Keithley2450Emulator, str], tmp_path: Path, fault: str
+) -> None:
+    device, resource = emulator
+    text = "name: rest\nrecord: {every: 10 s}\nsteps:\n  - rest: 2 h\n"
+
+    async def run() -> tuple[RunState, Store]:
+        clock = VirtualClock()
+        smu = Keithley2450(resource, timeout_s=0.5)
+        await smu.open()
+        store = Store(tmp_path / "transient.db")
+        run_id = store.create_run("rest", "k2450", text, {}, {})
+        injected = False
+
+        def once(columns: dict[str, object]) -> None:
+            nonlocal injected
+            if not injected and clock.now() > 1800:
+                injected = True
+                if fault == "garble":
+                    device.faults.garble_next = 1
+                else:
+                    device.faults.drop_connection()
+
+        channel = SteppedChannel(smu, clock, STEP_S)
+        result = await Runner(
+            compile_protocol(loads(text)), channel, store, run_id, clock, on_batch=once
+        ).run()
+        await smu.close()
+        return result.state, store
+
+    state, store = asyncio.run(run())
+    assert state is RunState.COMPLETED
+    # One step fault, retried; after a dropped link the output-off cannot be confirmed either
+    # (that is a second event), and the reopened, reset instrument has its output off anyway.
+    faults = [e for e in store.events(1) if e["kind"] == "fault" and e["message"].startswith("step 1")]
+    assert len(faults) == 1, [e["message"] for e in store.events(1)]
+    assert faults[0]["data"]["transient"] is True
+    samples = store.samples(1)
+    # The step still lasted its 2 h of step time; test time also holds the recovery: backoff
+    # and the readings between the last stored batch and the fault, which were not stored.
+    assert 7200.0 <= samples["t"][-1] <= 7200.0 + 300.0
+    assert (np.diff(samples["seq"]) == 1).all()

@@ -7,12 +7,13 @@ keep the step's running charge and energy, so every channel ends steps the same 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
 from numpy.typing import NDArray
 
-from cyclerd.drivers.base import SAFETY, StepProgress
+from cyclerd.drivers.base import INTERRUPT, SAFETY, StepProgress
 from cyclerd.protocols.compiler import SafetyLimits, StepCommand
 
 FloatArray = NDArray[np.float64]
@@ -44,6 +45,31 @@ def safety_end(limits: SafetyLimits, voltage_V: FloatArray, current_A: FloatArra
     if limits.current_max_A is not None and (k := first(np.abs(i) > limits.current_max_A * (1 + 1e-9))) >= 0:
         checks.append((k, SAFETY, f"|current| {abs(i[k]):.4g} A above {limits.current_max_A:.4g} A"))
     return earliest(checks)
+
+
+TIE_S = 1e-6  # scheduled ends closer than this are simultaneous (charge time vs a pause)
+
+
+def scheduled_end(
+    command: StepCommand, current_A: float, start: StepProgress, pause_at_s: float | None
+) -> tuple[float, str]:
+    """The step time at which a step ends if nothing else happens first, and why.
+
+    Known in advance: its duration, its charge at a constant current, a pause for an
+    every-block. On a tie the step's own end wins over a pause, so a block due exactly when
+    the step ends runs once, as the step's at-end block.
+    """
+    ends = [(math.inf, "")]
+    if command.end.duration_s is not None:
+        ends.append((command.end.duration_s, "duration"))
+    if command.end.charge_As is not None and current_A != 0:
+        remaining = command.end.charge_As - abs(start.charge_As)
+        ends.append((start.t_s + remaining / abs(current_A), "charge"))
+    if pause_at_s is not None:
+        ends.append((pause_at_s, INTERRUPT))
+    soonest = min(t for t, _ in ends)
+    tied = [end for end in ends if end[0] <= soonest + TIE_S]
+    return min(tied, key=lambda end: end[1] == INTERRUPT)
 
 
 class Counter:

@@ -18,14 +18,13 @@ import numpy as np
 
 from cyclerd.clock import Clock
 from cyclerd.drivers.base import (
-    INTERRUPT,
     Batch,
     Capabilities,
     Spectrum,
     StepEnd,
     StepProgress,
 )
-from cyclerd.drivers.conditions import NO_END, Counter, End, EndWatch, first, safety_end
+from cyclerd.drivers.conditions import NO_END, Counter, End, EndWatch, first, safety_end, scheduled_end
 from cyclerd.drivers.record import RecordState, select
 from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
 from cyclerd.simulators.cell import CellModel, FloatArray
@@ -38,7 +37,6 @@ CAPABILITIES = Capabilities(
     frequency_range_Hz=(1e-5, 1e7),
 )
 SWEEP_STEP_V = 1e-3  # the staircase of a simulated cyclic voltammogram
-TIE_S = 1e-6  # scheduled ends closer than this are simultaneous (charge time vs a pause)
 
 
 @dataclass
@@ -154,20 +152,6 @@ class SimulatedChannel:
             reason or "sweep", StepProgress(float(t[cut - 1]), float(q[cut - 1]), float(e[cut - 1])), detail
         )
 
-    def _scheduled_end(
-        self, command: StepCommand, current_A: float, start: StepProgress, pause_at_s: float | None
-    ) -> tuple[float, str]:
-        """The step time at which the step ends if nothing else happens first, and why."""
-        ends = [(math.inf, "")]
-        if command.end.duration_s is not None:
-            ends.append((command.end.duration_s, "duration"))
-        if command.end.charge_As is not None and current_A != 0:
-            remaining = command.end.charge_As - abs(start.charge_As)
-            ends.append((start.t_s + remaining / abs(current_A), "charge"))
-        if pause_at_s is not None:
-            ends.append((pause_at_s, INTERRUPT))
-        return _soonest(ends)
-
     async def _current_phase(
         self,
         command: StepCommand,
@@ -178,7 +162,7 @@ class SimulatedChannel:
         final: bool,
         switch_V: float | None = None,
     ) -> AsyncGenerator[Batch | StepEnd, None]:
-        t_stop, scheduled = self._scheduled_end(command, current_A, start, pause_at_s)
+        t_stop, scheduled = scheduled_end(command, current_A, start, pause_at_s)
 
         def respond(rel: FloatArray) -> tuple[FloatArray, FloatArray]:
             return self.cell.voltage_at_current(current_A, rel), np.full(len(rel), current_A)
@@ -203,12 +187,7 @@ class SimulatedChannel:
         limits: SafetyLimits,
         pause_at_s: float | None,
     ) -> AsyncGenerator[Batch | StepEnd, None]:
-        ends = [(math.inf, "")]
-        if command.end.duration_s is not None:
-            ends.append((command.end.duration_s, "duration"))
-        if pause_at_s is not None:
-            ends.append((pause_at_s, INTERRUPT))
-        t_stop, scheduled = _soonest(ends)
+        t_stop, scheduled = scheduled_end(command, 0.0, start, pause_at_s)  # charge: not scheduled
 
         def respond(rel: FloatArray) -> tuple[FloatArray, FloatArray]:
             current = self.cell.current_at_voltage(voltage_V, rel)
@@ -282,11 +261,3 @@ class SimulatedChannel:
             if reason:
                 yield StepEnd(reason, StepProgress(t_now, counter.charge_As, counter.energy_J), detail)
                 return
-
-
-def _soonest(ends: list[tuple[float, str]]) -> tuple[float, str]:
-    """The earliest scheduled end; on a tie the step's own end wins over a pause, so a block
-    due exactly when the step ends runs once, as the step's at-end block."""
-    soonest = min(t for t, _ in ends)
-    tied = [end for end in ends if end[0] <= soonest + TIE_S]
-    return min(tied, key=lambda end: end[1] == INTERRUPT)

@@ -26,7 +26,8 @@ from typing import Any, Protocol
 from cyclerd.clock import AcceleratedClock, Clock, VirtualClock
 from cyclerd.simulators import methodscript_packages as pk
 from cyclerd.simulators.cell import CellModel
-from cyclerd.simulators.methodscript_interp import AnalogFrontend, Interpreter
+from cyclerd.simulators.methodscript_frontend import AnalogFrontend
+from cyclerd.simulators.methodscript_interp import Interpreter
 from cyclerd.simulators.presets import make_cell
 
 log = logging.getLogger(__name__)

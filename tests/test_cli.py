@@ -162,7 +162,7 @@ def test_simulator_parameters_come_from_a_file(tmp_path: Path) -> None:
 def test_run_on_an_instrument_checks_its_capabilities_first(tmp_path: Path) -> None:
     from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
     from cyclerd.simulators.presets import make_cell
-    from cyclerd.simulators.scpi import running
+    from cyclerd.simulators.scpi_server import running
 
     insitu = files("cyclerd.protocols") / "library" / "insitu_eis.yaml"
     rest = tmp_path / "rest.yaml"

@@ -20,7 +20,7 @@ from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
 from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
 from cyclerd.simulators.presets import make_cell
-from cyclerd.simulators.scpi import running
+from cyclerd.simulators.scpi_server import running
 from cyclerd.states import RunState
 from cyclerd.store import Store
 

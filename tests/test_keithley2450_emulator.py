@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator, running
+from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
 from cyclerd.simulators.presets import make_cell
+from cyclerd.simulators.scpi_server import running
 
 NR3 = re.compile(r"-?\d\.\d{6}E[+-]\d{2}")
 ERROR = re.compile(r'(-\d+),"([^;"]+);1;\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{3}"')

@@ -235,3 +235,39 @@ def test_a_transient_fault_is_retried_and_the_run_completes(
     # and the readings between the last stored batch and the fault, which were not stored.
     assert 7200.0 <= samples["t"][-1] <= 7200.0 + 300.0
     assert (np.diff(samples["seq"]) == 1).all()
+
+
+def test_a_shorted_cell_is_detected_and_ends_the_loop(
+    emulator: tuple[Keithley2450Emulator, str], tmp_path: Path
+) -> None:
+    device, resource = emulator
+
+    async def run() -> Store:
+        clock = VirtualClock()
+        smu = Keithley2450(resource)
+        await smu.open()
+        store = Store(tmp_path / "short.db")
+        run_id = store.create_run("E1", "k2450", E1_FEW, {}, {})
+
+        def short_in_cycle_two(columns: dict[str, object]) -> None:
+            if runner.cycle >= 2:
+                device.faults.short_cell = True
+
+        runner = Runner(
+            compile_protocol(loads(E1_FEW)),
+            SteppedChannel(smu, clock, STEP_S),
+            store,
+            run_id,
+            clock,
+            on_batch=short_in_cycle_two,
+        )
+        await runner.run()
+        await smu.close()
+        return store
+
+    store = asyncio.run(run())
+    shorts = [e for e in store.events(1) if e["kind"] == "short_circuit"]
+    assert len(shorts) == 1
+    assert "cycle 2" in shorts[0]["message"]
+    assert store.run(1).state == "completed"  # the loop ended on its short-circuit condition
+    assert not device.s.output

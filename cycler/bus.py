@@ -1,0 +1,305 @@
+"""The bus: a live view of one lab's runs over MQTT 5 (state, data, events, daemon status).
+
+Publishing never blocks acquisition: the runner only enqueues and a background task sends.
+The store is the source of truth, so whatever the bus misses while the broker is away is
+replayed from the store afterwards, by sequence number, without gaps or duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+import numpy as np
+
+from cyclerd.store import Store
+
+log = logging.getLogger(__name__)
+
+FLOAT_COLUMNS = ("t", "voltage", "current", "charge", "energy")
+INT_COLUMNS = ("cycle", "step")
+QOS = 1  # at least once on the wire; sequence numbers and the delivered mark make it exactly once
+
+
+@dataclass(frozen=True)
+class _Batch:
+    channel: str
+    run_id: int
+    columns: Mapping[str, Any]
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class _Message:
+    topic: str
+    payload: str
+    retain: bool
+
+
+def data_payload(run_id: int, columns: Mapping[str, Any]) -> str:
+    """One `data` message: columnar JSON, `seq` the first sequence number of the batch."""
+    body: dict[str, Any] = {"run": run_id, "seq": int(columns["seq"][0])}
+    body.update({name: np.asarray(columns[name], dtype=np.float64).tolist() for name in FLOAT_COLUMNS})
+    body.update({name: np.asarray(columns[name], dtype=np.int64).tolist() for name in INT_COLUMNS})
+    return json.dumps(body)
+
+
+class Bus:
+    """Publishes one lab's channels to `cyclerd/<lab>/...`; use as `async with Bus(...) as bus:`.
+
+    Per run the bus remembers the last sequence number the broker acknowledged (`delivered`).
+    A batch reaching the sender after a gap (the broker was away, the queue overflowed) first
+    makes the bus replay the store from `delivered`; batches at or below it are skipped.
+    """
+
+    def __init__(
+        self,
+        lab: str,
+        host: str = "localhost",
+        port: int = 1883,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        store: Store | None = None,
+        queue_size: int = 1000,
+        replay_batch: int = 500,
+        backoff_s: tuple[float, float] = (0.5, 30.0),
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.lab = lab
+        self.host = host
+        self.port = port
+        self.username = username
+        self._password = password
+        self._tls_context = tls_context
+        self._store = store
+        self._queue: asyncio.Queue[_Batch | _Message] = asyncio.Queue(maxsize=queue_size)
+        self._replay_batch = replay_batch
+        self._backoff_s = backoff_s
+        self._timeout_s = timeout_s
+        self._delivered: dict[int, int] = {}
+        self._produced: dict[int, int] = {}
+        self._channels: dict[int, str] = {}
+        self._states: dict[str, str] = {}
+        self._send_lock = asyncio.Lock()
+        self._connected = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def __repr__(self) -> str:  # never shows the password
+        return f"Bus(lab={self.lab!r}, {self.host}:{self.port}, user={self.username!r})"
+
+    # -- topics --------------------------------------------------------------------------
+
+    def topic(self, channel: str, kind: str) -> str:
+        return f"cyclerd/{self.lab}/{channel}/{kind}"
+
+    @property
+    def status_topic(self) -> str:
+        return f"cyclerd/{self.lab}/daemon/status"
+
+    # -- the runner's side: synchronous, never blocks ------------------------------------
+
+    def publish_batch(self, channel: str, run_id: int, columns: Mapping[str, Any]) -> None:
+        """Enqueue one stored batch (the Runner's `on_batch` columns); drops when it must."""
+        seq = columns["seq"]
+        if len(seq) == 0:
+            return
+        first, last = int(seq[0]), int(seq[-1])
+        self._channels[run_id] = channel
+        self._delivered.setdefault(run_id, first - 1)  # the run's first batch sets the baseline
+        self._produced[run_id] = max(self._produced.get(run_id, last), last)
+        if self.connected:
+            self._enqueue(_Batch(channel, run_id, columns, first, last))
+        else:
+            self.dropped += 1  # the store has it; replayed after reconnecting
+
+    def publish_state(self, channel: str, state: Mapping[str, Any]) -> None:
+        """Enqueue the channel's state (retained; republished after each reconnect)."""
+        payload = json.dumps(state, sort_keys=True)
+        self._states[channel] = payload
+        if self.connected:
+            self._enqueue(_Message(self.topic(channel, "state"), payload, retain=True))
+
+    def publish_event(self, channel: str, event: Mapping[str, Any]) -> None:
+        """Enqueue an event (not retained; the store keeps the events, the bus only shows them)."""
+        if self.connected:
+            self._enqueue(_Message(self.topic(channel, "events"), json.dumps(event, sort_keys=True), False))
+
+    def _enqueue(self, item: _Batch | _Message) -> None:
+        if self._queue.full():  # the newest is the most useful live; the store fills the gap
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(item)
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    def delivered(self, run_id: int) -> int:
+        """The last sequence number of `run_id` the broker acknowledged (-1: none)."""
+        return self._delivered.get(run_id, -1)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Bus:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"bus {self.lab}")
+
+    async def close(self) -> None:
+        """Say "offline" (retained) and disconnect; the last will covers a crash."""
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(self._timeout_s):
+                    await client.publish(self.status_topic, "offline", qos=QOS, retain=True)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _new_client(self) -> aiomqtt.Client:
+        # A fresh client per connection: no half-sent QoS 1 message from the previous session
+        # is resent behind the replay's back (that would be a duplicate).
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self._password,
+            identifier=f"cyclerd-{self.lab}-daemon",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=aiomqtt.Will(self.status_topic, "offline", qos=QOS, retain=True),
+            clean_start=True,
+            tls_context=self._tls_context,
+            timeout=self._timeout_s,
+        )
+
+    async def _run(self) -> None:
+        delay = self._backoff_s[0]
+        while True:
+            try:
+                async with self._new_client() as client:
+                    self._client = client
+                    delay = self._backoff_s[0]
+                    log.info("bus connected to %s:%d as %s", self.host, self.port, self.username)
+                    await client.publish(self.status_topic, "online", qos=QOS, retain=True)
+                    self._connected.set()  # batches from now on queue up behind the catch-up
+                    async with asyncio.TaskGroup() as tasks:
+                        tasks.create_task(self._watch(client))
+                        tasks.create_task(self._drain(client))
+            except* (aiomqtt.MqttError, OSError) as group:
+                log.warning(
+                    "bus: broker %s:%d unavailable (%s); retrying in %.1f s",
+                    self.host,
+                    self.port,
+                    group.exceptions[0],
+                    delay,
+                )
+            finally:
+                self._connected.clear()
+                self._client = None
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, self._backoff_s[1])
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Return only by raising: the message iterator raises when the connection is lost."""
+        async for _message in client.messages:
+            pass  # commands arrive here in the daemon
+        raise aiomqtt.MqttError("disconnected from the broker")
+
+    async def _catch_up(self, client: aiomqtt.Client) -> None:
+        """After (re)connecting: retained states again, and every run's stored samples not yet sent."""
+        for channel, payload in self._states.items():
+            await client.publish(self.topic(channel, "state"), payload, qos=QOS, retain=True)
+        if self._store is None:
+            return
+        for run_id, produced in list(self._produced.items()):
+            if produced > self.delivered(run_id):
+                await self._replay(
+                    client, self._store, run_id, self._channels[run_id], self.delivered(run_id)
+                )
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        await self._catch_up(client)
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, _Message):
+                await client.publish(item.topic, item.payload, qos=QOS, retain=item.retain)
+            else:
+                await self._send_batch(client, item)
+
+    async def _send_batch(self, client: aiomqtt.Client, batch: _Batch) -> None:
+        async with self._send_lock:
+            delivered = self.delivered(batch.run_id)
+            if batch.first > delivered + 1 and self._store is not None:
+                await self._replay_locked(client, self._store, batch.run_id, batch.channel, delivered)
+                delivered = self.delivered(batch.run_id)
+            if batch.last <= delivered:
+                return
+            keep = np.asarray(batch.columns["seq"]) > delivered
+            columns = {
+                name: np.asarray(batch.columns[name])[keep] for name in ("seq", *FLOAT_COLUMNS, *INT_COLUMNS)
+            }
+            await self._publish_data(client, batch.channel, batch.run_id, columns)
+
+    async def _publish_data(
+        self, client: aiomqtt.Client, channel: str, run_id: int, columns: Mapping[str, Any]
+    ) -> None:
+        await client.publish(self.topic(channel, "data"), data_payload(run_id, columns), qos=QOS)
+        self._delivered[run_id] = max(self.delivered(run_id), int(columns["seq"][-1]))
+
+    # -- replay --------------------------------------------------------------------------
+
+    async def replay(self, store: Store, run_id: int, channel: str, after_seq: int) -> int:
+        """Republish the stored samples of `run_id` with seq > `after_seq`; returns how many."""
+        client = self._client
+        if client is None:
+            raise aiomqtt.MqttError("the bus is not connected to the broker")
+        return await self._replay(client, store, run_id, channel, after_seq)
+
+    async def _replay(
+        self, client: aiomqtt.Client, store: Store, run_id: int, channel: str, after: int
+    ) -> int:
+        async with self._send_lock:
+            return await self._replay_locked(client, store, run_id, channel, after)
+
+    async def _replay_locked(
+        self, client: aiomqtt.Client, store: Store, run_id: int, channel: str, after: int
+    ) -> int:
+        samples = store.samples(run_id)
+        seq = samples["seq"].astype(np.int64)
+        start = int(np.searchsorted(seq, after, side="right"))
+        for i in range(start, len(seq), self._replay_batch):
+            part = slice(i, i + self._replay_batch)
+            columns = {
+                "seq": seq[part],
+                **{name: samples[name][part] for name in (*FLOAT_COLUMNS, *INT_COLUMNS)},
+            }
+            await self._publish_data(client, channel, run_id, columns)
+        sent = len(seq) - start
+        if sent:
+            log.info("bus replayed %d samples of run %d after seq %d", sent, run_id, after)
+        return sent

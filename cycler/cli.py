@@ -15,6 +15,7 @@ from rich.table import Table
 
 import cyclerd.instruments as instruments
 from cyclerd.clock import AcceleratedClock, Clock, RealClock, VirtualClock
+from cyclerd.control import follow_requests
 from cyclerd.drivers.base import Channel, InstrumentFault, unmet_needs
 from cyclerd.engine import Runner
 from cyclerd.plan_view import render_plan
@@ -26,6 +27,7 @@ from cyclerd.protocols.schema import json_schema_text
 from cyclerd.protocols.units import AREA, parse_charge, parse_positive
 from cyclerd.simulators import presets
 from cyclerd.simulators.channel import SimulatedChannel
+from cyclerd.states import FINAL
 from cyclerd.store import Store
 from cyclerd.summary_view import render_summary
 
@@ -184,7 +186,12 @@ def run(
                     program, channel, store, run_id, clock, on_batch=progress.batch_callback(clock)
                 )
                 progress.runner = runner
-                await runner.run()
+                # `cyclerd pause|resume|stop RUN` from another terminal lands in the store.
+                follower = asyncio.create_task(follow_requests(store, run_id, runner))
+                try:
+                    await runner.run()
+                finally:
+                    follower.cancel()
             return run_id
 
         async def on_instrument() -> int:
@@ -205,6 +212,98 @@ def run(
             raise typer.Exit(2)
         render_summary(console, store, run_id)
         console.print(f"stored as run {run_id} in {db}")
+
+
+@app.command()
+def submit(
+    protocol_file: Annotated[Path, typer.Argument(help="The protocol to queue.")],
+    channel: Annotated[str, typer.Option("--channel", help="The channel that will run it.")],
+    cell: Annotated[str | None, typer.Option("--cell", help="Your cell's id, stored with the run.")] = None,
+    area: AreaOption = None,
+    capacity: CapacityOption = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Queue a protocol for a channel; it is checked now, so the queue holds only runnable jobs."""
+    try:
+        area_m2 = None if area is None else parse_positive(area, AREA)
+        cell_capacity = None if capacity is None else parse_charge(capacity)
+        program = compile_protocol(load(protocol_file), area_m2, cell_capacity)
+    except ProtocolError as exc:
+        errors.print(str(exc), markup=False)
+        raise typer.Exit(1) from None
+    except (CellDataMissing, ValueError) as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    given = {"cell": cell, "area": area, "capacity": capacity}
+    text = protocol_file.read_text(encoding="utf-8")
+    with Store(db) as store:
+        cell_info = {key: value for key, value in given.items() if value}
+        job = store.submit_job(channel, program.name, text, str(protocol_file), cell_info)
+    console.print(f"queued as job {job} for channel {channel}")
+
+
+@app.command()
+def queue(db: DbOption = DEFAULT_DB) -> None:
+    """The jobs waiting for their channels, oldest first."""
+    with Store(db) as store:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for name in ("job", "channel", "name", "cell", "submitted (UTC)"):
+            table.add_column(name)
+        for job in store.jobs("queued"):
+            submitted = datetime.fromtimestamp(job["submitted_unix"], UTC).strftime("%Y-%m-%d %H:%M")
+            cell_id = str(job["cell"].get("cell", ""))
+            table.add_row(str(job["id"]), job["channel"], job["name"], cell_id, submitted)
+        console.print(table)
+
+
+@app.command()
+def status(db: DbOption = DEFAULT_DB) -> None:
+    """Every run that is not over, with its state and the requests still waiting."""
+    over = {state.value for state in FINAL}
+    with Store(db) as store:
+        live = [r for r in store.runs() if r.state not in over]
+        if not live:
+            console.print("no run in progress")
+        for r in live:
+            waiting = ", ".join(action for _, action in store.pending_requests(r.id))
+            asked = f" (asked: {waiting})" if waiting else ""
+            console.print(f"run {r.id} {r.name} on {r.channel}: {r.state}{asked}", markup=False)
+        console.print(f"{len(store.jobs('queued'))} job(s) queued")
+
+
+def _request(action: str, run_id: int, db: Path) -> None:
+    with Store(db) as store:
+        try:
+            run = store.run(run_id)
+        except KeyError as exc:
+            errors.print(f"[red]error:[/red] {exc.args[0]}")
+            raise typer.Exit(2) from None
+        if run.state in {state.value for state in FINAL}:
+            errors.print(f"[red]error:[/red] run {run_id} is {run.state}; it cannot {action}")
+            raise typer.Exit(2)
+        store.request(run_id, action)
+    console.print(f"asked run {run_id} to {action}; whoever runs it acts within a second")
+
+
+RunArgument = Annotated[int, typer.Argument(metavar="RUN", help="The run's number (see 'cyclerd status').")]
+
+
+@app.command()
+def pause(run_id: RunArgument, db: DbOption = DEFAULT_DB) -> None:
+    """Pause a run: the cell is held safe and the step resumes where it stood."""
+    _request("pause", run_id, db)
+
+
+@app.command()
+def resume(run_id: RunArgument, db: DbOption = DEFAULT_DB) -> None:
+    """Resume a paused run."""
+    _request("resume", run_id, db)
+
+
+@app.command()
+def stop(run_id: RunArgument, db: DbOption = DEFAULT_DB) -> None:
+    """Stop a run: the cell is made safe and the run ends."""
+    _request("stop", run_id, db)
 
 
 @app.command()

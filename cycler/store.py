@@ -93,6 +93,25 @@ CREATE TABLE IF NOT EXISTS cycles (  -- written when a cycle ends, from its stor
     coulombic_efficiency REAL,
     PRIMARY KEY (run_id, cycle)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (  -- the queue: protocols waiting for a channel
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    name TEXT NOT NULL,
+    protocol TEXT NOT NULL,          -- the file's text at submission: later edits do not leak in
+    source TEXT NOT NULL,            -- where it came from (path)
+    cell TEXT NOT NULL,              -- JSON: cell id, area, capacity given at submission
+    state TEXT NOT NULL,             -- queued, running, done, cancelled
+    submitted_unix REAL NOT NULL,
+    run_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS requests (  -- pause/resume/stop asked for by a person, acted on by the daemon
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    requested_unix REAL NOT NULL,
+    handled_unix REAL,
+    result TEXT
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id INTEGER PRIMARY KEY,
     t REAL NOT NULL,
@@ -310,7 +329,79 @@ class Store:
                 (run_id, t, json.dumps(state, sort_keys=True)),
             )
 
+    def submit_job(
+        self, channel: str, name: str, protocol_text: str, source: str, cell: Mapping[str, Any]
+    ) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO jobs (channel, name, protocol, source, cell, state, submitted_unix)"
+                " VALUES (?, ?, ?, ?, ?, 'queued', ?)",
+                (channel, name, protocol_text, source, json.dumps(cell, sort_keys=True), time.time()),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def claim_job(self, channel: str) -> dict[str, Any] | None:
+        """The oldest queued job of `channel`, marked running (atomic: one claimant wins)."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE channel = ? AND state = 'queued' ORDER BY id LIMIT 1", (channel,)
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (row[0],))
+        return next(job for job in self.jobs() if job["id"] == row[0])
+
+    def finish_job(self, job_id: int, state: str, run_id: int | None = None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, run_id = COALESCE(?, run_id) WHERE id = ?",
+                (state, run_id, job_id),
+            )
+
+    def request(self, run_id: int, action: str) -> int:
+        """Record that someone asked a run to pause, resume or stop; the daemon acts on it."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO requests (run_id, action, requested_unix) VALUES (?, ?, ?)",
+                (run_id, action, time.time()),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def pending_requests(self, run_id: int) -> list[tuple[int, str]]:
+        rows = self._db.execute(
+            "SELECT id, action FROM requests WHERE run_id = ? AND handled_unix IS NULL ORDER BY id", (run_id,)
+        ).fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def handle_request(self, request_id: int, result: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE requests SET handled_unix = ?, result = ? WHERE id = ?",
+                (time.time(), result, request_id),
+            )
+
     # -- reading -------------------------------------------------------------------------
+
+    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT id, channel, name, source, cell, state, submitted_unix, run_id FROM jobs"
+        args: tuple[Any, ...] = ()
+        if state is not None:
+            query += " WHERE state = ?"
+            args = (state,)
+        cursor = self._db.execute(query + " ORDER BY id", args)
+        names = [d[0] for d in cursor.description]
+        jobs = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        for job in jobs:
+            job["cell"] = json.loads(job["cell"])
+        return jobs
+
+    def job_protocol(self, job_id: int) -> str:
+        row = self._db.execute("SELECT protocol FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no job {job_id} in {self.path}")
+        return str(row[0])
 
     def runs(self) -> list[Run]:
         rows = self._db.execute(

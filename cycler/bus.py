@@ -289,17 +289,15 @@ class Bus:
     async def _replay_locked(
         self, client: aiomqtt.Client, store: Store, run_id: int, channel: str, after: int
     ) -> int:
-        samples = store.samples(run_id)
-        seq = samples["seq"].astype(np.int64)
-        start = int(np.searchsorted(seq, after, side="right"))
-        for i in range(start, len(seq), self._replay_batch):
-            part = slice(i, i + self._replay_batch)
-            columns = {
-                "seq": seq[part],
-                **{name: samples[name][part] for name in (*FLOAT_COLUMNS, *INT_COLUMNS)},
-            }
+        sent, last = 0, after
+        while True:  # a slice at a time: a long run is never loaded whole
+            samples = store.samples(run_id, after_seq=last, limit=self._replay_batch)
+            seq = samples["seq"].astype(np.int64)
+            if len(seq) == 0:
+                break
+            columns = {"seq": seq, **{name: samples[name] for name in (*FLOAT_COLUMNS, *INT_COLUMNS)}}
             await self._publish_data(client, channel, run_id, columns)
-        sent = len(seq) - start
+            sent, last = sent + len(seq), int(seq[-1])
         if sent:
             log.info("bus replayed %d samples of run %d after seq %d", sent, run_id, after)
         return sent

@@ -421,11 +421,16 @@ class Store:
             raise KeyError(f"no run {run_id} in {self.path}")
         return str(row[0])
 
-    def samples(self, run_id: int) -> dict[str, FloatArray]:
-        """All samples of a run as columns, in sequence order (temperature NaN where unknown)."""
+    def samples(self, run_id: int, after_seq: int = -1, limit: int | None = None) -> dict[str, FloatArray]:
+        """Samples of a run as columns, in sequence order (temperature NaN where unknown).
+
+        `after_seq` and `limit` read a slice (seq > after_seq, at most `limit` rows), so a replay
+        of a months-long run never holds the whole run in memory.
+        """
         cursor = self._db.execute(
-            f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE run_id = ? ORDER BY seq",
-            (run_id,),
+            f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE run_id = ? AND seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (run_id, after_seq, -1 if limit is None else limit),
         )
         rows = cursor.fetchall()
         table = np.array(rows, dtype=np.float64).reshape(len(rows), len(SAMPLE_COLUMNS))

@@ -41,6 +41,8 @@ def test_samples_round_trip_as_columns(store: Store) -> None:
     assert samples["step"][99] == 1
     assert samples["step"][100] == 2
     assert np.isnan(samples["temperature"]).all()
+    part = store.samples(run, after_seq=99, limit=20)  # a slice, as a replay reads it
+    assert part["seq"].tolist() == list(range(100, 120))
 
 
 def test_a_duplicate_sequence_number_is_refused_and_the_batch_rolled_back(store: Store) -> None:

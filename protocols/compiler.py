@@ -194,7 +194,9 @@ class Program:
         """What an instrument channel must be able to do to run this program."""
         kinds: set[StepKind] = set()
         currents: list[float] = [0.0]
-        voltages: list[float] = []
+        # The instrument must measure across the whole safety window, not only at the setpoints.
+        window = (self.safety.voltage_min_V, self.safety.voltage_max_V)
+        voltages: list[float] = [v for v in window if v is not None]
         eis_modes: set[str] = set()
         frequencies: list[float] = []
         for command in self.commands():

@@ -118,7 +118,8 @@ def _loop(loop: Loop, depth: int, lines: list[PlanLine], cycles: list[CycleCharg
         span = span.capped(loop.until.duration_s + (body.high or 0.0))
     stops = []
     if loop.count is not None:
-        stops.append(f"{loop.count} cycles" if loop.innermost else f"{loop.count} times")
+        noun = ("cycle" if loop.innermost else "time") + ("s" if loop.count != 1 else "")
+        stops.append(f"{loop.count} {noun}")
     if loop.until.duration_s is not None:
         stops.append(f"{duration_text(loop.until.duration_s)} in the loop")
     if loop.until.coulombic_efficiency_below is not None:

@@ -148,7 +148,7 @@ def test_needs_list_what_the_instrument_must_do() -> None:
     assert needs.eis_modes == {"potentiostatic"}
     assert needs.frequency_range_Hz == (1.0, 1e6)
     assert needs.current_max_A == pytest.approx(0.785e-3)
-    assert needs.voltage_range_V == (1.0, 1.0)
+    assert needs.voltage_range_V == (-0.5, 1.5)  # the safety window: the instrument must measure it all
 
 
 def test_sweep_duration_follows_its_path() -> None:

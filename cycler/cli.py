@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -15,7 +16,9 @@ from rich.table import Table
 
 import cyclerd.instruments as instruments
 from cyclerd.clock import AcceleratedClock, Clock, RealClock, VirtualClock
+from cyclerd.config import load_config
 from cyclerd.control import follow_requests
+from cyclerd.daemon import Daemon
 from cyclerd.drivers.base import Channel, InstrumentFault, unmet_needs
 from cyclerd.engine import Runner
 from cyclerd.plan_view import render_plan
@@ -370,6 +373,25 @@ def emulate(
     except presets.PresetError as exc:
         errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", help="The lab's configuration (see docs/lab.toml).")],
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Stop once no channel has a queued job (tests, batch use).")
+    ] = False,
+) -> None:
+    """Run the lab: one task per channel, each working through its queued jobs."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        lab = load_config(config)
+    except ProtocolError as exc:
+        errors.print(str(exc), markup=False)
+        raise typer.Exit(1) from None
+    console.print(f"cyclerd serving lab {lab.lab}: {len(lab.channels)} channel(s), store {lab.database}")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Daemon(lab).run(until_idle=until_idle))
 
 
 @app.command()

@@ -24,5 +24,6 @@ class ProtocolError(ValueError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = sorted(set(problems))
         count = len(self.problems)
-        head = f"{count} problem{'s' if count != 1 else ''} in protocol"
+        where = self.problems[0].file if self.problems else "the file"
+        head = f"{count} problem{'s' if count != 1 else ''} in {where}"
         super().__init__("\n".join([head, *map(str, self.problems)]))

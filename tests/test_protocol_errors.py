@@ -925,7 +925,7 @@ def test_str_lists_file_line_column_of_each_problem() -> None:
     with pytest.raises(ProtocolError) as info:
         loads(THREE_PROBLEMS, "broken.yaml")
     lines = str(info.value).splitlines()
-    assert lines[0] == "3 problems in protocol"
+    assert lines[0] == "3 problems in broken.yaml"
     assert lines[1].startswith("broken.yaml:2:1: unknown key 'saftey'")
     assert lines[2].startswith("broken.yaml:5:11: '10 m' is ")
     assert lines[3].startswith("broken.yaml:8:15: unknown key 'voltage_abve'")
@@ -935,7 +935,7 @@ def test_single_problem_is_counted_in_the_singular() -> None:
     with pytest.raises(ProtocolError) as info:
         loads("", "empty.yaml")
     assert str(info.value).splitlines() == [
-        "1 problem in protocol",
+        "1 problem in empty.yaml",
         "empty.yaml:1:1: the file is empty; a protocol needs name and steps",
     ]
 

@@ -207,7 +207,7 @@ def _check(text: str) -> Protocol | ProtocolError:
         assert 1 <= problem.line <= last_line + 1, (problem, text)
         assert problem.column >= 1, problem
         assert problem.message.strip(), problem
-    assert str(error).splitlines()[0].endswith("in protocol")
+    assert str(error).splitlines()[0].endswith("in fuzz.yaml")
     return error
 
 

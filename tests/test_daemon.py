@@ -1,0 +1,102 @@
+"""The daemon's first slice: lab.toml, one task per channel, queued jobs run to completion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cyclerd.cli import app
+from cyclerd.config import load_config
+from cyclerd.protocols import ProtocolError
+from cyclerd.store import Store
+
+cli = CliRunner()
+SHORT = """\
+name: E1, two cycles
+cell: {area: 0.785 cm^2}
+record: {every: 1 min}
+steps:
+  - repeat:
+      count: 2
+      steps:
+        - plate: {current: 1 mA/cm^2, until: {charge: 1 mAh/cm^2}}
+        - strip: {current: 1 mA/cm^2, until: {voltage_above: 1 V, duration: 2 h}}
+"""
+LAB = """\
+lab = "test-lab"
+database = "lab.db"
+
+[[instruments]]
+name = "gone"
+driver = "keithley2450"
+resource = "TCPIP::127.0.0.1::1::SOCKET"
+
+[[channels]]
+name = "ch1"
+sim = "mgagsn"
+seed = 1
+
+[[channels]]
+name = "ch2"
+sim = "mg"
+seed = 2
+
+[[channels]]
+name = "ch3"
+instrument = "gone"
+"""
+
+
+def test_serve_runs_every_queued_job_and_a_dead_instrument_spares_the_others(tmp_path: Path) -> None:
+    (tmp_path / "lab.toml").write_text(LAB)
+    protocol = tmp_path / "e1.yaml"
+    protocol.write_text(SHORT)
+    db = str(tmp_path / "lab.db")
+    for channel in ("ch1", "ch1", "ch2", "ch3"):
+        assert cli.invoke(app, ["submit", str(protocol), "--channel", channel, "--db", db]).exit_code == 0
+    served = cli.invoke(app, ["serve", "--config", str(tmp_path / "lab.toml"), "--until-idle"])
+    assert served.exit_code == 0, served.output
+    store = Store(db)
+    jobs = {job["id"]: job for job in store.jobs()}
+    assert [jobs[i]["state"] for i in (1, 2, 3)] == ["done", "done", "done"]
+    assert jobs[4]["state"] == "failed"  # nothing listens on port 1: that channel's job fails alone
+    runs = store.runs()
+    assert sorted(r.channel for r in runs) == ["ch1", "ch1", "ch2"]
+    assert all(r.state == "completed" for r in runs)
+    assert all(len(store.cycles(r.id)["cycle"]) == 2 for r in runs)
+    failed = [e["message"] for e in store.events() if e["kind"] == "job"]
+    assert len(failed) == 1
+    assert "job 4 on ch3 failed" in failed[0]
+
+
+def test_config_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text(LAB.replace('sim = "mg"', 'sim = "mg"\nsed = 2'))
+    with pytest.raises(ProtocolError) as err:
+        load_config(path)
+    assert f"{path}:17:1: channels.1.sed: unknown key 'sed'" in str(err.value)
+    path.write_text(LAB.replace('instrument = "gone"', 'instrument = "gonne"'))
+    with pytest.raises(ProtocolError, match="unknown instrument 'gonne'; did you mean 'gone'"):
+        load_config(path)
+    path.write_text(LAB.replace('sim = "mg"', 'sim = "mg"\ninstrument = "gone"'))
+    with pytest.raises(ProtocolError, match="needs exactly one of 'instrument' or 'sim'"):
+        load_config(path)
+
+
+def test_credentials_come_from_a_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    path = tmp_path / "lab.toml"
+    path.write_text(LAB + f'\n[mqtt]\nusername = "daemon"\npassword_file = "{secret}"\n')
+    assert (lab := load_config(path)).mqtt is not None
+    assert lab.mqtt.password() == "s3cret"
+    assert lab.database == tmp_path / "lab.db"  # relative to the config file
+    monkeypatch.setenv("LAB_MQTT_PASSWORD", "from-env")
+    path.write_text(LAB + '\n[mqtt]\npassword_env = "LAB_MQTT_PASSWORD"\n')
+    lab = load_config(path)
+    assert lab.mqtt is not None
+    assert lab.mqtt.password() == "from-env"

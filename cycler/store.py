@@ -384,18 +384,25 @@ class Store:
 
     # -- reading -------------------------------------------------------------------------
 
+    def _rows(
+        self, query: str, where: str | None, value: Any, order: str, json_column: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows as dicts, optionally filtered on one column, with one JSON column decoded."""
+        args: tuple[Any, ...] = ()
+        if where is not None and value is not None:
+            query += f" WHERE {where} = ?"
+            args = (value,)
+        cursor = self._db.execute(f"{query} ORDER BY {order}", args)
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        if json_column is not None:
+            for row in rows:
+                row[json_column] = json.loads(row[json_column])
+        return rows
+
     def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT id, channel, name, source, cell, state, submitted_unix, run_id FROM jobs"
-        args: tuple[Any, ...] = ()
-        if state is not None:
-            query += " WHERE state = ?"
-            args = (state,)
-        cursor = self._db.execute(query + " ORDER BY id", args)
-        names = [d[0] for d in cursor.description]
-        jobs = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        for job in jobs:
-            job["cell"] = json.loads(job["cell"])
-        return jobs
+        return self._rows(query, "state", state, "id", json_column="cell")
 
     def job_protocol(self, job_id: int) -> str:
         row = self._db.execute("SELECT protocol FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -460,26 +467,15 @@ class Store:
         return out
 
     def steps(self, run_id: int) -> list[dict[str, Any]]:
-        cursor = self._db.execute(
+        query = (
             "SELECT number, command, kind, label, cycle, t_start, t_end, end_reason, charge_As, energy_J"
-            " FROM steps WHERE run_id = ? ORDER BY number",
-            (run_id,),
+            " FROM steps"
         )
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return self._rows(query, "run_id", run_id, "number")
 
     def events(self, run_id: int | None = None) -> list[dict[str, Any]]:
         query = "SELECT id, run_id, t, unix, kind, message, data FROM events"
-        args: tuple[Any, ...] = ()
-        if run_id is not None:
-            query += " WHERE run_id = ?"
-            args = (run_id,)
-        cursor = self._db.execute(query + " ORDER BY id", args)
-        names = [d[0] for d in cursor.description]
-        events = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        for event in events:
-            event["data"] = json.loads(event["data"])
-        return events
+        return self._rows(query, "run_id", run_id, "id", json_column="data")
 
     def cycles(self, run_id: int) -> dict[str, FloatArray]:
         """The stored cycle summaries of a run as columns (CYCLE_COLUMNS), in cycle order."""

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint types unit mosquitto clean
+.PHONY: demo test install lint types unit mosquitto chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ mosquitto:
 	  { echo "installing mosquitto"; (apt-get update -qq && apt-get install -y -qq mosquitto) || \
 	    (sudo apt-get update -qq && sudo apt-get install -y -qq mosquitto); }
 
+# The report test opens an HTML report in headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { echo "installing chromium"; (apt-get update -qq && apt-get install -y -qq chromium) || \
+	    (sudo apt-get update -qq && sudo apt-get install -y -qq chromium); }
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -35,7 +41,7 @@ lint: install
 types: install
 	$(BIN)/mypy -p cyclerd
 
-unit: install mosquitto
+unit: install mosquitto chromium
 	$(BIN)/pytest -q
 
 test: lint types unit

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 import cyclerd.instruments as instruments
+from cyclerd import analysis_cli, doctor_cli, export_cli
 from cyclerd.clock import AcceleratedClock, Clock, RealClock, VirtualClock
 from cyclerd.config import load_config
 from cyclerd.control import follow_requests
@@ -407,6 +408,11 @@ def schema(
     else:
         output.write_text(text, encoding="utf-8")
         errors.print(f"wrote {output}")
+
+
+analysis_cli.register(app)
+export_cli.register(app)
+doctor_cli.register(app)
 
 
 def main() -> None:

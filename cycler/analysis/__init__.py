@@ -1,0 +1,1 @@
+"""Analysis of recorded runs: impedance fits, figures, reports and data exchange."""

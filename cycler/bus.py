@@ -12,12 +12,14 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
 import numpy as np
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from cyclerd.store import Store
 
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 FLOAT_COLUMNS = ("t", "voltage", "current", "charge", "energy")
 INT_COLUMNS = ("cycle", "step")
 QOS = 1  # at least once on the wire; sequence numbers and the delivered mark make it exactly once
+# A command handler: (channel, payload) -> the reply's JSON object.
+CommandHandler = Callable[[str, bytes], Awaitable[Mapping[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class Bus:
         replay_batch: int = 500,
         backoff_s: tuple[float, float] = (0.5, 30.0),
         timeout_s: float = 10.0,
+        on_command: CommandHandler | None = None,
     ) -> None:
         self.lab = lab
         self.host = host
@@ -94,6 +99,8 @@ class Bus:
         self._connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
+        self._on_command = on_command
+        self._handlers: set[asyncio.Task[None]] = set()
         self.dropped = 0
 
     def __repr__(self) -> str:  # never shows the password
@@ -136,6 +143,15 @@ class Bus:
         if self.connected:
             self._enqueue(_Message(self.topic(channel, "events"), json.dumps(event, sort_keys=True), False))
 
+    def publish_spectrum(self, channel: str, spectrum: Mapping[str, Any]) -> None:
+        """Enqueue one impedance spectrum (frequency, z_real, z_imag and where it was taken)."""
+        if self.connected:
+            self._enqueue(_Message(self.topic(channel, "eis"), json.dumps(spectrum), False))
+
+    def handle_commands(self, handler: CommandHandler) -> None:
+        """Answer commands on cyclerd/<lab>/<channel>/cmd with `handler` (from the next connection)."""
+        self._on_command = handler
+
     def _enqueue(self, item: _Batch | _Message) -> None:
         if self._queue.full():  # the newest is the most useful live; the store fills the gap
             self._queue.get_nowait()
@@ -150,6 +166,17 @@ class Bus:
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
+
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until the broker has every sample produced so far; False if it did not in time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            behind = any(last > self.delivered(run) for run, last in self._produced.items())
+            if self.connected and self._queue.empty() and not behind:
+                return True
+            await asyncio.sleep(0.05)
+        return False
 
     def delivered(self, run_id: int) -> int:
         """The last sequence number of `run_id` the broker acknowledged (-1: none)."""
@@ -226,9 +253,32 @@ class Bus:
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         """Return only by raising: the message iterator raises when the connection is lost."""
-        async for _message in client.messages:
-            pass  # commands arrive here in the daemon
+        if self._on_command is not None:
+            await client.subscribe(f"cyclerd/{self.lab}/+/cmd", qos=QOS)
+        async for message in client.messages:
+            task = asyncio.create_task(self._answer(client, message))
+            self._handlers.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._handlers.discard)
         raise aiomqtt.MqttError("disconnected from the broker")
+
+    async def _answer(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        """Run one command and send the reply to its response topic with its correlation data."""
+        channel = str(message.topic).split("/")[2]
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        assert self._on_command is not None
+        reply = dict(await self._on_command(channel, payload))
+        asked = message.properties
+        topic = getattr(asked, "ResponseTopic", None)
+        if not topic:
+            log.info("command on %s without a response topic: %s", message.topic, reply)
+            return
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        correlation = getattr(asked, "CorrelationData", None)
+        if correlation is not None:
+            properties.CorrelationData = correlation
+        properties.ContentType = "application/json"
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(topic, json.dumps(reply), qos=QOS, properties=properties)
 
     async def _catch_up(self, client: aiomqtt.Client) -> None:
         """After (re)connecting: retained states again, and every run's stored samples not yet sent."""

@@ -19,7 +19,7 @@ from cyclerd import analysis_cli, doctor_cli, export_cli
 from cyclerd.clock import AcceleratedClock, Clock, RealClock, VirtualClock
 from cyclerd.config import load_config
 from cyclerd.control import follow_requests
-from cyclerd.daemon import Daemon
+from cyclerd.daemon import serve_lab
 from cyclerd.drivers.base import Channel, InstrumentFault, unmet_needs
 from cyclerd.engine import Runner
 from cyclerd.plan_view import render_plan
@@ -392,7 +392,7 @@ def serve(
         raise typer.Exit(1) from None
     console.print(f"cyclerd serving lab {lab.lab}: {len(lab.channels)} channel(s), store {lab.database}")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Daemon(lab).run(until_idle=until_idle))
+        asyncio.run(serve_lab(lab, until_idle))
 
 
 @app.command()

@@ -45,6 +45,11 @@ class Instrument(_Strict):
     driver: Literal["keithley2450", "methodscript"]
     resource: str = Field(examples=["TCPIP::192.168.1.20::5025::SOCKET", "/dev/ttyUSB0"])
     poll_s: float = Field(1.0, gt=0)
+    reconnect_s: float = Field(1.0, gt=0, description="First wait before reconnecting; doubles each try.")
+    reconnect_max_s: float = Field(60.0, gt=0, description="The longest wait between reconnection tries.")
+    give_up_s: float | None = Field(
+        None, gt=0, description="Fail the job after trying this long; unset: wait for the instrument."
+    )
 
 
 class Channel(_Strict):
@@ -71,6 +76,12 @@ class Lab(_Strict):
     channels: list[Channel] = Field(min_length=1)
     resume: Literal["resume", "stop"] = Field(
         "resume", description="After a crash: resume running runs from their checkpoint, or stop them safely."
+    )
+    resume_max_gap_s: float | None = Field(
+        None, gt=0, description="Stop instead of resuming when the daemon was away longer than this."
+    )
+    speed: float = Field(
+        1.0, gt=0, description="Time acceleration for instrument channels: >1 only against emulators."
     )
 
     @model_validator(mode="after")

@@ -10,6 +10,8 @@ change is an event in the store.
 from __future__ import annotations
 
 import asyncio
+import base64
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,10 +41,13 @@ from cyclerd.drivers.base import (
     StepProgress,
 )
 from cyclerd.protocols.compiler import Loop, Node, Periodic, Program, StepCommand
+from cyclerd.resume import History, ResumePoint
+from cyclerd.safety import first_violation
 from cyclerd.states import FINAL, RunState, check_transition
 from cyclerd.store import Store
 
-RETRY_BACKOFF_S = 2.0  # run-clock seconds before retrying a step after a transient fault
+RETRY_BACKOFF_S = 2.0  # run-clock seconds before the first retry after a transient fault
+RETRY_BACKOFF_MAX_S = 60.0  # the backoff doubles per attempt up to this
 
 
 class SafetyStop(Exception):
@@ -90,6 +95,8 @@ class Runner:
         clock: Clock,
         on_batch: Callable[[dict[str, np.ndarray]], None] | None = None,
         retries: int = 3,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_spectrum: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.program = program
         self.channel = channel
@@ -97,7 +104,11 @@ class Runner:
         self.run_id = run_id
         self.clock = clock
         self.on_batch = on_batch
+        self.on_event = on_event
+        self.on_spectrum = on_spectrum
         self.retries = retries
+        # Cancelled by a stopping daemon: keep the run's state so the next start resumes it.
+        self.resumable = False
         self.state = RunState.CREATED
         self.cycle = 0
         self.cycles: list[CycleSummary] = []
@@ -113,7 +124,36 @@ class Runner:
         self._resume = asyncio.Event()
         self._resume.set()
         self._stop_requested = False
-        self._iterations: dict[int, int] = {}
+        # Where the run stands, committed with every batch (see cycler/resume.py).
+        self._loops: dict[int, tuple[int, float, int]] = {}
+        self._point: dict[str, Any] = {}
+        self._periodic_depth = 0
+        self._resume_at: ResumePoint | None = None
+        self._resumed_state = RunState.RUNNING
+        self._outage_s = 0.0
+        self._open_steps: list[int] = []
+        self._main_progress = (0.0, 0.0, 0.0)
+        self._step_end = ""
+
+    def restore(self, point: ResumePoint, history: History, state: RunState, outage_s: float) -> None:
+        """Take up a run a crash interrupted: call before `run()`, which then continues from `point`.
+
+        `outage_s` is added to the test time: on a real clock the cell lived through the gap.
+        """
+        self._resume_at = point
+        self._resumed_state = state
+        self._outage_s = outage_s
+        self.cycle = point.cycle
+        self.cycles = list(history.cycles)
+        self.voltage_stats = list(history.voltage_stats)
+        self.cutoff_missed = dict.fromkeys(point.cutoff_missed, True)
+        self.short = point.short
+        self._seq = history.next_seq
+        self._step_number = history.last_step
+        self._spectrum = history.last_spectrum
+        self._open_steps = [n for n in history.open_steps if n != point.step_number]
+        self._buffer = _CycleBuffer([history.current_cycle] if history.current_cycle else [])
+        self._buffer.cutoff_missed = point.cycle in point.cutoff_missed
 
     # -- commands ------------------------------------------------------------------------
 
@@ -137,8 +177,11 @@ class Runner:
     # -- the run -------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
-        self._t0 = self.clock.now()
-        self._transition(RunState.RUNNING, "run started")
+        if self._resume_at is None:
+            self._t0 = self.clock.now()
+            self._transition(RunState.RUNNING, "run started")
+        else:
+            await self._take_up(self._resume_at)
         reason = "completed"
         try:
             await self._nodes(self.program.body)
@@ -156,6 +199,13 @@ class Runner:
             reason = f"instrument fault: {exc}"
             await self._make_safe()
             self._transition(RunState.STOPPED, reason)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._make_safe())
+            if not self.resumable:
+                self._transition(RunState.FAILED, "run failed: interrupted")
+                raise
+            self._event("interrupted", "the daemon stopped: cell made safe; the run resumes when it restarts")
+            raise
         except BaseException as exc:
             await asyncio.shield(self._make_safe())
             self._transition(RunState.FAILED, f"run failed: {type(exc).__name__}: {exc}")
@@ -163,6 +213,31 @@ class Runner:
         finally:
             await self._make_safe()
         return RunResult(self.state, self.cycles, self.short, reason)
+
+    async def _take_up(self, point: ResumePoint) -> None:
+        """Continue after a restart: the clock, the state, the gap as an audit event."""
+        self._t0 = self.clock.now() - point.t_s - self._outage_s
+        await self._make_safe()  # whatever the instrument did alone, it starts from safe
+        for number in self._open_steps:  # steps the crash cut off and that will not go on
+            self.store.end_step(self.run_id, number, point.t_s, "interrupted", None, None)
+        self.state = self._resumed_state
+        if self.state is RunState.PAUSED:
+            self._resume.clear()
+        self._event(
+            "gap",
+            f"resumed after a restart: step {point.step_number} ({point.phase}) at"
+            f" {point.progress.t_s:.1f} s of step time, {point.progress.charge_As * 1e3 / 3.6:.4g} mAh"
+            f" carried over; {self._outage_s:.1f} s of test time without the daemon, first new sample"
+            f" seq {self._seq}",
+            {
+                "step": point.step_number,
+                "phase": point.phase,
+                "step_time": point.progress.t_s,
+                "charge_As": point.progress.charge_As,
+                "outage_s": self._outage_s,
+                "next_seq": self._seq,
+            },
+        )
 
     async def _make_safe(self) -> None:
         """Tell the channel to go safe; if it cannot even answer that, say so in the store."""
@@ -178,34 +253,43 @@ class Runner:
         self._event("state", message, {"state": state.value})
 
     def _event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
-        self.store.record_event(self.run_id, kind, message, t=self.test_time_s, data=data)
+        t = self.test_time_s
+        self.store.record_event(self.run_id, kind, message, t=t, data=data)
+        if self.on_event is not None:
+            self.on_event({"run": self.run_id, "t": t, "kind": kind, "message": message, "data": data or {}})
 
     async def _nodes(self, nodes: tuple[Node, ...]) -> None:
         for node in nodes:
+            if self._resume_at is not None and not _holds(node, self._resume_at.command):
+                continue  # done before the restart
             if isinstance(node, Loop):
                 await self._loop(node)
             else:
                 await self._command(node)
 
     async def _loop(self, loop: Loop) -> None:
-        start = self.test_time_s
-        first_cycle = self.cycle + 1
-        iteration = 0
+        taken_up = self._resume_at.loops.get(loop.index) if self._resume_at is not None else None
+        if taken_up is not None:
+            iteration, start, first_cycle = taken_up[0] - 1, taken_up[1], taken_up[2]
+        else:
+            iteration, start, first_cycle = 0, self.test_time_s, self.cycle + 1
         while loop.count is None or iteration < loop.count:
             iteration += 1
-            self._iterations[loop.index] = iteration
-            if loop.innermost:
+            self._loops[loop.index] = (iteration, start, first_cycle)
+            if loop.innermost and taken_up is None:
                 self.cycle += 1
                 self._buffer = _CycleBuffer()
+            taken_up = None
             await self._nodes(loop.body)
             if loop.innermost and (why := self._end_of_cycle(loop, first_cycle)):
                 self._event(
                     "loop", f"{loop.label} ended after cycle {self.cycle}: {why}", {"cycle": self.cycle}
                 )
-                return
+                break
             if loop.until.duration_s is not None and self.test_time_s - start >= loop.until.duration_s:
                 self._event("loop", f"{loop.label} ended: its duration has passed", {"cycle": self.cycle})
-                return
+                break
+        self._loops.pop(loop.index, None)
 
     def _end_of_cycle(self, loop: Loop, first_cycle: int) -> str:
         """Summarise the cycle just finished; the reason the loop must end, or ''."""
@@ -216,6 +300,9 @@ class Runner:
         if not summaries:
             return ""
         (summary,) = summaries
+        if self.cycles and self.cycles[-1].cycle == summary.cycle:
+            self.cycles.pop()  # summarised before a restart already: the same cycle, again
+            self.voltage_stats.pop()
         self.cycles.append(summary)
         self.store.save_cycle(self.run_id, summary.as_row())
         self.voltage_stats.append(forward_voltage_stats(columns, summary))
@@ -244,41 +331,102 @@ class Runner:
         return ""
 
     async def _command(self, command: StepCommand) -> None:
+        """One step command through its phases (resume.PHASES), every phase a checkpoint."""
         if command.impedance is not None:
             await self._impedance(command)
             return
-        self._step_number += 1
-        number = self._step_number
-        self.store.begin_step(
-            self.run_id, number, command.index, command.kind, command.label, self.cycle, self.test_time_s
-        )
-        progress = StepProgress()
+        point = self._take_resume_point(command)
         periodic = command.periodic
-        pause_at = periodic.interval_s if periodic is not None else None
-        if periodic is not None and periodic.at_start:
-            await self._periodic(periodic)
-        while True:
+        if point is not None and point.phase == "done":
+            return
+        if point is None or command.kind == "sweep":  # a sweep starts again: it has no middle
+            self._step_number += 1
+            number = self._step_number
+            self.store.begin_step(
+                self.run_id, number, command.index, command.kind, command.label, self.cycle, self.test_time_s
+            )
+            progress = StepProgress()
+            pause_at = periodic.interval_s if periodic is not None else None
+            phase = "at_start" if periodic is not None and periodic.at_start else "step"
+        else:
+            number, progress, pause_at, phase = (
+                point.step_number,
+                point.progress,
+                point.pause_at_s,
+                point.phase,
+            )
+        while phase != "done":
+            self._at(command, number, phase, progress, pause_at)
+            if phase in ("at_start", "interrupt", "at_end"):
+                assert periodic is not None
+                await self._periodic(periodic)
+                if phase == "interrupt" and pause_at is not None:
+                    pause_at += periodic.interval_s
+                phase = "done" if phase == "at_end" else "step"
+                continue
             end = await self._segment(command, number, progress, pause_at)
             progress = end.progress
             if end.reason == INTERRUPT and periodic is not None and pause_at is not None:
-                await self._periodic(periodic)
-                pause_at += periodic.interval_s
+                phase = "interrupt"
                 continue
-            break
-        if end.reason == SAFETY:
-            self.store.end_step(
-                self.run_id, number, self.test_time_s, end.reason, progress.charge_As, progress.energy_J
+            if end.reason == SAFETY:
+                self.store.end_step(
+                    self.run_id, number, self.test_time_s, end.reason, progress.charge_As, progress.energy_J
+                )
+                raise SafetyStop(end.detail)
+            voltage_cutoff = (
+                command.end.voltage_above_V is not None or command.end.voltage_below_V is not None
             )
-            raise SafetyStop(end.detail)
-        voltage_cutoff = command.end.voltage_above_V is not None or command.end.voltage_below_V is not None
-        if voltage_cutoff and end.reason == "duration":
-            self._buffer.cutoff_missed = True
-        if periodic is not None and periodic.at_end:
-            await self._periodic(periodic)
+            if voltage_cutoff and end.reason == "duration":
+                self._buffer.cutoff_missed = True
+                self.cutoff_missed[self.cycle] = True
+            self._step_end = end.reason
+            phase = "at_end" if periodic is not None and periodic.at_end else "done"
         self.store.end_step(
-            self.run_id, number, self.test_time_s, end.reason, progress.charge_As, progress.energy_J
+            self.run_id, number, self.test_time_s, self._step_end, progress.charge_As, progress.energy_J
         )
-        self._checkpoint(command, progress)
+        self._at(command, number, "done", progress, None)
+
+    def _take_resume_point(self, command: StepCommand) -> ResumePoint | None:
+        point = self._resume_at
+        if point is None or point.command != command.index:
+            return None
+        self._resume_at = None  # from here on the run goes forward as usual
+        if command.kind == "sweep" and point.phase != "done":
+            self.store.end_step(self.run_id, point.step_number, point.t_s, "interrupted", None, None)
+        return point
+
+    def _at(
+        self, command: StepCommand, number: int, phase: str, progress: StepProgress, pause_at: float | None
+    ) -> None:
+        """Note where the run stands (a step command and its phase) and commit it now."""
+        if self._periodic_depth:
+            return  # inside an every-block the position stays the step it interrupted
+        self._point = {"command": command.index, "phase": phase, "step_number": number, "pause_at": pause_at}
+        self.store.save_checkpoint(self.run_id, self.test_time_s, self._state(progress))
+
+    def _state(self, progress: StepProgress) -> dict[str, Any]:
+        point = ResumePoint(
+            command=self._point["command"],
+            phase=self._point["phase"],
+            step_number=self._point["step_number"],
+            progress=progress,
+            pause_at_s=self._point["pause_at"],
+            loops=dict(self._loops),
+            cycle=self.cycle,
+            t_s=self.test_time_s,
+            cutoff_missed=frozenset(c for c, missed in self.cutoff_missed.items() if missed),
+            short=self.short,
+            cell=self._cell_snapshot(),
+        )
+        return point.as_state()
+
+    def _cell_snapshot(self) -> str | None:
+        """A simulated cell's state travels with the checkpoint: a real cell keeps its own."""
+        cell = getattr(self.channel, "cell", None)
+        if cell is None or not getattr(self.channel, "snapshots", False):
+            return None
+        return base64.b64encode(pickle.dumps(cell)).decode("ascii")
 
     async def _segment(
         self, command: StepCommand, number: int, progress: StepProgress, pause_at: float | None
@@ -287,6 +435,8 @@ class Runner:
         faults are handled here, each resuming the step from the last stored sample."""
         faults = 0
         while True:
+            if not self._resume.is_set():  # paused before the step began, or taken up paused
+                await self._hold(number, progress)
             segment_start = self.test_time_s - progress.t_s  # test time at step time 0 of this stretch
             stream = self.channel.run(command, progress, self.program.safety, pause_at)
             paused = False
@@ -294,10 +444,10 @@ class Runner:
                 async for item in stream:
                     if isinstance(item, StepEnd):
                         return item
-                    self._ingest(item, number, segment_start)
                     progress = StepProgress(
                         float(item.t_s[-1]), float(item.charge_As[-1]), float(item.energy_J[-1])
                     )
+                    self._ingest(item, number, segment_start, progress)
                     if self._stop_requested:
                         raise StopRequested
                     if not self._resume.is_set():
@@ -310,11 +460,15 @@ class Runner:
             finally:
                 await stream.aclose()
             if paused:
-                await self._make_safe()
-                self._event("pause", f"paused in step {number} at {progress.t_s:.1f} s of step time")
-                await self._resume.wait()
-                if self._stop_requested:
-                    raise StopRequested
+                await self._hold(number, progress)
+
+    async def _hold(self, number: int, progress: StepProgress) -> None:
+        """Paused: the cell is held safe until someone resumes or stops the run."""
+        await self._make_safe()
+        self._event("pause", f"paused in step {number} at {progress.t_s:.1f} s of step time")
+        await self._resume.wait()
+        if self._stop_requested:
+            raise StopRequested
 
     async def _recover(
         self, fault: InstrumentFault, attempt: int, number: int, progress: StepProgress
@@ -329,7 +483,7 @@ class Runner:
         await self._make_safe()
         if not transient or attempt > self.retries:
             raise FaultStop(str(fault)) from fault
-        await self.clock.sleep(RETRY_BACKOFF_S * attempt)
+        await self.clock.sleep(min(RETRY_BACKOFF_S * 2 ** (attempt - 1), RETRY_BACKOFF_MAX_S))
         reconnect = getattr(self.channel, "reconnect", None)
         if reconnect is not None:
             try:
@@ -337,7 +491,7 @@ class Runner:
             except InstrumentFault as exc:
                 self._event("fault", f"reconnecting failed: {exc}")
 
-    def _ingest(self, batch: Batch, number: int, segment_start: float) -> None:
+    def _ingest(self, batch: Batch, number: int, segment_start: float, progress: StepProgress) -> None:
         n = len(batch)
         t = segment_start + batch.t_s
         columns = {
@@ -352,10 +506,14 @@ class Runner:
         }
         if batch.temperature_K is not None:
             columns["temperature"] = batch.temperature_K
-        violation = self._violation(columns)
+        violation = first_violation(self.program.safety, columns)
         if violation is not None:
             columns = {key: value[: violation[0] + 1] for key, value in columns.items()}
-        self.store.append_samples(self.run_id, columns)
+        # Inside an every-block the checkpoint keeps the interrupted step's own progress.
+        at = progress if not self._periodic_depth else StepProgress(*self._main_progress)
+        if not self._periodic_depth:
+            self._main_progress = (progress.t_s, progress.charge_As, progress.energy_J)
+        self.store.append_samples(self.run_id, columns, checkpoint=(float(t[-1]), self._state(at)))
         self._seq += len(columns["seq"])
         if self.cycle > 0:
             self._buffer.parts.append(columns)
@@ -365,43 +523,26 @@ class Runner:
         if violation is not None:
             raise SafetyStop(violation[1])
 
-    def _violation(self, columns: dict[str, np.ndarray]) -> tuple[int, str] | None:
-        """The first sample crossing a safety limit, if any: every logged sample is checked."""
-        s = self.program.safety
-        v, i, t = columns["voltage"], columns["current"], columns["t"]
-        found: list[tuple[int, str]] = []
-        if s.voltage_max_V is not None and (v > s.voltage_max_V).any():
-            k = int(np.argmax(v > s.voltage_max_V))
-            found.append((k, f"voltage {v[k]:.4g} V above {s.voltage_max_V:g} V"))
-        if s.voltage_min_V is not None and (v < s.voltage_min_V).any():
-            k = int(np.argmax(v < s.voltage_min_V))
-            found.append((k, f"voltage {v[k]:.4g} V below {s.voltage_min_V:g} V"))
-        if s.current_max_A is not None and (np.abs(i) > s.current_max_A * (1 + 1e-9)).any():
-            k = int(np.argmax(np.abs(i) > s.current_max_A * (1 + 1e-9)))
-            found.append((k, f"|current| {abs(i[k]):.4g} A above {s.current_max_A:.4g} A"))
-        temperature = columns.get("temperature")
-        if (
-            s.temperature_max_K is not None
-            and temperature is not None
-            and (temperature > s.temperature_max_K).any()
-        ):
-            k = int(np.argmax(temperature > s.temperature_max_K))
-            found.append((k, f"temperature {temperature[k] - 273.15:.1f} °C above the limit"))
-        if s.duration_max_s is not None and (t > s.duration_max_s).any():
-            k = int(np.argmax(t > s.duration_max_s))
-            found.append((k, f"run time {t[k] / 3600:.2f} h beyond duration_max"))
-        return min(found) if found else None
-
     async def _periodic(self, periodic: Periodic) -> None:
-        for sub in periodic.body:
-            await self._command(sub)
+        self._periodic_depth += 1
+        try:
+            for sub in periodic.body:
+                await self._command(sub)
+        finally:
+            self._periodic_depth -= 1
 
     async def _impedance(self, command: StepCommand) -> None:
         assert command.impedance is not None
+        point = self._take_resume_point(command)  # a cut-off spectrum is measured again, whole
+        if point is not None and point.phase == "done":
+            return
+        if point is not None:
+            self.store.end_step(self.run_id, point.step_number, point.t_s, "interrupted", None, None)
         self._step_number += 1
         number = self._step_number
         start = self.test_time_s
         self.store.begin_step(self.run_id, number, command.index, "eis", command.label, self.cycle, start)
+        self._at(command, number, "step", StepProgress(), None)
         try:
             spectrum = await self.channel.impedance(command.impedance)
         except InstrumentFault as exc:
@@ -417,19 +558,25 @@ class Runner:
             spectrum.frequency_Hz,
             spectrum.impedance_ohm,
         )
+        if self.on_spectrum is not None:
+            self.on_spectrum(
+                {
+                    "run": self.run_id,
+                    "sequence": self._spectrum,
+                    "t": start,
+                    "step": number,
+                    "cycle": self.cycle,
+                    "frequency": spectrum.frequency_Hz.tolist(),
+                    "z_real": spectrum.impedance_ohm.real.tolist(),
+                    "z_imag": spectrum.impedance_ohm.imag.tolist(),
+                }
+            )
         self.store.end_step(self.run_id, number, self.test_time_s, "spectrum", 0.0, 0.0)
+        self._at(command, number, "done", StepProgress(), None)
 
-    def _checkpoint(self, command: StepCommand, progress: StepProgress) -> None:
-        self.store.save_checkpoint(
-            self.run_id,
-            self.test_time_s,
-            {
-                "after_command": command.index,
-                "iterations": {str(k): v for k, v in self._iterations.items()},
-                "cycle": self.cycle,
-                "seq": self._seq,
-                "step_number": self._step_number,
-                "spectrum": self._spectrum,
-                "progress": [progress.t_s, progress.charge_As, progress.energy_J],
-            },
-        )
+
+def _holds(node: Node, command_index: int) -> bool:
+    """Whether `node` is, or contains, the step command `command_index` (every-blocks aside)."""
+    if isinstance(node, Loop):
+        return any(_holds(child, command_index) for child in node.body)
+    return node.index == command_index

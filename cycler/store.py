@@ -112,9 +112,10 @@ CREATE TABLE IF NOT EXISTS requests (  -- pause/resume/stop asked for by a perso
     handled_unix REAL,
     result TEXT
 );
-CREATE TABLE IF NOT EXISTS checkpoints (
+CREATE TABLE IF NOT EXISTS checkpoints (  -- where each run stands, committed with its samples
     run_id INTEGER PRIMARY KEY,
-    t REAL NOT NULL,
+    t REAL NOT NULL,                 -- test time of the checkpoint
+    unix REAL NOT NULL,              -- wall time it was written: a restart measures its gap from it
     state TEXT NOT NULL
 );
 """
@@ -241,8 +242,15 @@ class Store:
             )
 
     def end_step(
-        self, run_id: int, number: int, t_end: float, reason: str, charge_As: float, energy_J: float
+        self,
+        run_id: int,
+        number: int,
+        t_end: float,
+        reason: str,
+        charge_As: float | None,
+        energy_J: float | None,
     ) -> None:
+        """Close a step; charge and energy are None for a step a crash cut off (its samples tell)."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE steps SET t_end = ?, end_reason = ?, charge_As = ?, energy_J = ?"
@@ -250,8 +258,17 @@ class Store:
                 (t_end, reason, charge_As, energy_J, run_id, number),
             )
 
-    def append_samples(self, run_id: int, columns: Mapping[str, FloatArray | NDArray[np.int64]]) -> None:
-        """Insert one batch of samples (columns named as SAMPLE_COLUMNS) in one transaction."""
+    def append_samples(
+        self,
+        run_id: int,
+        columns: Mapping[str, FloatArray | NDArray[np.int64]],
+        checkpoint: tuple[float, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Insert one batch of samples (columns named as SAMPLE_COLUMNS) in one transaction.
+
+        The run's checkpoint, when given, commits in the same transaction: after a crash the
+        last stored sample and the position the run resumes from always agree.
+        """
         temperature = columns.get("temperature")
         seq = columns["seq"]
         parts = [
@@ -265,6 +282,8 @@ class Store:
                 " temperature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 zip(*parts, strict=True),
             )
+            if checkpoint is not None:
+                self._write_checkpoint(db, run_id, *checkpoint)
 
     def append_spectrum(
         self,
@@ -323,11 +342,15 @@ class Store:
 
     def save_checkpoint(self, run_id: int, t: float, state: Mapping[str, Any]) -> None:
         with self.transaction() as db:
-            db.execute(
-                "INSERT INTO checkpoints (run_id, t, state) VALUES (?, ?, ?)"
-                " ON CONFLICT (run_id) DO UPDATE SET t = excluded.t, state = excluded.state",
-                (run_id, t, json.dumps(state, sort_keys=True)),
-            )
+            self._write_checkpoint(db, run_id, t, state)
+
+    @staticmethod
+    def _write_checkpoint(db: sqlite3.Connection, run_id: int, t: float, state: Mapping[str, Any]) -> None:
+        db.execute(
+            "INSERT INTO checkpoints (run_id, t, unix, state) VALUES (?, ?, ?, ?) ON CONFLICT (run_id)"
+            " DO UPDATE SET t = excluded.t, unix = excluded.unix, state = excluded.state",
+            (run_id, t, time.time(), json.dumps(state)),
+        )
 
     def submit_job(
         self, channel: str, name: str, protocol_text: str, source: str, cell: Mapping[str, Any]
@@ -381,6 +404,11 @@ class Store:
                 "UPDATE requests SET handled_unix = ?, result = ? WHERE id = ?",
                 (time.time(), result, request_id),
             )
+
+    def request_result(self, request_id: int) -> str | None:
+        """What became of a request: 'done', 'refused: ...', or None while it waits."""
+        row = self._db.execute("SELECT result FROM requests WHERE id = ?", (request_id,)).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
 
     # -- reading -------------------------------------------------------------------------
 
@@ -488,3 +516,23 @@ class Store:
     def checkpoint(self, run_id: int) -> tuple[float, dict[str, Any]] | None:
         row = self._db.execute("SELECT t, state FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else (float(row[0]), json.loads(row[1]))
+
+    def checkpoint_unix(self, run_id: int) -> float | None:
+        row = self._db.execute("SELECT unix FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def unfinished_runs(self, channel: str) -> list[Run]:
+        """The channel's runs a crash left unfinished (not in a final state), oldest first."""
+        return [
+            r
+            for r in self.runs()
+            if r.channel == channel and r.state not in ("completed", "stopped", "failed")
+        ]
+
+    def orphan_jobs(self, channel: str) -> list[dict[str, Any]]:
+        """Jobs marked running on `channel`: after a crash, their runs resume or they queue again."""
+        return [job for job in self.jobs("running") if job["channel"] == channel]
+
+    def requeue_job(self, job_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET state = 'queued' WHERE id = ?", (job_id,))

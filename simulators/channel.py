@@ -51,6 +51,10 @@ class _Segment:
 class SimulatedChannel:
     """A simulated cell on a simulated instrument channel, in the time of `clock`."""
 
+    # The runner checkpoints the simulated cell with every batch: after a daemon restart the
+    # cell is as the crash left it, as a real cell would be.
+    snapshots = True
+
     def __init__(
         self, cell: CellModel, clock: Clock, resolution_s: float = 1.0, chunk: int = 4096, name: str = "sim"
     ) -> None:

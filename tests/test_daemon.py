@@ -32,6 +32,8 @@ database = "lab.db"
 name = "gone"
 driver = "keithley2450"
 resource = "TCPIP::127.0.0.1::1::SOCKET"
+reconnect_s = 0.2
+give_up_s = 0.5
 
 [[channels]]
 name = "ch1"
@@ -76,7 +78,7 @@ def test_config_errors_name_the_line(tmp_path: Path) -> None:
     path.write_text(LAB.replace('sim = "mg"', 'sim = "mg"\nsed = 2'))
     with pytest.raises(ProtocolError) as err:
         load_config(path)
-    assert f"{path}:17:1: channels.1.sed: unknown key 'sed'" in str(err.value)
+    assert f"{path}:19:1: channels.1.sed: unknown key 'sed'" in str(err.value)
     path.write_text(LAB.replace('instrument = "gone"', 'instrument = "gonne"'))
     with pytest.raises(ProtocolError, match="unknown instrument 'gonne'; did you mean 'gone'"):
         load_config(path)

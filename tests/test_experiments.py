@@ -67,10 +67,11 @@ def test_e1_mgagsn_cycles_past_230_at_99_62_percent_for_470_hours(tmp_path: Path
     table = run.store.cycles(run.run_id)
     assert table["cycle"].tolist() == [c.cycle for c in cycles]
     np.testing.assert_allclose(table["coulombic_efficiency"], [c.coulombic_efficiency for c in stored])
-    # The runner checkpoints after every step: the last one knows where the run ended.
+    # The runner checkpoints with every batch and step phase: the last one is where the run ended.
     t, state = run.store.checkpoint(run.run_id) or (0.0, {})
     assert state["cycle"] == len(cycles)
-    assert state["seq"] == len(run.store.samples(run.run_id)["seq"])
+    assert state["phase"] == "done"
+    assert state["step_number"] == run.store.steps(run.run_id)[-1]["number"]
     assert t == pytest.approx(run.hours * 3600)
 
 

@@ -253,8 +253,7 @@ class Bus:
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         """Return only by raising: the message iterator raises when the connection is lost."""
-        if self._on_command is not None:
-            await client.subscribe(f"cyclerd/{self.lab}/+/cmd", qos=QOS)
+        await client.subscribe(f"cyclerd/{self.lab}/+/cmd", qos=QOS)
         async for message in client.messages:
             task = asyncio.create_task(self._answer(client, message))
             self._handlers.add(task)  # keep a reference until it is done
@@ -265,8 +264,10 @@ class Bus:
         """Run one command and send the reply to its response topic with its correlation data."""
         channel = str(message.topic).split("/")[2]
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-        assert self._on_command is not None
-        reply = dict(await self._on_command(channel, payload))
+        if self._on_command is None:
+            reply: dict[str, Any] = {"ok": False, "error": "no daemon answers commands on this bus yet"}
+        else:
+            reply = dict(await self._on_command(channel, payload))
         asked = message.properties
         topic = getattr(asked, "ResponseTopic", None)
         if not topic:

@@ -17,13 +17,28 @@ from pathlib import Path
 
 import pytest
 
-USERS = {"daemon": "daemon-secret", "viewer": "viewer-secret"}
+USERS = {
+    "daemon": "daemon-secret",
+    "viewer": "viewer-secret",
+    "operator": "operator-secret",
+    "outsider": "outsider-secret",
+}
+# The daemon owns cyclerd/#; a viewer reads everything and commands nothing; an operator
+# commands and reads state and its own replies but no data; an outsider may log in, nothing more.
 ACL = """\
 user daemon
 topic readwrite cyclerd/#
 
 user viewer
 topic read cyclerd/#
+
+user operator
+topic write cyclerd/+/+/cmd
+topic read cyclerd/+/+/state
+topic read cyclerd/+/reply/operator/#
+
+user outsider
+topic read nothing/#
 """
 
 

@@ -1,0 +1,275 @@
+"""The daemon with its bus, against a real Mosquitto (password file + ACL): four instrument
+channels on emulators in accelerated time, every sample once and in order per channel, a broker
+that goes away mid-run, and commands that only the right people can send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import numpy as np
+import pytest
+from mosquitto import USERS, Mosquitto
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from test_bus import collecting, until
+
+from cyclerd.bus import Bus
+from cyclerd.config import Lab
+from cyclerd.daemon import Daemon
+from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
+from cyclerd.simulators.methodscript_emulator import MethodScriptEmulator
+from cyclerd.simulators.presets import make_cell
+from cyclerd.simulators.scpi_server import running
+from cyclerd.store import Store
+
+LAB = "lab4"
+SPEED = 3600.0  # an hour of cell time per second
+
+
+def library(name: str, **replace: str) -> str:
+    text = (files("cyclerd.protocols") / "library" / name).read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+# Four library protocols, their loops cut short so the test takes seconds, not days.
+PROTOCOLS = {
+    "k1": library("plating_stripping.yaml", **{"count: 250": "count: 2"}),
+    "k2": library("plating_stripping.yaml", **{"count: 250": "count: 3"}),
+    "m1": library(
+        "insitu_eis.yaml", **{"count: 3": "count: 1", "frequency_start: 7 MHz": "frequency_start: 200 kHz"}
+    ),
+    "m2": library("eis_after_cycling.yaml", **{"frequency_start: 7 MHz": "frequency_start: 200 kHz"}),
+}
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    mosquitto = Mosquitto(tmp_path)
+    mosquitto.start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+@contextlib.contextmanager
+def emulators() -> Iterator[dict[str, str]]:
+    """Two Keithley 2450s on TCP and two EmStat4s on ptys, each with its own simulated cell."""
+    with contextlib.ExitStack() as stack:
+        resources: dict[str, str] = {}
+        for name, preset, seed in (("k1", "mgagsn", 1), ("k2", "ag", 2)):
+            port = stack.enter_context(
+                running(Keithley2450Emulator(make_cell(preset, seed=seed), speed=SPEED))
+            )
+            resources[name] = f"TCPIP::127.0.0.1::{port}::SOCKET"
+        for name, preset, seed in (("m1", "mgagsn-pvdf", 3), ("m2", "mgagsn", 4)):
+            device = stack.enter_context(
+                MethodScriptEmulator(preset=preset, seed=seed, speed=SPEED, pty=True, tcp=False).threaded()
+            )
+            resources[name] = device.pty_path or ""
+        yield resources
+
+
+def lab_config(tmp_path: Path, broker: Mosquitto, resources: dict[str, str]) -> Lab:
+    return Lab.model_validate(
+        {
+            "lab": LAB,
+            "database": tmp_path / "lab.db",
+            "speed": SPEED,
+            "instruments": [
+                {
+                    "name": name,
+                    "driver": "keithley2450" if name.startswith("k") else "methodscript",
+                    "resource": resource,
+                    "poll_s": 10.0,
+                }
+                for name, resource in resources.items()
+            ],
+            "channels": [{"name": name, "instrument": name} for name in resources],
+        }
+    )
+
+
+def daemon_bus(broker: Mosquitto, store: Store) -> Bus:
+    return Bus(
+        LAB,
+        broker.host,
+        broker.port,
+        username="daemon",
+        password=USERS["daemon"],
+        store=store,
+        backoff_s=(0.05, 0.2),
+        timeout_s=5.0,
+    )
+
+
+def by_channel(messages: list[aiomqtt.Message]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for message in messages:
+        out.setdefault(str(message.topic).split("/")[2], []).append(json.loads(bytes(message.payload)))
+    return out
+
+
+async def test_four_emulated_channels_every_sample_once_in_order_through_a_broker_outage(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    with emulators() as resources:
+        lab = lab_config(tmp_path, broker, resources)
+        store = Store(lab.database)
+        for channel, text in PROTOCOLS.items():
+            (tmp_path / f"{channel}.yaml").write_text(text)
+            store.submit_job(channel, channel, text, str(tmp_path / f"{channel}.yaml"), {})
+        async with collecting(broker, f"cyclerd/{LAB}/+/data") as data, daemon_bus(broker, store) as bus:
+            await asyncio.wait_for(bus.wait_connected(), 5.0)
+            serving = asyncio.create_task(Daemon(lab, bus).run(until_idle=True))
+            await until(lambda: len(data.messages) >= 20, timeout_s=30.0)
+            # The broker goes away mid-run and comes back; acquisition never waits for it.
+            broker.stop()
+            await asyncio.sleep(1.5)
+            broker.start(users=["viewer"])  # the viewer resubscribes before the daemon returns
+            await until(lambda: data.subscribed.is_set(), timeout_s=10.0)
+            broker.allow()
+            await asyncio.wait_for(serving, 120.0)
+            assert await bus.flush(20.0)
+            await asyncio.sleep(0.5)  # the last messages reach the viewer
+        received = by_channel(data.messages)
+        runs = {run.channel: run for run in store.runs()}
+        refused = [e["message"] for e in store.events() if e["run_id"] is None]
+        assert sorted(runs) == sorted(PROTOCOLS), refused
+        for channel, run in runs.items():
+            assert run.state == "completed", (channel, store.events(run.id))
+            stored = store.samples(run.id)
+            messages = [m for m in received[channel] if m["run"] == run.id]
+            seqs = [m["seq"] + i for m in messages for i in range(len(m["t"]))]
+            assert seqs == list(range(len(stored["seq"]))), channel  # each once, in order
+            got = np.concatenate([m["voltage"] for m in messages])
+            np.testing.assert_array_equal(got, stored["voltage"])
+        assert len(store.spectra(runs["m1"].id)) == 6 + 5  # plating sequences 1-6, stripping 1-5
+        store.close()
+
+
+# -- commands and access control ------------------------------------------------------------
+
+SLOW = """\
+name: long plating
+cell: {area: 0.785 cm^2}
+record: {every: 10 min}
+steps:
+  - repeat:
+      count: 100000
+      steps:
+        - plate: {current: 1 mA/cm^2, until: {charge: 1 mAh/cm^2}}
+        - strip: {current: 1 mA/cm^2, until: {voltage_above: 1 V, duration: 2 h}}
+"""
+
+
+@contextlib.asynccontextmanager
+async def ask(broker: Mosquitto, user: str) -> AsyncIterator[Any]:
+    """A client that sends a command and waits for the reply carrying its correlation data."""
+    reply_topic = f"cyclerd/{LAB}/reply/{user}/{uuid.uuid4().hex}"
+    async with aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=user,
+        password=USERS[user],
+        protocol=aiomqtt.ProtocolVersion.V5,
+        timeout=5.0,
+    ) as client:
+        await client.subscribe(reply_topic, qos=1)
+
+        async def send(channel: str, payload: bytes | str, timeout_s: float = 8.0) -> dict[str, Any] | None:
+            correlation = uuid.uuid4().bytes
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = reply_topic
+            properties.CorrelationData = correlation
+            await client.publish(f"cyclerd/{LAB}/{channel}/cmd", payload, qos=1, properties=properties)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    async for message in client.messages:
+                        if getattr(message.properties, "CorrelationData", None) == correlation:
+                            reply: dict[str, Any] = json.loads(bytes(message.payload))
+                            return reply
+            return None
+
+        yield send
+
+
+async def test_commands_obey_the_acl_and_malformed_ones_change_nothing(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    lab = Lab.model_validate(
+        {"lab": LAB, "database": tmp_path / "lab.db", "channels": [{"name": "sim1", "sim": "mgagsn"}]}
+    )
+    store = Store(lab.database)
+    async with daemon_bus(broker, store) as bus:
+        await asyncio.wait_for(bus.wait_connected(), 5.0)
+        daemon = asyncio.create_task(Daemon(lab, bus).run())
+        try:
+            await until(lambda: bus.connected, 5.0)
+            await asyncio.sleep(0.3)  # the command subscription is in place
+            async with ask(broker, "operator") as operator:
+                submitted = await operator("sim1", json.dumps({"action": "submit", "protocol": SLOW}))
+                assert submitted is not None, submitted
+                assert submitted["ok"], submitted
+                await until(lambda: any(r.state == "running" for r in store.runs()), 10.0)
+                run_id = store.runs()[0].id
+
+                # Malformed commands: an error reply naming the problem, and nothing changes.
+                requests_before = store._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+                for bad, expected in (
+                    (b"{not json", "not JSON"),
+                    (b"[1, 2]", "JSON object"),
+                    (json.dumps({"action": "explode"}), "action"),
+                    (json.dumps({"action": "stop", "run": "three"}), "run"),
+                    (json.dumps({"action": "stop", "run": 999}), "not a run of channel sim1"),
+                    (json.dumps({"action": "submit", "protocol": "steps: [{plate: {}}]"}), "problem"),
+                ):
+                    reply = await operator("sim1", bad)
+                    assert reply is not None, (bad, reply)
+                    assert reply["ok"] is False, (bad, reply)
+                    assert expected in reply["error"], (bad, reply)
+                reply = await operator("nowhere", json.dumps({"action": "status"}))
+                assert reply is not None
+                assert "no channel 'nowhere'" in reply["error"]
+                assert store._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == requests_before
+                assert len(store.jobs()) == 1
+
+                # A viewer may read but not command: the broker drops its stop, no reply comes.
+                async with ask(broker, "viewer") as viewer:
+                    assert await viewer("sim1", json.dumps({"action": "stop"}), timeout_s=1.5) is None
+                assert store.run(run_id).state == "running"
+
+                # An outsider cannot read the data.
+                async with collecting(broker, f"cyclerd/{LAB}/+/data", user="outsider") as outsider:
+                    await asyncio.sleep(1.0)
+                    assert outsider.messages == []
+
+                status = await operator("sim1", json.dumps({"action": "status"}))
+                assert status is not None
+                assert status["run"] == run_id
+                assert status["state"] == "running"
+                stopped = await operator("sim1", json.dumps({"action": "stop"}))
+                assert stopped is not None, stopped
+                assert stopped["ok"], stopped
+                assert stopped["result"] == "done", stopped
+                await until(lambda: store.run(run_id).state == "stopped", 10.0)
+
+            # Without credentials nobody gets in at all.
+            with pytest.raises(aiomqtt.MqttError):
+                async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5):
+                    pass
+        finally:
+            daemon.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await daemon
+    store.close()

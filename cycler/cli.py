@@ -391,7 +391,8 @@ def serve(
         errors.print(str(exc), markup=False)
         raise typer.Exit(1) from None
     console.print(f"cyclerd serving lab {lab.lab}: {len(lab.channels)} channel(s), store {lab.database}")
-    with contextlib.suppress(KeyboardInterrupt):
+    # SIGINT and SIGTERM both end here once every channel has made its cell safe: a clean exit.
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(serve_lab(lab, until_idle))
 
 

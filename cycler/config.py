@@ -114,8 +114,20 @@ def load_config(path: str | Path) -> Lab:
         raise ProtocolError(
             [_problem(path, text, tuple(e["loc"]), e["msg"], e["type"]) for e in exc.errors()]
         ) from None
-    relative = lab.database if lab.database.is_absolute() else path.parent / lab.database
-    return lab.model_copy(update={"database": relative})
+    # Paths in the file are relative to the file, wherever the daemon was started from.
+    update: dict[str, Any] = {"database": _beside(path, lab.database)}
+    if lab.mqtt is not None:
+        files = {
+            key: _beside(path, value)
+            for key in ("password_file", "ca_file")
+            if (value := getattr(lab.mqtt, key)) is not None
+        }
+        update["mqtt"] = lab.mqtt.model_copy(update=files)
+    return lab.model_copy(update=update)
+
+
+def _beside(config: Path, path: Path) -> Path:
+    return path if path.is_absolute() else config.parent / path
 
 
 def _problem(path: Path, text: str, loc: tuple[Any, ...], message: str, kind: str) -> Problem:

@@ -106,3 +106,22 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_ends_like_an_unbroken_ru
         assert len(gaps) == KILLS
         assert all("resumed after a restart" in e["message"] for e in gaps)
         assert [job["state"] for job in store.jobs()] == ["done"]
+
+
+def test_sigterm_makes_the_cell_safe_exits_cleanly_and_the_run_resumes(tmp_path: Path) -> None:
+    config, db_path = _lab(tmp_path, "term")
+    daemon = _serve(config)
+    db = sqlite3.connect(db_path, timeout=10)
+    while daemon.poll() is None and _count(db, "SELECT MAX(seq) FROM samples") < 5000:
+        time.sleep(0.002)
+    db.close()
+    daemon.send_signal(signal.SIGTERM)  # what `systemctl stop` sends
+    assert daemon.wait(30) == 0, daemon.stderr.read() if daemon.stderr else ""
+    with Store(db_path) as store:
+        assert store.run(1).state == "running"  # not failed: the next start takes it up
+        assert any(e["kind"] == "interrupted" for e in store.events(1))
+    again = _serve(config)
+    assert again.wait(120) == 0
+    with Store(db_path) as store:
+        assert store.run(1).state == "completed"
+        assert [e["kind"] for e in store.events(1)].count("gap") == 1

@@ -1,0 +1,128 @@
+"""64 simulated channels through the daemon with MQTT publishing on, against a bare publisher.
+
+The daemon runs E1 (plating/stripping on MgAgSn, shortened to CYCLES cycles) on 64 simulated
+channels in virtual time: simulation, safety checks, SQLite, and the bus publishing every batch
+at QoS 1 to a real Mosquitto started here on a free loopback port. Afterwards, in the same run,
+a bare aiomqtt client publishes the very same batches (same columnar JSON, same QoS, each
+awaited as the bus does) to the same broker. Printed: aggregate samples/s of each, their ratio,
+and whether the broker acknowledged every sample of every run (nothing lost).
+
+Run: .venv/bin/python bench/daemon_throughput.py [--channels 64] [--cycles 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import aiomqtt
+import numpy as np
+
+from cyclerd.bus import FLOAT_COLUMNS, INT_COLUMNS, QOS, Bus, data_payload
+from cyclerd.config import Lab
+from cyclerd.daemon import Daemon
+from cyclerd.store import Store
+
+LAB = "bench"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_broker(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    config = folder / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n")
+    broker = subprocess.Popen([binary, "-c", str(config)], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return broker, port
+
+
+async def through_the_daemon(db: Path, port: int, channels: int, cycles: int) -> tuple[float, Bus, Store]:
+    text = (files("cyclerd.protocols") / "library" / "plating_stripping.yaml").read_text()
+    text = text.replace("count: 250", f"count: {cycles}")
+    lab = Lab.model_validate(
+        {
+            "lab": LAB,
+            "database": db,
+            "channels": [{"name": f"ch{k:02d}", "sim": "mgagsn", "seed": k} for k in range(channels)],
+        }
+    )
+    store = Store(db)
+    for k in range(channels):
+        store.submit_job(f"ch{k:02d}", "E1", text, "plating_stripping.yaml", {})
+    bus = Bus(LAB, "127.0.0.1", port, store=store, queue_size=10_000)
+    bus.start()
+    await bus.wait_connected()
+    started = time.perf_counter()
+    await Daemon(lab, bus).run(until_idle=True)
+    flushed = await bus.flush(timeout_s=600)
+    elapsed = time.perf_counter() - started
+    assert flushed, "the broker did not acknowledge every sample"
+    await bus.close()
+    return elapsed, bus, store
+
+
+async def bare_publisher(store: Store, port: int) -> tuple[float, int, int]:
+    """The same batches (read back from the store by step), published with a bare aiomqtt client."""
+    batches = []
+    for run in store.runs():
+        samples = store.samples(run.id)
+        edges = np.flatnonzero(np.diff(samples["step"])) + 1  # one batch per step: the daemon's size
+        for part in np.split(np.arange(len(samples["seq"])), edges):
+            cols = {"seq": samples["seq"][part].astype(np.int64)}
+            cols.update({n: samples[n][part] for n in (*FLOAT_COLUMNS, *INT_COLUMNS)})
+            batches.append((run.channel, run.id, cols))
+    count = sum(len(cols["seq"]) for _, _, cols in batches)
+    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        started = time.perf_counter()
+        for channel, run_id, cols in batches:
+            await client.publish(f"cyclerd/{LAB}/{channel}/data", data_payload(run_id, cols), qos=QOS)
+        elapsed = time.perf_counter() - started
+    return elapsed, count, len(batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--cycles", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        broker, port = start_broker(Path(tmp))
+        try:
+            elapsed, bus, store = asyncio.run(
+                through_the_daemon(Path(tmp) / "lab.db", port, args.channels, args.cycles)
+            )
+            runs = store.runs()
+            stored = {run.id: len(store.samples(run.id)["seq"]) for run in runs}
+            total = sum(stored.values())
+            lost = sum(1 for run_id, n in stored.items() if bus.delivered(run_id) != n - 1)
+            base_elapsed, base_count, batches = asyncio.run(bare_publisher(store, port))
+        finally:
+            broker.terminate()
+            broker.wait()
+    daemon_rate, base_rate = total / elapsed, base_count / base_elapsed
+    print(f"channels x cycles               {args.channels} x {args.cycles} (E1, MgAgSn, virtual time)")
+    print(f"samples                         {total:,} in {batches:,} batches")
+    print(f"daemon (sim+store+bus, QoS 1)   {daemon_rate:>12,.0f} samples/s  ({elapsed:.2f} s)")
+    print(f"bare aiomqtt publisher (QoS 1)  {base_rate:>12,.0f} samples/s  ({base_elapsed:.2f} s)")
+    print(f"ratio                           {daemon_rate / base_rate:>12.2f}  (target >= 0.8)")
+    print(
+        f"runs with unacknowledged data   {lost:>12}  (of {len(runs)};"
+        f" batches replayed from the store: {bus.dropped})"
+    )
+
+
+if __name__ == "__main__":
+    main()

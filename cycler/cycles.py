@@ -71,8 +71,14 @@ def summarise(samples: Mapping[str, FloatArray]) -> list[CycleSummary]:
     step = np.asarray(samples["step"])
     if len(step) == 0:
         return []
-    last = np.flatnonzero(np.r_[step[1:] != step[:-1], True])  # last sample of each step
-    first = np.r_[0, last[:-1] + 1]
+    # A step an every-block interrupted comes back under its own number with its charge carried
+    # over: its last sample is its last occurrence, wherever other steps came in between.
+    numbers, first = np.unique(step, return_index=True)
+    _, from_end = np.unique(step[::-1], return_index=True)
+    last = len(step) - 1 - from_end
+    order = np.argsort(last, kind="stable")
+    first, last = first[order], last[order]
+    del numbers
     cycle = np.asarray(samples["cycle"])[last].astype(int)
     charge = np.asarray(samples["charge"])[last]
     energy = np.asarray(samples["energy"])[last]

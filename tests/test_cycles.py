@@ -104,3 +104,25 @@ def test_a_missed_cut_off_is_a_short() -> None:
     short = _short(samples, cutoff_missed={3: True})
     assert short is not None
     assert short.cycle == 3
+
+
+def test_a_step_interrupted_by_an_every_block_counts_once() -> None:
+    """Plating (step 1) is interrupted by a rest (step 2) and resumes with its charge carried
+    over; the step's charge is its last sample's, not the sum of its two stretches."""
+    from cyclerd.cycles import summarise
+
+    step = np.array([1, 1, 2, 2, 1, 1, 3, 3])
+    charge = np.array([0.0, -1.0, 0.0, 0.0, -1.0, -2.0, 0.0, 1.8])
+    samples = {
+        "t": np.arange(8.0),
+        "step": step,
+        "cycle": np.ones(8),
+        "voltage": np.full(8, 0.1),
+        "current": np.sign(charge),
+        "charge": charge,
+        "energy": charge * 0.1,
+    }
+    (cycle,) = summarise(samples)
+    assert cycle.forward_As == pytest.approx(2.0)
+    assert cycle.reverse_As == pytest.approx(1.8)
+    assert cycle.coulombic_efficiency == pytest.approx(0.9)

@@ -1,0 +1,180 @@
+"""One self-contained HTML page for one run or a comparison of several (the paper's Fig. 2 side by side).
+
+This module decides what goes in (summary figures computed with cyclerd.cycles, as `cyclerd show`
+does, and the figures that make sense for the data present); `report_html` decides how it looks.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from cyclerd.analysis import report_html
+from cyclerd.analysis.plot_cycles import ce_figure, cumulative_ce_figure, retention_figure
+from cyclerd.analysis.plot_data import PlotError, RunData, load_run
+from cyclerd.analysis.plot_eis import Trends, fit_rows, fit_runs, nyquist_figure, resistance_figure
+from cyclerd.analysis.plot_profiles import dqdv_figure, profile_figure, voltage_figure
+from cyclerd.analysis.plots import figure_bytes
+from cyclerd.cycles import ShortCircuit, average_ce, capacity_retention, detect_short, forward_voltage_stats
+from cyclerd.simulators.reference import PAPER, Reported
+from cyclerd.store import Store
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The key numbers of one run, as experiments.md defines them, with the paper's beside them."""
+
+    run_id: int
+    cycles: int
+    hours: float
+    ice: float | None
+    average_ce: float | None
+    average_cycles: tuple[int, int] | None  # first and last cycle the average includes
+    retention: float | None  # full cells: last cycle's discharge capacity over cycle 2's
+    retention_cycle: int | None
+    short: ShortCircuit | None
+    paper: Reported | None
+
+
+def summarise_run(run: RunData) -> RunSummary:
+    """ICE, average CE (cycle 2 up to the last before a short), retention, and the first short.
+
+    The short is the one the runner acted on (its event), else the one `detect_short` finds
+    in the stored data, the same test `cyclerd show` applies. A shorted cycle's CE (up to
+    200 %) says nothing about plating efficiency, so the average stops before it.
+    """
+    cycles = run.cycles
+    short = _recorded_short(run)
+    if short is None and cycles:
+        short = detect_short(cycles, [forward_voltage_stats(run.samples, c) for c in cycles])
+    last = cycles[-1].cycle if cycles else 0
+    if short is not None:
+        last = short.cycle - 1
+    included = [c for c in cycles if 2 <= c.cycle <= last]
+    retention, retention_cycle = None, None
+    if run.full_cell and len(cycles) > 1:
+        retention = float(capacity_retention(cycles[1:])[-1])
+        retention_cycle = cycles[-1].cycle
+    return RunSummary(
+        run_id=run.run.id,
+        cycles=len(cycles),
+        hours=run.hours,
+        ice=cycles[0].coulombic_efficiency if cycles else None,
+        average_ce=average_ce(included, first=2) if included else None,
+        average_cycles=(included[0].cycle, included[-1].cycle) if included else None,
+        retention=retention,
+        retention_cycle=retention_cycle,
+        short=short,
+        paper=PAPER.get(str(run.run.source.get("preset", ""))),
+    )
+
+
+def _recorded_short(run: RunData) -> ShortCircuit | None:
+    """The runner's short-circuit event as a ShortCircuit; its message reads 'short ... N: reason'."""
+    cycle = run.short_cycle
+    for event in run.events:
+        if cycle is not None and event["kind"] == "short_circuit":
+            message = str(event["message"])
+            return ShortCircuit(cycle, message.partition(": ")[2] or message)
+    return None
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One figure of the page: an SVG (as a data URI, so its ids and styles cannot clash) and words."""
+
+    title: str
+    caption: str
+    svg: bytes
+    wide: bool = False
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/svg+xml;base64," + base64.b64encode(self.svg).decode("ascii")
+
+
+def _panel(title: str, caption: str, draw: Callable[[], Figure], wide: bool = False) -> Panel | None:
+    """The figure drawn, or None when the runs hold nothing it shows (the section then omits it)."""
+    try:
+        return Panel(title, caption, figure_bytes(draw(), "svg"), wide)
+    except PlotError:
+        return None
+
+
+def sections(runs: Sequence[RunData], fits: Trends) -> list[tuple[str, list[Panel]]]:
+    """The page's figure sections, each holding only the figures its runs have data for."""
+    cycled = [r for r in runs if r.cycles]
+    several = len(runs) > 1
+    cycling: list[Panel | None] = []
+    if cycled:
+        cycling = [
+            _panel("First-cycle voltage profile", FIRST_CYCLE, lambda: profile_figure(cycled)),
+            _panel("Coulombic efficiency", CE, lambda: ce_figure(cycled)),
+            _panel("Cumulative coulombic efficiency", CUMULATIVE, lambda: cumulative_ce_figure(cycled)),
+            _panel(
+                "Capacity retention", RETENTION, lambda: retention_figure([r for r in cycled if r.full_cell])
+            ),
+            _panel("dQ/dV of the first cycle", DQDV, lambda: dqdv_figure(cycled)),
+        ]
+    voltage = [
+        _panel(
+            "Voltage against time",
+            "Fig. 2d: the whole run" + (", one panel per run" if several else "") + VOLTAGE,
+            lambda: voltage_figure(runs),
+            wide=True,
+        )
+    ]
+    impedance: list[Panel | None] = []
+    for run in (r for r in runs if r.spectra):
+        impedance.append(_panel(f"Nyquist plot, {run.label}", NYQUIST, partial(nyquist_figure, [run], fits)))
+        impedance.append(
+            _panel(f"Fitted resistances, {run.label}", RESISTANCE, partial(resistance_figure, [run], fits))
+        )
+    out = [("Cycling", cycling), ("Voltage", voltage), ("Impedance", impedance)]
+    return [(name, [p for p in panels if p is not None]) for name, panels in out if any(panels)]
+
+
+FIRST_CYCLE = (
+    "E3 / Fig. 2a: the seeds alloy with Li in turn as the potential falls to 0 V, then Li metal plates;"
+    " the stripping branch (dashed) ends at the ICE."
+)
+CE = "E1 / Fig. 2b: stripped over plated charge (discharged over charged in a full cell), per cycle."
+CUMULATIVE = "E2 / Fig. 2c: the product of the CEs up to each cycle."
+RETENTION = "E8 / Fig. 6d: discharge capacity relative to cycle 2, the first after formation."
+DQDV = "E3, E10: each alloying plateau is a peak at its potential; charge binned by voltage."
+VOLTAGE = "; dashed lines mark detected short circuits."
+NYQUIST = "E4 / Fig. 3, E5 / Fig. 5c: one colour per spectrum; lines are the fitted circuits."
+RESISTANCE = "Fig. 3e, Fig. 5d–e: R_b, R_SEI and R_CT of each spectrum with 1σ error bars."
+
+
+def build_report(store: Store, run_ids: Sequence[int], title: str | None = None) -> str:
+    """The HTML page for `run_ids` (KeyError, from the store, for a run it does not hold)."""
+    runs = [load_run(store, run_id) for run_id in run_ids]
+    fits = fit_runs(store, runs)
+    summaries = [summarise_run(run) for run in runs]
+    if title is None:
+        names = sorted({run.run.name for run in runs})
+        ids = ", ".join(str(run.run.id) for run in runs)
+        if len(runs) == 1:
+            title = f"Run {ids}: {names[0]}"
+        else:
+            title = f"{names[0]} — runs {ids} compared" if len(names) == 1 else f"Runs {ids} compared"
+    generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return report_html.page(
+        title=title,
+        subtitle=f"generated {generated} from {store.path.name}",
+        runs=runs,
+        summaries=summaries,
+        sections=sections(runs, fits),
+        fit_rows=fit_rows(runs, fits),
+    )
+
+
+def write_report(store: Store, run_ids: Sequence[int], path: Path, title: str | None = None) -> None:
+    path.write_text(build_report(store, run_ids, title), encoding="utf-8")

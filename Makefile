@@ -16,12 +16,13 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]" --config-settings editable_mode=strict
 
 # The paper's E1 on the MgAgSn seed layer, 250 cycles (~500 h) in virtual time, compared with
-# the paper; then the whole protocol library is checked and planned.
+# the paper, written up as an HTML report; then the whole protocol library is checked and planned.
 demo: install
 	rm -f demo.db demo.db-wal demo.db-shm
 	$(BIN)/cyclerd run protocols/library/plating_stripping.yaml --sim mgagsn --seed 1 --db demo.db
+	$(BIN)/cyclerd report 1 --db demo.db --output demo-report.html
 	$(BIN)/cyclerd validate protocols/library/*.yaml > demo-plans.txt
-	@echo "plans of every library protocol: demo-plans.txt; the run: .venv/bin/cyclerd show 1 --db demo.db"
+	@echo "the run's report: demo-report.html; plans of every library protocol: demo-plans.txt"
 
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || command -v /usr/sbin/mosquitto >/dev/null 2>&1 || \

@@ -1,4 +1,4 @@
-"""`cyclerd export` and `cyclerd import`: runs to and from Battery Data Format files (analysis/bdf.py)."""
+"""`cyclerd export` and `cyclerd import`: runs to and from Battery Data Format files (analysis/bdf*.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from rich.markup import escape
 
 from cyclerd.store import Store
 
-# cyclerd.analysis.bdf (and pyarrow with it) loads only when a file is written or read, so the daemon
-# and every other command start fast. The same conventions as cli.py, which imports this module.
+# cyclerd.analysis.bdf and bdf_import (and pyarrow with them) load only when a file is written or read, so
+# the daemon and every other command start fast. The same conventions as cli.py, which imports this module.
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)  # one problem, one line
 DbOption = Annotated[Path, typer.Option("--db", help="The SQLite store (created if missing).")]
@@ -85,7 +85,8 @@ def import_file(
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """Store a file's data as a new run, to show, plot and report like a recorded one."""
-    from cyclerd.analysis.bdf import BdfError, import_run
+    from cyclerd.analysis.bdf_columns import BdfError
+    from cyclerd.analysis.bdf_import import import_run
 
     with Store(db) as store:
         try:

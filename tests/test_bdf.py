@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cyclerd.analysis import bdf
+from cyclerd.analysis import bdf, bdf_columns, bdf_import
 from cyclerd.cli import app
 from cyclerd.store import Store
 
@@ -133,7 +133,7 @@ def test_bdf_csv_header_is_the_spec_list_and_numbers_are_the_stored_ones(
         s, run = store.samples(1), store.run(1)
         assert f"run 1: {len(s['t'])} samples to {path}" in output
     assert _header(path) == BDF_HEADER  # no temperature column: the simulator logs none
-    table = bdf.read_columns(path, ("t",))[0]
+    table = bdf_import.read_columns(path, ("t",))[0]
     np.testing.assert_array_equal(table["t"], s["t"])
     np.testing.assert_array_equal(table["voltage"], s["voltage"])
     np.testing.assert_array_equal(table["current"], s["current"])
@@ -236,7 +236,7 @@ def test_spectra_round_trip_through_their_csv(recorded: Path, tmp_path: Path) ->
         stored = store.spectra(1)
     assert f"run 1: {len(stored)} spectrum(s) to {spectra}" in output
     assert _header(spectra) == SPECTRA_HEADER
-    read = bdf.read_spectra(spectra)
+    read = bdf_import.read_spectra(spectra)
     assert [(s["sequence"], s["t"], s["step"], s["cycle"]) for s in read] == [
         (s["sequence"], s["t"], s["step"], s["cycle"]) for s in stored
     ]
@@ -283,7 +283,7 @@ def test_temperature_goes_out_in_celsius_and_comes_back_in_kelvin(tmp_path: Path
         assert cells[2] == "", "an unknown temperature is an empty cell"
         celsius = np.array([float(cell) if cell else np.nan for cell in cells])
         assert np.array_equal(celsius, temperature - 273.15, equal_nan=True)
-        back = bdf.import_run(store, path)
+        back = bdf_import.import_run(store, path)
         assert np.array_equal(store.samples(back.run_id)["temperature"], temperature, equal_nan=True)
 
 
@@ -302,14 +302,14 @@ def test_a_file_without_voltage_is_refused_naming_the_column_and_listing_those_f
 def test_an_unknown_unit_is_refused_with_the_accepted_ones_and_known_scalings_convert(tmp_path: Path) -> None:
     bad = tmp_path / "kiloamps.csv"
     bad.write_text("Test Time / s,Voltage / V,Current / kA\n0,3.0,1\n")
-    with pytest.raises(bdf.UnknownUnit, match=r"'kA' for current; write it in one of: A, mA, µA"):
-        bdf.read_samples(bad)
+    with pytest.raises(bdf_columns.UnknownUnit, match=r"'kA' for current; write it in one of: A, mA, µA"):
+        bdf_import.read_samples(bad)
     scaled = tmp_path / "lab.csv"
     scaled.write_text(
         "Test Time / min,Voltage / mV,Current / mA,Step Capacity / mAh,Step Energy / mWh\n"
         "0,3000,0,0,0\n1,3100,2,0.5,1.5\n2,3200,2,1,3\n"
     )
-    read = bdf.read_samples(scaled)
+    read = bdf_import.read_samples(scaled)
     np.testing.assert_array_equal(read.samples["t"], [0.0, 60.0, 120.0])
     np.testing.assert_array_equal(read.samples["voltage"], [3.0, 3.1, 3.2])
     np.testing.assert_array_equal(read.samples["current"], [0.0, 0.002, 0.002])
@@ -321,32 +321,32 @@ def test_other_bad_files_get_their_own_errors(tmp_path: Path) -> None:
     cases = {
         "text.csv": (
             "Test Time / s,Voltage / V,Current / A\n0,3.0,abc\n",
-            bdf.BadValues,
+            bdf_columns.BadValues,
             "invalid value 'abc'",
         ),
         "gap.csv": (
             "Test Time / s,Voltage / V,Current / A\n0,3.0,\n",
-            bdf.BadValues,
+            bdf_columns.BadValues,
             "empty or infinite in data row 1",
         ),
         "half.csv": (
             "Test Time / s,Voltage / V,Current / A,Step Count / 1\n0,3,0,1.5\n",
-            bdf.BadValues,
+            bdf_columns.BadValues,
             "whole",
         ),
         "twice.csv": (
             "Test Time / s,Voltage / V,voltage_volt,Current / A\n0,3,3,0\n",
-            bdf.DuplicateColumn,
+            bdf_columns.DuplicateColumn,
             "drop",
         ),
-        "empty.csv": ("Test Time / s,Voltage / V,Current / A\n", bdf.BadValues, "no data rows"),
+        "empty.csv": ("Test Time / s,Voltage / V,Current / A\n", bdf_columns.BadValues, "no data rows"),
     }
     for name, (text, error, message) in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(error, match=message):
-            bdf.read_samples(tmp_path / name)
-    with pytest.raises(bdf.BdfError, match="no file at"):
-        bdf.read_samples(tmp_path / "absent.csv")
+            bdf_import.read_samples(tmp_path / name)
+    with pytest.raises(bdf_columns.BdfError, match="no file at"):
+        bdf_import.read_samples(tmp_path / "absent.csv")
 
 
 def test_machine_readable_headers_and_derived_columns(tmp_path: Path) -> None:
@@ -433,7 +433,7 @@ def test_headers_name_quantity_and_unit_however_spaced_or_cased(
 ) -> None:
     label, unit, key, scale, offset = known
     header = f"{a}{label.upper() if upper else label}{b}/{c}{unit}{a}"
-    column = bdf.parse_header(header)
+    column = bdf_columns.parse_header(header)
     assert column is not None
     assert (column.key, column.header) == (key, header)
     assert column.to_si(np.array([x]))[0] == pytest.approx(x * scale + offset, rel=1e-12, abs=1e-9)
@@ -444,12 +444,12 @@ def test_an_unknown_unit_of_a_known_quantity_is_refused_listing_the_accepted_uni
     known: tuple[str, str, str, float, float], unit: str
 ) -> None:
     label, _, key, _, _ = known
-    accepted = bdf.UNITS[bdf.QUANTITIES[key][1]]
+    accepted = bdf_columns.UNITS[bdf_columns.QUANTITIES[key][1]]
     if unit in set(accepted) | {u.replace("µ", "u") for u in accepted}:
-        assert getattr(bdf.parse_header(f"{label} / {unit}"), "key", None) == key
+        assert getattr(bdf_columns.parse_header(f"{label} / {unit}"), "key", None) == key
         return
-    with pytest.raises(bdf.UnknownUnit) as refused:
-        bdf.parse_header(f"{label} / {unit}")
+    with pytest.raises(bdf_columns.UnknownUnit) as refused:
+        bdf_columns.parse_header(f"{label} / {unit}")
     assert f"'{label} / {unit}'" in str(refused.value)
     assert all(u in str(refused.value) for u in accepted), str(refused.value)
 
@@ -457,10 +457,10 @@ def test_an_unknown_unit_of_a_known_quantity_is_refused_listing_the_accepted_uni
 @given(st.text(max_size=40))
 def test_any_header_is_a_column_unknown_or_an_unknown_unit_never_a_crash(header: str) -> None:
     try:
-        column = bdf.parse_header(header)
-    except bdf.UnknownUnit:
+        column = bdf_columns.parse_header(header)
+    except bdf_columns.UnknownUnit:
         return
-    assert column is None or column.key in bdf.QUANTITIES
+    assert column is None or column.key in bdf_columns.QUANTITIES
 
 
 def test_bdf_machine_readable_names_and_our_own_csv_names_are_read() -> None:
@@ -479,10 +479,10 @@ def test_bdf_machine_readable_names_and_our_own_csv_names_are_read() -> None:
         "temperature_K": "temperature",
     }
     for header, key in names.items():
-        column = bdf.parse_header(header)
+        column = bdf_columns.parse_header(header)
         assert getattr(column, "key", None) == key, header
-    assert bdf.parse_header("Power / W") is None
-    assert bdf.parse_header("Record Index") is None
-    kelvin = bdf.parse_header("ambient_temperature_celsius")
+    assert bdf_columns.parse_header("Power / W") is None
+    assert bdf_columns.parse_header("Record Index") is None
+    kelvin = bdf_columns.parse_header("ambient_temperature_celsius")
     assert kelvin is not None
     assert kelvin.to_si(np.array([0.0]))[0] == 273.15

@@ -7,6 +7,8 @@ every restart that took the run up again is a `gap` event. The daemon runs as a 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import signal
 import sqlite3
@@ -15,8 +17,10 @@ import sys
 import time
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from cyclerd.store import Store
 
@@ -125,3 +129,58 @@ def test_sigterm_makes_the_cell_safe_exits_cleanly_and_the_run_resumes(tmp_path:
     with Store(db_path) as store:
         assert store.run(1).state == "completed"
         assert [e["kind"] for e in store.events(1)].count("gap") == 1
+
+
+async def test_a_spectrum_cut_off_by_a_crash_is_measured_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E5 in-situ EIS: the daemon dies while the third spectrum is being measured (the sweep
+    hangs, then the task is cancelled as at shutdown). After the restart that spectrum is
+    measured again from its start, the plating step goes on with its charge, and the run has
+    the same 6 + 5 spectra as one that was never interrupted."""
+    from cyclerd.config import Lab
+    from cyclerd.daemon import Daemon
+    from cyclerd.simulators.channel import SimulatedChannel
+
+    text = (files("cyclerd.protocols") / "library" / "insitu_eis.yaml").read_text()
+    lab = Lab.model_validate(
+        {"lab": "eis", "database": tmp_path / "lab.db", "channels": [{"name": "ch1", "sim": "mgagsn-pvdf"}]}
+    )
+    with Store(lab.database) as store:
+        store.submit_job("ch1", "E5", text, "insitu_eis.yaml", {})
+    measured = SimulatedChannel.impedance
+    calls = 0
+    hanging = asyncio.Event()
+
+    async def hangs_on_the_third(self: SimulatedChannel, spec: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            hanging.set()
+            await asyncio.Event().wait()  # the process dies in here
+        return await measured(self, spec)
+
+    monkeypatch.setattr(SimulatedChannel, "impedance", hangs_on_the_third)
+    daemon = asyncio.create_task(Daemon(lab).run(until_idle=True))
+    await asyncio.wait_for(hanging.wait(), 30)
+    daemon.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await daemon
+    monkeypatch.setattr(SimulatedChannel, "impedance", measured)
+    with Store(lab.database) as store:
+        assert store.run(1).state == "running"
+        assert len(store.spectra(1)) == 2
+        cut = [s for s in store.steps(1) if s["kind"] == "eis" and s["t_end"] is None]
+        assert len(cut) == 1
+
+    await Daemon(lab).run(until_idle=True)
+    with Store(lab.database) as store:
+        assert store.run(1).state == "completed"
+        steps = {s["number"]: s for s in store.steps(1)}
+        assert steps[cut[0]["number"]]["end_reason"] == "interrupted"
+        assert len(store.spectra(1)) == 6 + 5
+        gap = next(e for e in store.events(1) if e["kind"] == "gap")
+        assert gap["data"]["phase"] == "interrupt"  # inside the every-block of the plating step
+        assert gap["data"]["charge_As"] < 0  # the plating charge so far (negative), carried over
+        plate = next(s for s in store.steps(1) if s["label"] == "plate with EIS")
+        assert plate["charge_As"] == pytest.approx(-1e-3 * 3600 * 0.785, rel=1e-3)  # 1 mAh/cm^2

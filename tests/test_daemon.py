@@ -102,3 +102,61 @@ def test_credentials_come_from_a_file_or_the_environment(
     lab = load_config(path)
     assert lab.mqtt is not None
     assert lab.mqtt.password() == "from-env"
+
+
+async def test_an_instrument_that_comes_back_is_reconnected_and_the_job_runs(tmp_path: Path) -> None:
+    """The SMU is off when the daemon starts: the channel retries with backoff (the others are
+    not held up) and runs its job once the instrument answers."""
+    import asyncio
+
+    from mosquitto import free_port
+
+    from cyclerd.config import Lab
+    from cyclerd.daemon import Daemon
+    from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
+    from cyclerd.simulators.presets import make_cell
+    from cyclerd.simulators.scpi_server import running
+
+    port = free_port()
+    speed = 3600.0
+    lab = Lab.model_validate(
+        {
+            "lab": "lab",
+            "database": tmp_path / "lab.db",
+            "speed": speed,
+            "instruments": [
+                {
+                    "name": "smu",
+                    "driver": "keithley2450",
+                    "resource": f"TCPIP::127.0.0.1::{port}::SOCKET",
+                    "poll_s": 10.0,
+                    "reconnect_s": 0.1,
+                    "reconnect_max_s": 0.4,
+                }
+            ],
+            "channels": [{"name": "k", "instrument": "smu"}, {"name": "s", "sim": "mgagsn"}],
+        }
+    )
+    store = Store(lab.database)
+    for channel in ("k", "s"):
+        store.submit_job(channel, "E1", SHORT, "e1.yaml", {})
+    daemon = asyncio.create_task(Daemon(lab).run(until_idle=True))
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if any("cannot reach smu" in e["message"] for e in store.events()):
+            break
+    assert any("cannot reach smu" in e["message"] for e in store.events())
+    for _ in range(200):  # meanwhile the simulated channel finishes its job
+        if store.jobs()[1]["state"] == "done":
+            break
+        await asyncio.sleep(0.05)
+    assert store.jobs()[1]["state"] == "done"
+    assert store.jobs()[0]["state"] == "running"
+    with running(Keithley2450Emulator(make_cell("mgagsn", seed=1), speed=speed, port=port)):
+        await asyncio.wait_for(daemon, 60)
+    assert [job["state"] for job in store.jobs()] == ["done", "done"]
+    (smu_run,) = [r for r in store.runs() if r.channel == "k"]
+    assert smu_run.state == "completed"
+    assert len(store.cycles(smu_run.id)["cycle"]) == 2
+    assert any("smu reached after" in e["message"] for e in store.events())
+    store.close()

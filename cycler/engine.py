@@ -14,20 +14,13 @@ import base64
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cyclerd.clock import Clock
-from cyclerd.cycles import (
-    CycleSummary,
-    ShortCircuit,
-    capacity_retention,
-    forward_voltage_stats,
-    short_in_cycle,
-    summarise,
-)
+from cyclerd.cycles import CycleSummary, ShortCircuit
 from cyclerd.drivers.base import (
     INTERRUPT,
     SAFETY,
@@ -40,6 +33,7 @@ from cyclerd.drivers.base import (
     StepEnd,
     StepProgress,
 )
+from cyclerd.ledger import CycleLedger
 from cyclerd.protocols.compiler import Loop, Node, Periodic, Program, StepCommand
 from cyclerd.resume import History, ResumePoint
 from cyclerd.safety import first_violation
@@ -60,19 +54,6 @@ class StopRequested(Exception):
 
 class FaultStop(Exception):
     """An instrument fault that retrying did not cure; the run ends with the cell made safe."""
-
-
-@dataclass
-class _CycleBuffer:
-    """The logged samples of the cycle in progress (one cycle, never the whole run)."""
-
-    parts: list[dict[str, np.ndarray]] = field(default_factory=list)
-    cutoff_missed: bool = False
-
-    def columns(self) -> dict[str, np.ndarray]:
-        if not self.parts:
-            return {}
-        return {key: np.concatenate([p[key] for p in self.parts]) for key in self.parts[0]}
 
 
 @dataclass
@@ -111,16 +92,12 @@ class Runner:
         self.resumable = False
         self.state = RunState.CREATED
         self.cycle = 0
-        self.cycles: list[CycleSummary] = []
-        self.voltage_stats: list[tuple[float, float]] = []
-        self.cutoff_missed: dict[int, bool] = {}
-        self.short: ShortCircuit | None = None
+        self.ledger = CycleLedger()
         self._seq = 0
         self._step_number = 0
         self._spectrum = 0
         self._batches = 0
         self._t0 = 0.0
-        self._buffer = _CycleBuffer()
         self._resume = asyncio.Event()
         self._resume.set()
         self._stop_requested = False
@@ -144,16 +121,17 @@ class Runner:
         self._resumed_state = state
         self._outage_s = outage_s
         self.cycle = point.cycle
-        self.cycles = list(history.cycles)
-        self.voltage_stats = list(history.voltage_stats)
-        self.cutoff_missed = dict.fromkeys(point.cutoff_missed, True)
-        self.short = point.short
+        self.ledger = CycleLedger(
+            cycles=list(history.cycles),
+            voltage_stats=list(history.voltage_stats),
+            cutoff_missed=dict.fromkeys(point.cutoff_missed, True),
+            short=point.short,
+            parts=[history.current_cycle] if history.current_cycle else [],
+        )
         self._seq = history.next_seq
         self._step_number = history.last_step
         self._spectrum = history.last_spectrum
         self._open_steps = [n for n in history.open_steps if n != point.step_number]
-        self._buffer = _CycleBuffer([history.current_cycle] if history.current_cycle else [])
-        self._buffer.cutoff_missed = point.cycle in point.cutoff_missed
 
     # -- commands ------------------------------------------------------------------------
 
@@ -169,6 +147,11 @@ class Runner:
         self._transition(RunState.STOPPING, "stop requested")
         self._stop_requested = True
         self._resume.set()
+
+    @property
+    def cycles(self) -> list[CycleSummary]:
+        """The finished cycles' summaries so far."""
+        return self.ledger.cycles
 
     @property
     def test_time_s(self) -> float:
@@ -212,7 +195,7 @@ class Runner:
             raise
         finally:
             await self._make_safe()
-        return RunResult(self.state, self.cycles, self.short, reason)
+        return RunResult(self.state, self.ledger.cycles, self.ledger.short, reason)
 
     async def _take_up(self, point: ResumePoint) -> None:
         """Continue after a restart: the clock, the state, the gap as an audit event."""
@@ -278,7 +261,7 @@ class Runner:
             self._loops[loop.index] = (iteration, start, first_cycle)
             if loop.innermost and taken_up is None:
                 self.cycle += 1
-                self._buffer = _CycleBuffer()
+                self.ledger.start_cycle()
             taken_up = None
             await self._nodes(loop.body)
             if loop.innermost and (why := self._end_of_cycle(loop, first_cycle)):
@@ -292,43 +275,20 @@ class Runner:
         self._loops.pop(loop.index, None)
 
     def _end_of_cycle(self, loop: Loop, first_cycle: int) -> str:
-        """Summarise the cycle just finished; the reason the loop must end, or ''."""
-        columns = self._buffer.columns()
-        if not columns:
+        """Summarise the cycle just finished and store it; the reason the loop must end, or ''."""
+        short_before = self.ledger.short
+        summary, why = self.ledger.close_cycle(loop.until, first_cycle)
+        if summary is None:
             return ""
-        summaries = summarise(columns)
-        if not summaries:
-            return ""
-        (summary,) = summaries
-        if self.cycles and self.cycles[-1].cycle == summary.cycle:
-            self.cycles.pop()  # summarised before a restart already: the same cycle, again
-            self.voltage_stats.pop()
-        self.cycles.append(summary)
         self.store.save_cycle(self.run_id, summary.as_row())
-        self.voltage_stats.append(forward_voltage_stats(columns, summary))
-        self.cutoff_missed[summary.cycle] = self._buffer.cutoff_missed
-        until = loop.until
-        if until.short_circuit and self.short is None:
-            self.short = short_in_cycle(
-                len(self.cycles) - 1, self.cycles, self.voltage_stats, self.cutoff_missed
+        short = self.ledger.short
+        if short is not None and short_before is None:
+            self._event(
+                "short_circuit",
+                f"short circuit detected in cycle {short.cycle}: {short.reason}",
+                {"cycle": short.cycle},
             )
-            if self.short is not None:
-                self._event(
-                    "short_circuit",
-                    f"short circuit detected in cycle {self.short.cycle}: {self.short.reason}",
-                    {"cycle": self.short.cycle},
-                )
-                return "short circuit"
-        ce = summary.coulombic_efficiency
-        if until.coulombic_efficiency_below is not None and ce < until.coulombic_efficiency_below:
-            return f"CE {100 * ce:.2f} % below {100 * until.coulombic_efficiency_below:g} %"
-        if until.capacity_retention_below is not None:
-            in_loop = [c for c in self.cycles if c.cycle >= first_cycle]
-            retention = float(capacity_retention(in_loop)[-1])
-            limit = until.capacity_retention_below
-            if retention < limit:
-                return f"capacity retention {100 * retention:.1f} % below {100 * limit:g} %"
-        return ""
+        return why
 
     async def _command(self, command: StepCommand) -> None:
         """One step command through its phases (resume.PHASES), every phase a checkpoint."""
@@ -378,8 +338,7 @@ class Runner:
                 command.end.voltage_above_V is not None or command.end.voltage_below_V is not None
             )
             if voltage_cutoff and end.reason == "duration":
-                self._buffer.cutoff_missed = True
-                self.cutoff_missed[self.cycle] = True
+                self.ledger.missed_cutoff(self.cycle)
             self._step_end = end.reason
             phase = "at_end" if periodic is not None and periodic.at_end else "done"
         self.store.end_step(
@@ -415,8 +374,8 @@ class Runner:
             loops=dict(self._loops),
             cycle=self.cycle,
             t_s=self.test_time_s,
-            cutoff_missed=frozenset(c for c, missed in self.cutoff_missed.items() if missed),
-            short=self.short,
+            cutoff_missed=frozenset(c for c, missed in self.ledger.cutoff_missed.items() if missed),
+            short=self.ledger.short,
             cell=self._cell_snapshot(),
         )
         return point.as_state()
@@ -516,7 +475,7 @@ class Runner:
         self.store.append_samples(self.run_id, columns, checkpoint=(float(t[-1]), self._state(at)))
         self._seq += len(columns["seq"])
         if self.cycle > 0:
-            self._buffer.parts.append(columns)
+            self.ledger.log(columns)
         if self.on_batch is not None:
             self.on_batch(columns)
         self._batches += 1

@@ -19,130 +19,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    protocol TEXT NOT NULL,          -- the protocol file's text, as run
-    cell TEXT NOT NULL,              -- JSON: area, capacity, metadata
-    source TEXT NOT NULL,            -- JSON: simulator preset and seed, or instrument resource
-    state TEXT NOT NULL,
-    started_unix REAL NOT NULL,
-    ended_unix REAL
-);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    number INTEGER NOT NULL,         -- 1, 2, ... in the order the run executed them
-    command INTEGER NOT NULL,        -- StepCommand.index in the compiled program
-    kind TEXT NOT NULL,
-    label TEXT NOT NULL,
-    cycle INTEGER NOT NULL,
-    t_start REAL NOT NULL,
-    t_end REAL,
-    end_reason TEXT,
-    charge_As REAL,
-    energy_J REAL,
-    PRIMARY KEY (run_id, number)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS samples (
-    run_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,            -- 0, 1, 2, ... per run: gaps and duplicates are visible
-    t REAL NOT NULL,                 -- test time, s
-    step INTEGER NOT NULL,           -- steps.number
-    cycle INTEGER NOT NULL,
-    voltage REAL NOT NULL,
-    current REAL NOT NULL,           -- A, positive charges the cell
-    charge REAL NOT NULL,            -- A·s passed in this step so far
-    energy REAL NOT NULL,            -- J passed in this step so far
-    temperature REAL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS spectra (
-    run_id INTEGER NOT NULL,
-    sequence INTEGER NOT NULL,       -- 1, 2, ... per run
-    point INTEGER NOT NULL,
-    t REAL NOT NULL,
-    step INTEGER NOT NULL,
-    cycle INTEGER NOT NULL,
-    frequency REAL NOT NULL,
-    z_real REAL NOT NULL,
-    z_imag REAL NOT NULL,
-    PRIMARY KEY (run_id, sequence, point)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    run_id INTEGER,
-    t REAL,
-    unix REAL NOT NULL,
-    kind TEXT NOT NULL,
-    message TEXT NOT NULL,
-    data TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS cycles (  -- written when a cycle ends, from its stored samples
-    run_id INTEGER NOT NULL,
-    cycle INTEGER NOT NULL,
-    forward_sign INTEGER NOT NULL,   -- -1: starts by plating/discharging, +1: by charging
-    forward_As REAL NOT NULL,
-    reverse_As REAL NOT NULL,
-    forward_J REAL NOT NULL,
-    reverse_J REAL NOT NULL,
-    forward_mean_V REAL,
-    reverse_mean_V REAL,
-    duration_s REAL NOT NULL,
-    coulombic_efficiency REAL,
-    PRIMARY KEY (run_id, cycle)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS jobs (  -- the queue: protocols waiting for a channel
-    id INTEGER PRIMARY KEY,
-    channel TEXT NOT NULL,
-    name TEXT NOT NULL,
-    protocol TEXT NOT NULL,          -- the file's text at submission: later edits do not leak in
-    source TEXT NOT NULL,            -- where it came from (path)
-    cell TEXT NOT NULL,              -- JSON: cell id, area, capacity given at submission
-    state TEXT NOT NULL,             -- queued, running, done, cancelled
-    submitted_unix REAL NOT NULL,
-    run_id INTEGER
-);
-CREATE TABLE IF NOT EXISTS requests (  -- pause/resume/stop asked for by a person, acted on by the daemon
-    id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL,
-    action TEXT NOT NULL,
-    requested_unix REAL NOT NULL,
-    handled_unix REAL,
-    result TEXT
-);
-CREATE TABLE IF NOT EXISTS checkpoints (  -- where each run stands, committed with its samples
-    run_id INTEGER PRIMARY KEY,
-    t REAL NOT NULL,                 -- test time of the checkpoint
-    unix REAL NOT NULL,              -- wall time it was written: a restart measures its gap from it
-    state TEXT NOT NULL
-);
-"""
+from cyclerd.store_queue import JobQueue
+from cyclerd.store_schema import CYCLE_COLUMNS, SAMPLE_COLUMNS, SCHEMA
 
-CYCLE_COLUMNS = (
-    "cycle",
-    "forward_sign",
-    "forward_As",
-    "reverse_As",
-    "forward_J",
-    "reverse_J",
-    "forward_mean_V",
-    "reverse_mean_V",
-    "duration_s",
-    "coulombic_efficiency",
-)
-SAMPLE_COLUMNS = (
-    "seq",
-    "t",
-    "step",
-    "cycle",
-    "voltage",
-    "current",
-    "charge",
-    "energy",
-    "temperature",
-)
+__all__ = ["CYCLE_COLUMNS", "SAMPLE_COLUMNS", "SCHEMA", "FloatArray", "Run", "Store"]
+
 FloatArray = NDArray[np.float64]
 
 
@@ -158,8 +39,11 @@ class Run:
     source: dict[str, Any]
 
 
-class Store:
-    """One SQLite database; not shared between threads (open one Store per writer)."""
+class Store(JobQueue):
+    """One SQLite database; not shared between threads (open one Store per writer).
+
+    The job queue and the pause/resume/stop requests come from `JobQueue` (cyclerd.store_queue).
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -352,64 +236,6 @@ class Store:
             (run_id, t, time.time(), json.dumps(state)),
         )
 
-    def submit_job(
-        self, channel: str, name: str, protocol_text: str, source: str, cell: Mapping[str, Any]
-    ) -> int:
-        with self.transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO jobs (channel, name, protocol, source, cell, state, submitted_unix)"
-                " VALUES (?, ?, ?, ?, ?, 'queued', ?)",
-                (channel, name, protocol_text, source, json.dumps(cell, sort_keys=True), time.time()),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
-
-    def claim_job(self, channel: str) -> dict[str, Any] | None:
-        """The oldest queued job of `channel`, marked running (atomic: one claimant wins)."""
-        with self.transaction() as db:
-            row = db.execute(
-                "SELECT id FROM jobs WHERE channel = ? AND state = 'queued' ORDER BY id LIMIT 1", (channel,)
-            ).fetchone()
-            if row is None:
-                return None
-            db.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (row[0],))
-        return next(job for job in self.jobs() if job["id"] == row[0])
-
-    def finish_job(self, job_id: int, state: str, run_id: int | None = None) -> None:
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE jobs SET state = ?, run_id = COALESCE(?, run_id) WHERE id = ?",
-                (state, run_id, job_id),
-            )
-
-    def request(self, run_id: int, action: str) -> int:
-        """Record that someone asked a run to pause, resume or stop; the daemon acts on it."""
-        with self.transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO requests (run_id, action, requested_unix) VALUES (?, ?, ?)",
-                (run_id, action, time.time()),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
-
-    def pending_requests(self, run_id: int) -> list[tuple[int, str]]:
-        rows = self._db.execute(
-            "SELECT id, action FROM requests WHERE run_id = ? AND handled_unix IS NULL ORDER BY id", (run_id,)
-        ).fetchall()
-        return [(int(r[0]), str(r[1])) for r in rows]
-
-    def handle_request(self, request_id: int, result: str) -> None:
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE requests SET handled_unix = ?, result = ? WHERE id = ?",
-                (time.time(), result, request_id),
-            )
-
-    def request_result(self, request_id: int) -> str | None:
-        """What became of a request: 'done', 'refused: ...', or None while it waits."""
-        row = self._db.execute("SELECT result FROM requests WHERE id = ?", (request_id,)).fetchone()
-        return None if row is None or row[0] is None else str(row[0])
-
     # -- reading -------------------------------------------------------------------------
 
     def _rows(
@@ -427,16 +253,6 @@ class Store:
             for row in rows:
                 row[json_column] = json.loads(row[json_column])
         return rows
-
-    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
-        query = "SELECT id, channel, name, source, cell, state, submitted_unix, run_id FROM jobs"
-        return self._rows(query, "state", state, "id", json_column="cell")
-
-    def job_protocol(self, job_id: int) -> str:
-        row = self._db.execute("SELECT protocol FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise KeyError(f"no job {job_id} in {self.path}")
-        return str(row[0])
 
     def runs(self) -> list[Run]:
         rows = self._db.execute(
@@ -528,11 +344,3 @@ class Store:
             for r in self.runs()
             if r.channel == channel and r.state not in ("completed", "stopped", "failed")
         ]
-
-    def orphan_jobs(self, channel: str) -> list[dict[str, Any]]:
-        """Jobs marked running on `channel`: after a crash, their runs resume or they queue again."""
-        return [job for job in self.jobs("running") if job["channel"] == channel]
-
-    def requeue_job(self, job_id: int) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE jobs SET state = 'queued' WHERE id = ?", (job_id,))

@@ -211,7 +211,13 @@ class Runner:
             f"resumed after a restart: step {point.step_number} ({point.phase}) at"
             f" {point.progress.t_s:.1f} s of step time, {point.progress.charge_As * 1e3 / 3.6:.4g} mAh"
             f" carried over; {self._outage_s:.1f} s of test time without the daemon, first new sample"
-            f" seq {self._seq}",
+            f" seq {self._seq}"
+            + (
+                "; the output was switched off at the restart: what the instrument did while the"
+                " daemon was away is not recorded"
+                if self._outage_s > 0
+                else ""
+            ),
             {
                 "step": point.step_number,
                 "phase": point.phase,

@@ -184,3 +184,34 @@ async def test_a_spectrum_cut_off_by_a_crash_is_measured_again(
         assert gap["data"]["charge_As"] < 0  # the plating charge so far (negative), carried over
         plate = next(s for s in store.steps(1) if s["label"] == "plate with EIS")
         assert plate["charge_As"] == pytest.approx(-1e-3 * 3600 * 0.785, rel=1e-3)  # 1 mAh/cm^2
+
+
+@pytest.mark.parametrize(
+    ("policy", "why"),
+    [({"resume": "stop"}, "the resume policy is 'stop'"), ({"resume_max_gap_s": 0.01}, "resume_max_gap_s")],
+)
+async def test_the_resume_policy_can_stop_an_interrupted_run_safely(
+    tmp_path: Path, policy: dict[str, Any], why: str
+) -> None:
+    from cyclerd.config import Lab
+    from cyclerd.daemon import Daemon
+
+    text = (files("cyclerd.protocols") / "library" / "plating_stripping.yaml").read_text()
+    config = {"lab": "p", "database": tmp_path / "lab.db", "channels": [{"name": "ch1", "sim": "mgagsn"}]}
+    with Store(config["database"]) as store:
+        store.submit_job("ch1", "E1", text, "plating_stripping.yaml", {})
+        daemon = asyncio.create_task(Daemon(Lab.model_validate(config)).run(until_idle=True))
+        while not store.runs() or len(store.samples(1, limit=2000)["seq"]) < 2000:
+            await asyncio.sleep(0.01)
+        daemon.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await daemon
+        kept = len(store.samples(1)["seq"])
+        await asyncio.sleep(0.05)
+        await Daemon(Lab.model_validate(config | policy)).run(until_idle=True)
+        assert store.run(1).state == "stopped"
+        assert len(store.samples(1)["seq"]) == kept  # stopped, not run on
+        (gap,) = [e for e in store.events(1) if e["kind"] == "gap"]
+        assert "stopped safely after a restart" in gap["message"]
+        assert why in gap["message"]
+        assert [job["state"] for job in store.jobs()] == ["stopped"]

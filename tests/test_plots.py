@@ -176,8 +176,11 @@ def test_dqdv_of_a_chosen_cycle_and_a_cycle_that_does_not_exist(runs: dict[int, 
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(st.integers(1, 40), min_size=1, max_size=4, unique=True),
-    st.lists(st.floats(0.01, 1.0), min_size=4, max_size=4),
-    st.floats(0.001, 0.005),  # plateaus 20 mV apart are resolved with bins of up to 5 mV (σ = 1 bin)
+    # Charges within 10x of each other and bins up to 3 mV (σ = 1 bin): with 5 mV bins, or a
+    # plateau 60x smaller than its neighbour 20 mV away, the small one sits in the big one's
+    # smoothed tail and its peak moves (hypothesis found both).
+    st.lists(st.floats(0.1, 1.0), min_size=4, max_size=4),
+    st.floats(0.001, 0.003),
 )
 def test_dq_dv_keeps_the_charge_and_puts_each_plateau_at_its_voltage(
     steps: list[int], charges: list[float], bin_V: float

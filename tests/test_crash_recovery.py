@@ -83,6 +83,7 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_ends_like_an_unbroken_ru
     moments = sorted(random.Random(20261122).sample(range(1, int(0.95 * total)), KILLS))
     db = sqlite3.connect(db_path, timeout=10)
     snapshots = []
+    history: list[tuple[int, int, Any, int]] = []  # after each kill: k, gaps, run state, last seq
     for k, moment in enumerate(moments):
         daemon = _serve(config)
         # Wait until the restarted daemon has the run going again (k gaps so far), then until the
@@ -95,6 +96,14 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_ends_like_an_unbroken_ru
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
         snapshots.append(_committed(db_path))
+        history.append(
+            (
+                k,
+                _count(db, "SELECT COUNT(*) FROM events WHERE kind = 'gap'"),
+                db.execute("SELECT state FROM runs").fetchone(),
+                _count(db, "SELECT MAX(seq) FROM samples"),
+            )
+        )
     db.close()
 
     last = _serve(config)
@@ -107,7 +116,11 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_ends_like_an_unbroken_ru
         assert store.run(1).state == "completed"
         assert len(store.cycles(1)["cycle"]) == reference_cycles
         gaps = [e for e in store.events(1) if e["kind"] == "gap"]
-        assert len(gaps) == KILLS
+        # Each kill that left the run unfinished is one gap, taken up by the next start. (A kill
+        # can land after the run's end, while the daemon finishes the job: no gap then.)
+        interrupted = [h for h in history if h[2] is not None and h[2][0] == "running"]
+        assert len(gaps) == len(interrupted), (history, [e["message"] for e in store.events()])
+        assert len(interrupted) >= KILLS - 2, history
         assert all("resumed after a restart" in e["message"] for e in gaps)
         assert [job["state"] for job in store.jobs()] == ["done"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from protocol_texts import E1_TWO_CYCLES
 from typer.testing import CliRunner
 
 from cyclerd.cli import app
@@ -13,17 +14,6 @@ from cyclerd.protocols import ProtocolError
 from cyclerd.store import Store
 
 cli = CliRunner()
-SHORT = """\
-name: E1, two cycles
-cell: {area: 0.785 cm^2}
-record: {every: 1 min}
-steps:
-  - repeat:
-      count: 2
-      steps:
-        - plate: {current: 1 mA/cm^2, until: {charge: 1 mAh/cm^2}}
-        - strip: {current: 1 mA/cm^2, until: {voltage_above: 1 V, duration: 2 h}}
-"""
 LAB = """\
 lab = "test-lab"
 database = "lab.db"
@@ -54,7 +44,7 @@ instrument = "gone"
 def test_serve_runs_every_queued_job_and_a_dead_instrument_spares_the_others(tmp_path: Path) -> None:
     (tmp_path / "lab.toml").write_text(LAB)
     protocol = tmp_path / "e1.yaml"
-    protocol.write_text(SHORT)
+    protocol.write_text(E1_TWO_CYCLES)
     db = str(tmp_path / "lab.db")
     for channel in ("ch1", "ch1", "ch2", "ch3"):
         assert cli.invoke(app, ["submit", str(protocol), "--channel", channel, "--db", db]).exit_code == 0
@@ -139,7 +129,7 @@ async def test_an_instrument_that_comes_back_is_reconnected_and_the_job_runs(tmp
     )
     store = Store(lab.database)
     for channel in ("k", "s"):
-        store.submit_job(channel, "E1", SHORT, "e1.yaml", {})
+        store.submit_job(channel, "E1", E1_TWO_CYCLES, "e1.yaml", {})
     daemon = asyncio.create_task(Daemon(lab).run(until_idle=True))
     for _ in range(200):
         await asyncio.sleep(0.05)

@@ -54,14 +54,6 @@ PROTOCOLS = {
 }
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    mosquitto = Mosquitto(tmp_path)
-    mosquitto.start()
-    yield mosquitto
-    mosquitto.stop()
-
-
 @contextlib.contextmanager
 def emulators() -> Iterator[dict[str, str]]:
     """Two Keithley 2450s on TCP and two EmStat4s on ptys, each with its own simulated cell."""
@@ -246,14 +238,23 @@ async def test_commands_obey_the_acl_and_malformed_ones_change_nothing(
                 assert store._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == requests_before
                 assert len(store.jobs()) == 1
 
-                # A viewer may read but not command: the broker drops its stop, no reply comes.
+                # A viewer may read but not command: the broker drops its stop and its submit, no
+                # reply comes, and nothing changes.
                 async with ask(broker, "viewer") as viewer:
                     assert await viewer("sim1", json.dumps({"action": "stop"}), timeout_s=1.5) is None
+                    started = json.dumps({"action": "submit", "protocol": SLOW})
+                    assert await viewer("sim1", started, timeout_s=1.5) is None
                 assert store.run(run_id).state == "running"
+                assert len(store.jobs()) == 1
+                assert store._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == requests_before
 
-                # An outsider cannot read the data.
-                async with collecting(broker, f"cyclerd/{LAB}/+/data", user="outsider") as outsider:
+                # An outsider cannot read the data a viewer receives in the same second.
+                async with (
+                    collecting(broker, f"cyclerd/{LAB}/+/data", user="outsider") as outsider,
+                    collecting(broker, f"cyclerd/{LAB}/+/data", user="viewer") as watcher,
+                ):
                     await asyncio.sleep(1.0)
+                    assert watcher.messages
                     assert outsider.messages == []
 
                 status = await operator("sim1", json.dumps({"action": "status"}))

@@ -22,6 +22,7 @@ import aiomqtt
 import pytest
 import typer
 from mosquitto import USERS, Mosquitto, free_port
+from protocol_texts import E1_TWO_CYCLES
 from typer.testing import CliRunner
 
 from cyclerd.cli import app
@@ -36,33 +37,12 @@ cli = CliRunner()
 CYCLERD = Path(sys.executable).with_name("cyclerd")
 UNIT = Path(__file__).parents[1] / "docs" / "cyclerd.service"
 TIMEOUT_S = 1.0
-SHORT = """\
-name: E1, two cycles
-cell: {area: 0.785 cm^2}
-record: {every: 1 min}
-steps:
-  - repeat:
-      count: 2
-      steps:
-        - plate: {current: 1 mA/cm^2, until: {charge: 1 mAh/cm^2}}
-        - strip: {current: 1 mA/cm^2, until: {voltage_above: 1 V, duration: 2 h}}
-"""
 HOUR_OF_PLATING = """\
 name: one hour of plating
 cell: {area: 0.785 cm^2}
 steps:
   - plate: {current: 0.1 mA/cm^2, until: {duration: 1 h}}
 """
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    folder = tmp_path / "broker"
-    folder.mkdir()
-    mosquitto = Mosquitto(folder)
-    mosquitto.start()
-    yield mosquitto
-    mosquitto.stop()
 
 
 @pytest.fixture
@@ -94,13 +74,13 @@ class Lab:
         self.password_file.chmod(0o640)
         self.database = folder / "data" / "lab.db"
         protocol = folder / "e1.yaml"
-        protocol.write_text(SHORT)
+        protocol.write_text(E1_TWO_CYCLES)
         ran = cli.invoke(
             app, ["run", str(protocol), "--sim", "mgagsn", "--seed", "1", "--db", str(self.database)]
         )
         assert ran.exit_code == 0, ran.output
         with Store(self.database) as store:  # as a crash leaves it: serve will take it up
-            run_id = store.create_run("E1 on the bench", "ch1", SHORT, {}, {"channel": "ch1"})
+            run_id = store.create_run("E1 on the bench", "ch1", E1_TWO_CYCLES, {}, {"channel": "ch1"})
             store.set_state(run_id, "running")
         self.write(port=broker.port, smu=smu, potentiostat=potentiostat)
 

@@ -1,8 +1,8 @@
 """The store: one SQLite file per lab PC holding every run, sample, spectrum and event.
 
 The store is the source of truth (the bus is only a view of it). WAL mode lets readers work
-while a run writes; each batch of samples goes in with one executemany in one transaction, so
-a crash loses at most the batch being written and never leaves half a batch behind.
+while a run writes; each batch of samples goes in as one block row (cyclerd.store_blocks) in
+one transaction, so a crash loses at most the batch being written and never half a batch.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from cyclerd.store_blocks import INSERT, SELECT, block_rows, read_blocks
+from cyclerd.store_migrate import migrate
 from cyclerd.store_queue import JobQueue
 from cyclerd.store_schema import CYCLE_COLUMNS, SAMPLE_COLUMNS, SCHEMA
 
@@ -54,6 +56,7 @@ class Store(JobQueue):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        migrate(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -148,24 +151,17 @@ class Store(JobQueue):
         columns: Mapping[str, FloatArray | NDArray[np.int64]],
         checkpoint: tuple[float, Mapping[str, Any]] | None = None,
     ) -> None:
-        """Insert one batch of samples (columns named as SAMPLE_COLUMNS) in one transaction.
+        """Store one batch of samples (columns named as SAMPLE_COLUMNS) in one transaction.
 
         The run's checkpoint, when given, commits in the same transaction: after a crash the
-        last stored sample and the position the run resumes from always agree.
+        last stored sample and the position the run resumes from always agree. A batch whose
+        seq overlaps what the run has stored is refused whole (SequenceError).
         """
-        temperature = columns.get("temperature")
-        seq = columns["seq"]
-        parts = [
-            np.full(len(seq), run_id).tolist(),
-            *(np.asarray(columns[name]).tolist() for name in SAMPLE_COLUMNS[:-1]),
-            [None] * len(seq) if temperature is None else np.asarray(temperature).tolist(),
-        ]
         with self.transaction() as db:
-            db.executemany(
-                "INSERT INTO samples (run_id, seq, t, step, cycle, voltage, current, charge, energy,"
-                " temperature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                zip(*parts, strict=True),
-            )
+            after = db.execute(
+                "SELECT MAX(last_seq) FROM sample_blocks WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+            db.executemany(INSERT, block_rows(run_id, columns, -1 if after is None else after))
             if checkpoint is not None:
                 self._write_checkpoint(db, run_id, *checkpoint)
 
@@ -279,13 +275,9 @@ class Store(JobQueue):
         of a months-long run never holds the whole run in memory.
         """
         cursor = self._db.execute(
-            f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE run_id = ? AND seq > ?"
-            " ORDER BY seq LIMIT ?",
-            (run_id, after_seq, -1 if limit is None else limit),
+            f"{SELECT} WHERE run_id = ? AND last_seq > ? ORDER BY last_seq", (run_id, after_seq)
         )
-        rows = cursor.fetchall()
-        table = np.array(rows, dtype=np.float64).reshape(len(rows), len(SAMPLE_COLUMNS))
-        return {name: table[:, i].copy() for i, name in enumerate(SAMPLE_COLUMNS)}
+        return read_blocks(cursor, after_seq, limit)
 
     def spectra(self, run_id: int) -> list[dict[str, Any]]:
         """Each spectrum of a run: sequence, t, step, cycle, frequency and complex impedance."""

@@ -3,6 +3,8 @@
 One page to read the tables from; `cyclerd.store` re-exports all three names, the way callers import them.
 """
 
+VERSION = 1  # PRAGMA user_version: 0 stored one row per sample (cyclerd.store_migrate)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
@@ -29,19 +31,21 @@ CREATE TABLE IF NOT EXISTS steps (
     energy_J REAL,
     PRIMARY KEY (run_id, number)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS samples (
+CREATE TABLE IF NOT EXISTS sample_blocks (  -- samples, one row per batch (cyclerd.store_blocks)
+    id INTEGER PRIMARY KEY,
     run_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,            -- 0, 1, 2, ... per run: gaps and duplicates are visible
-    t REAL NOT NULL,                 -- test time, s
-    step INTEGER NOT NULL,           -- steps.number
-    cycle INTEGER NOT NULL,
-    voltage REAL NOT NULL,
-    current REAL NOT NULL,           -- A, positive charges the cell
-    charge REAL NOT NULL,            -- A·s passed in this step so far
-    energy REAL NOT NULL,            -- J passed in this step so far
-    temperature REAL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
+    first_seq INTEGER NOT NULL,      -- the block holds seq first_seq..last_seq, one sample each
+    last_seq INTEGER NOT NULL,       -- seq: 0, 1, 2, ... per run; gaps are visible between blocks
+    t BLOB NOT NULL,                 -- float64 little-endian: test time, s
+    step BLOB NOT NULL,              -- int64 little-endian: steps.number
+    cycle BLOB NOT NULL,             -- int64 little-endian
+    voltage BLOB NOT NULL,           -- float64: V
+    current BLOB NOT NULL,           -- float64: A, positive charges the cell
+    charge BLOB NOT NULL,            -- float64: A·s passed in this step so far
+    energy BLOB NOT NULL,            -- float64: J passed in this step so far
+    temperature BLOB                 -- float64 (NaN where unknown); NULL: none in this block
+);
+CREATE UNIQUE INDEX IF NOT EXISTS sample_blocks_seq ON sample_blocks (run_id, last_seq);
 CREATE TABLE IF NOT EXISTS spectra (
     run_id INTEGER NOT NULL,
     sequence INTEGER NOT NULL,       -- 1, 2, ... per run

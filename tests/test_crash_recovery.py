@@ -90,7 +90,7 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_ends_like_an_unbroken_ru
         # run passes the chosen sample, and kill it there: mid-step, mid-transaction, anywhere.
         while daemon.poll() is None and _count(db, "SELECT COUNT(*) FROM events WHERE kind = 'gap'") < k:
             time.sleep(0.005)
-        while daemon.poll() is None and _count(db, "SELECT MAX(seq) FROM samples") < moment:
+        while daemon.poll() is None and _count(db, "SELECT MAX(last_seq) FROM sample_blocks") < moment:
             time.sleep(0.002)
         assert daemon.poll() is None, "the run ended before it could be killed"
         daemon.send_signal(signal.SIGKILL)
@@ -101,7 +101,7 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_ends_like_an_unbroken_ru
                 k,
                 _count(db, "SELECT COUNT(*) FROM events WHERE kind = 'gap'"),
                 db.execute("SELECT state FROM runs").fetchone(),
-                _count(db, "SELECT MAX(seq) FROM samples"),
+                _count(db, "SELECT MAX(last_seq) FROM sample_blocks"),
             )
         )
     db.close()
@@ -129,7 +129,7 @@ def test_sigterm_makes_the_cell_safe_exits_cleanly_and_the_run_resumes(tmp_path:
     config, db_path = _lab(tmp_path, "term")
     daemon = _serve(config)
     db = sqlite3.connect(db_path, timeout=10)
-    while daemon.poll() is None and _count(db, "SELECT MAX(seq) FROM samples") < 5000:
+    while daemon.poll() is None and _count(db, "SELECT MAX(last_seq) FROM sample_blocks") < 5000:
         time.sleep(0.002)
     db.close()
     daemon.send_signal(signal.SIGTERM)  # what `systemctl stop` sends

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cyclerd.store import Store
 
@@ -102,3 +104,89 @@ def test_spectra_steps_events_checkpoints(store: Store) -> None:
     store.save_checkpoint(run, 10.0, {"step": 1})
     store.save_checkpoint(run, 20.0, {"step": 2})
     assert store.checkpoint(run) == (20.0, {"step": 2})
+
+
+def test_a_batch_that_skips_sequence_numbers_keeps_the_gap_visible(store: Store) -> None:
+    run = store.create_run("E1", "ch1", "", {}, {})
+    batch = _batch(0, 10)
+    keep = np.r_[0:4, 6:10]  # seq 4 and 5 never arrived
+    store.append_samples(run, {name: column[keep] for name, column in batch.items()})
+    samples = store.samples(run)
+    assert samples["seq"].tolist() == [0, 1, 2, 3, 6, 7, 8, 9]
+    np.testing.assert_array_equal(samples["voltage"], batch["voltage"][keep])
+    with pytest.raises(sqlite3.IntegrityError):
+        store.append_samples(run, _batch(5, 1))  # behind what is stored: refused, not filled in
+
+
+def test_steps_cycles_and_temperatures_come_back_exactly(store: Store) -> None:
+    run = store.create_run("E1", "ch1", "", {}, {})
+    batch = _batch(0, 6) | {"step": np.array([7, 7, 8, 8, 8, 9]), "cycle": np.array([1, 1, 1, 2, 2, 2])}
+    batch["temperature"] = np.array([25.0, np.nan, 25.5, 26.0, np.nan, 26.5])
+    store.append_samples(run, batch)
+    store.append_samples(run, _batch(6, 2, step=9))  # no thermometer in this batch
+    samples = store.samples(run)
+    assert samples["step"].tolist() == [7, 7, 8, 8, 8, 9, 9, 9]
+    assert samples["cycle"].tolist() == [1, 1, 1, 2, 2, 2, 1, 1]
+    np.testing.assert_array_equal(samples["temperature"][:6], batch["temperature"])
+    assert np.isnan(samples["temperature"][6:]).all()
+    assert samples["t"].tobytes() == np.r_[batch["t"], _batch(6, 2)["t"]].tobytes()
+
+
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=8),
+    gaps=st.lists(st.integers(0, 3), min_size=8, max_size=8),
+    after=st.integers(-1, 200),
+    limit=st.none() | st.integers(0, 120),
+)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_slice_of_any_batches_reads_back_as_the_samples_written(
+    tmp_path: Path, sizes: list[int], gaps: list[int], after: int, limit: int | None
+) -> None:
+    with Store(tmp_path / f"slices-{len(list(tmp_path.iterdir()))}.db") as store:
+        run = store.create_run("E1", "ch1", "", {}, {})
+        written, start = [], 0
+        for size, gap in zip(sizes, gaps, strict=False):
+            start += gap
+            store.append_samples(run, _batch(start, size))
+            written.append(np.arange(start, start + size))
+            start += size
+        seq = np.concatenate(written)
+        expected = seq[seq > after][:limit]
+        part = store.samples(run, after_seq=after, limit=limit)
+        assert part["seq"].tolist() == expected.tolist()
+        np.testing.assert_array_equal(part["voltage"], -0.01 - 1e-4 * expected)
+
+
+OLD_SAMPLES = """
+CREATE TABLE samples (
+    run_id INTEGER NOT NULL, seq INTEGER NOT NULL, t REAL NOT NULL, step INTEGER NOT NULL,
+    cycle INTEGER NOT NULL, voltage REAL NOT NULL, current REAL NOT NULL, charge REAL NOT NULL,
+    energy REAL NOT NULL, temperature REAL, PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+def test_a_file_with_one_row_per_sample_is_converted_without_losing_one(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SAMPLES)
+    rows = [
+        (1, s, 0.5 * s, 1 + s // 70, 1, -0.01 - 1e-4 * s, -7.85e-4, 0.0, 1e-6 * s, None) for s in range(100)
+    ]
+    rows += [(2, s, 1.0 * s, 1, 1, 3.7, 1e-3, 1e-3 * s, 3.7e-3 * s, 25.0) for s in (0, 1, 2, 5, 6)]
+    old.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    old.commit()
+    old.close()
+    with Store(path) as store:
+        one, two = store.samples(1), store.samples(2)
+        assert one["seq"].tolist() == list(range(100))
+        assert one["step"].tolist() == [1 + s // 70 for s in range(100)]
+        np.testing.assert_array_equal(one["voltage"], [-0.01 - 1e-4 * s for s in range(100)])
+        assert np.isnan(one["temperature"]).all()
+        assert two["seq"].tolist() == [0, 1, 2, 5, 6]
+        assert two["temperature"].tolist() == [25.0] * 5
+        store.append_samples(1, _batch(100, 5))  # and the run goes on where it was
+        assert len(store.samples(1)["seq"]) == 105
+    tables = sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert ("samples",) not in tables
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1

@@ -1,6 +1,8 @@
 """The bus: a live view of one lab's runs over MQTT 5 (state, data, events, daemon status).
 
 Publishing never blocks acquisition: the runner only enqueues and a background task sends.
+Turning samples into JSON costs more than everything else the daemon does with them, so it
+runs in an encoder process, on the lab PC's other core, a few batches ahead of the sender.
 The store is the source of truth, so whatever the bus misses while the broker is away is
 replayed from the store afterwards, by sequence number, without gaps or duplicates.
 """
@@ -8,6 +10,7 @@ replayed from the store afterwards, by sequence number, without gaps or duplicat
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -21,12 +24,14 @@ import numpy as np
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cyclerd.encoder import Encoder, EncoderGone
+from cyclerd.payloads import DATA_COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, data_payload
 from cyclerd.store import Store
+
+__all__ = ["FLOAT_COLUMNS", "INT_COLUMNS", "QOS", "Bus", "CommandHandler", "data_payload"]
 
 log = logging.getLogger(__name__)
 
-FLOAT_COLUMNS = ("t", "voltage", "current", "charge", "energy")
-INT_COLUMNS = ("cycle", "step")
 QOS = 1  # at least once on the wire; sequence numbers and the delivered mark make it exactly once
 # A command handler: (channel, payload) -> the reply's JSON object.
 CommandHandler = Callable[[str, bytes], Awaitable[Mapping[str, Any]]]
@@ -48,12 +53,17 @@ class _Message:
     retain: bool
 
 
-def data_payload(run_id: int, columns: Mapping[str, Any]) -> str:
-    """One `data` message: columnar JSON, `seq` the first sequence number of the batch."""
-    body: dict[str, Any] = {"run": run_id, "seq": int(columns["seq"][0])}
-    body.update({name: np.asarray(columns[name], dtype=np.float64).tolist() for name in FLOAT_COLUMNS})
-    body.update({name: np.asarray(columns[name], dtype=np.int64).tolist() for name in INT_COLUMNS})
-    return json.dumps(body)
+@dataclass(frozen=True)
+class _Outgoing:
+    """A message on its way to the broker, in order; a batch's payload may still be encoding."""
+
+    topic: str
+    payload: asyncio.Future[str | bytes]
+    retain: bool = False
+    run_id: int | None = None  # a batch of this run's samples, seq first..last
+    first: int = 0
+    last: int = -1
+    columns: Mapping[str, Any] | None = None
 
 
 class Bus:
@@ -79,6 +89,8 @@ class Bus:
         backoff_s: tuple[float, float] = (0.5, 30.0),
         timeout_s: float = 10.0,
         on_command: CommandHandler | None = None,
+        encoder: bool = True,
+        in_flight: int = 8,
     ) -> None:
         self.lab = lab
         self.host = host
@@ -101,6 +113,10 @@ class Bus:
         self._task: asyncio.Task[None] | None = None
         self._on_command = on_command
         self._handlers: set[asyncio.Task[None]] = set()
+        self._encoder = Encoder() if encoder else None  # None: encode in the daemon's process
+        self._in_flight = in_flight
+        self._handed: dict[int, int] = {}  # per run: last seq handed to the sender this connection
+        self._in_transit = 0
         self.dropped = 0
 
     def __repr__(self) -> str:  # never shows the password
@@ -173,7 +189,7 @@ class Bus:
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
             behind = any(last > self.delivered(run) for run, last in self._produced.items())
-            if self.connected and self._queue.empty() and not behind:
+            if self.connected and self._queue.empty() and not self._in_transit and not behind:
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -207,6 +223,8 @@ class Bus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._encoder is not None:
+            await self._encoder.close()
 
     def _new_client(self) -> aiomqtt.Client:
         # A fresh client per connection: no half-sent QoS 1 message from the previous session
@@ -225,6 +243,11 @@ class Bus:
         )
 
     async def _run(self) -> None:
+        if self._encoder is not None:
+            try:
+                await self._encoder.start()
+            except EncoderGone as error:
+                self._lose_encoder(error)
         delay = self._backoff_s[0]
         while True:
             try:
@@ -234,9 +257,12 @@ class Bus:
                     log.info("bus connected to %s:%d as %s", self.host, self.port, self.username)
                     await client.publish(self.status_topic, "online", qos=QOS, retain=True)
                     self._connected.set()  # batches from now on queue up behind the catch-up
+                    self._handed, self._in_transit = {}, 0
+                    outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue(maxsize=self._in_flight)
                     async with asyncio.TaskGroup() as tasks:
                         tasks.create_task(self._watch(client))
-                        tasks.create_task(self._drain(client))
+                        tasks.create_task(self._drain(client, outgoing))
+                        tasks.create_task(self._send_in_order(client, outgoing))
             except* (aiomqtt.MqttError, OSError) as group:
                 log.warning(
                     "bus: broker %s:%d unavailable (%s); retrying in %.1f s",
@@ -293,34 +319,88 @@ class Bus:
                     client, self._store, run_id, self._channels[run_id], self.delivered(run_id)
                 )
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
+    async def _drain(self, client: aiomqtt.Client, outgoing: asyncio.Queue[_Outgoing]) -> None:
+        """Hand each queued item to the sender in order, batches encoding meanwhile."""
         await self._catch_up(client)
         while True:
             item = await self._queue.get()
             if isinstance(item, _Message):
-                await client.publish(item.topic, item.payload, qos=QOS, retain=item.retain)
+                await self._put(outgoing, _Outgoing(item.topic, _ready(item.payload), item.retain))
             else:
-                await self._send_batch(client, item)
+                await self._hand_over(client, item, outgoing)
 
-    async def _send_batch(self, client: aiomqtt.Client, batch: _Batch) -> None:
-        async with self._send_lock:
-            delivered = self.delivered(batch.run_id)
-            if batch.first > delivered + 1 and self._store is not None:
-                await self._replay_locked(client, self._store, batch.run_id, batch.channel, delivered)
-                delivered = self.delivered(batch.run_id)
-            if batch.last <= delivered:
-                return
-            keep = np.asarray(batch.columns["seq"]) > delivered
-            columns = {
-                name: np.asarray(batch.columns[name])[keep] for name in ("seq", *FLOAT_COLUMNS, *INT_COLUMNS)
-            }
-            await self._publish_data(client, batch.channel, batch.run_id, columns)
+    async def _put(self, outgoing: asyncio.Queue[_Outgoing], item: _Outgoing) -> None:
+        self._in_transit += 1
+        await outgoing.put(item)
 
-    async def _publish_data(
-        self, client: aiomqtt.Client, channel: str, run_id: int, columns: Mapping[str, Any]
+    async def _hand_over(
+        self, client: aiomqtt.Client, batch: _Batch, outgoing: asyncio.Queue[_Outgoing]
     ) -> None:
-        await client.publish(self.topic(channel, "data"), data_payload(run_id, columns), qos=QOS)
-        self._delivered[run_id] = max(self.delivered(run_id), int(columns["seq"][-1]))
+        handed = self._handed.get(batch.run_id, self.delivered(batch.run_id))
+        if batch.first > handed + 1 and self._store is not None:  # batches were dropped: the store has them
+            await outgoing.join()  # everything handed over is sent, so delivered == handed
+            delivered = self.delivered(batch.run_id)
+            await self._replay(client, self._store, batch.run_id, batch.channel, delivered)
+            handed = self.delivered(batch.run_id)
+        if batch.last <= handed:
+            return
+        keep = np.asarray(batch.columns["seq"]) > handed
+        columns = {name: np.asarray(batch.columns[name])[keep] for name in DATA_COLUMNS}
+        self._handed[batch.run_id] = batch.last
+        topic, first = self.topic(batch.channel, "data"), int(columns["seq"][0])
+        encoded = self._encode(batch.run_id, columns)
+        await self._put(outgoing, _Outgoing(topic, encoded, False, batch.run_id, first, batch.last, columns))
+
+    async def _send_in_order(self, client: aiomqtt.Client, outgoing: asyncio.Queue[_Outgoing]) -> None:
+        while True:
+            out = await outgoing.get()
+            try:
+                payload = await self._payload(out)
+                async with self._send_lock:
+                    if out.run_id is None:
+                        await client.publish(out.topic, payload, qos=QOS, retain=out.retain)
+                        continue
+                    delivered = self.delivered(out.run_id)
+                    if out.last <= delivered:
+                        continue  # a replay sent it meanwhile
+                    if out.first <= delivered and out.columns is not None:
+                        keep = np.asarray(out.columns["seq"]) > delivered
+                        payload = data_payload(out.run_id, {k: v[keep] for k, v in out.columns.items()})
+                    await client.publish(out.topic, payload, qos=QOS)
+                    self._delivered[out.run_id] = out.last
+            finally:
+                self._in_transit -= 1
+                outgoing.task_done()
+
+    def _encode(self, run_id: int, columns: Mapping[str, Any]) -> asyncio.Future[str | bytes]:
+        if self._encoder is not None:
+            try:
+                return asyncio.ensure_future(self._encoder.encode(run_id, columns))
+            except EncoderGone as error:
+                self._lose_encoder(error)
+        return _ready(data_payload(run_id, columns))
+
+    async def _payload(self, out: _Outgoing) -> str | bytes:
+        try:
+            return await out.payload
+        except EncoderGone as error:  # the encoder died: this daemon encodes from now on
+            self._lose_encoder(error)
+            assert out.run_id is not None
+            assert out.columns is not None
+            return data_payload(out.run_id, out.columns)
+
+    def _lose_encoder(self, error: BaseException) -> None:
+        if self._encoder is not None:
+            log.warning("bus: %s; encoding in the daemon from now on", error)
+            self._encoder = None
+
+    async def _publish_slice(self, client: aiomqtt.Client, out: _Outgoing) -> int:
+        """Send one replayed slice; returns how many samples it held."""
+        assert out.run_id is not None
+        assert out.columns is not None
+        await client.publish(out.topic, await self._payload(out), qos=QOS)
+        self._delivered[out.run_id] = max(self.delivered(out.run_id), out.last)
+        return len(out.columns["seq"])
 
     # -- replay --------------------------------------------------------------------------
 
@@ -341,14 +421,25 @@ class Bus:
         self, client: aiomqtt.Client, store: Store, run_id: int, channel: str, after: int
     ) -> int:
         sent, last = 0, after
+        ahead: collections.deque[_Outgoing] = collections.deque()  # slices encoding meanwhile
         while True:  # a slice at a time: a long run is never loaded whole
             samples = store.samples(run_id, after_seq=last, limit=self._replay_batch)
             seq = samples["seq"].astype(np.int64)
             if len(seq) == 0:
                 break
-            columns = {"seq": seq, **{name: samples[name] for name in (*FLOAT_COLUMNS, *INT_COLUMNS)}}
-            await self._publish_data(client, channel, run_id, columns)
-            sent, last = sent + len(seq), int(seq[-1])
+            columns = {"seq": seq, **{name: samples[name] for name in DATA_COLUMNS[1:]}}
+            topic, first, last = self.topic(channel, "data"), int(seq[0]), int(seq[-1])
+            ahead.append(_Outgoing(topic, self._encode(run_id, columns), False, run_id, first, last, columns))
+            if len(ahead) >= self._in_flight:
+                sent += await self._publish_slice(client, ahead.popleft())
+        while ahead:
+            sent += await self._publish_slice(client, ahead.popleft())
         if sent:
             log.info("bus replayed %d samples of run %d after seq %d", sent, run_id, after)
         return sent
+
+
+def _ready(payload: str | bytes) -> asyncio.Future[str | bytes]:
+    future: asyncio.Future[str | bytes] = asyncio.get_running_loop().create_future()
+    future.set_result(payload)
+    return future

@@ -283,3 +283,27 @@ async def test_closing_says_offline(broker: Mosquitto) -> None:
         await asyncio.wait_for(bus.wait_connected(), 5.0)
         assert await retained_status(broker) == "online"
     assert await retained_status(broker) == "offline"
+
+
+async def test_a_dead_encoder_process_loses_no_batch(
+    broker: Mosquitto, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The encoder child is killed mid-stream: its pending batches are encoded in the daemon."""
+    async with collecting(broker, f"cyclerd/{LAB}/{CHANNEL}/data") as data, make_bus(broker, store) as bus:
+        await asyncio.wait_for(bus.wait_connected(), 5.0)
+        encoder = bus._encoder
+        assert encoder is not None
+        assert encoder.alive
+        producer = Producer(store, bus)
+        for k in range(40):
+            producer.batch()
+            if k == 20:
+                encoder.kill()
+            await asyncio.sleep(0.005)
+        await until(lambda: bus.delivered(producer.run_id) == 399)
+        await until(lambda: len(data.seqs()) >= 400)
+        assert data.seqs() == list(range(400))
+        received = np.concatenate([p["voltage"] for p in data.payloads()])
+        assert received.tobytes() == store.samples(producer.run_id)["voltage"].tobytes()
+        assert bus._encoder is None
+        assert "encoding in the daemon from now on" in caplog.text

@@ -10,8 +10,6 @@ change is an event in the store.
 from __future__ import annotations
 
 import asyncio
-import base64
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -308,12 +306,21 @@ class Runner:
         if point is None or command.kind == "sweep":  # a sweep starts again: it has no middle
             self._step_number += 1
             number = self._step_number
-            self.store.begin_step(
-                self.run_id, number, command.index, command.kind, command.label, self.cycle, self.test_time_s
-            )
             progress = StepProgress()
             pause_at = periodic.interval_s if periodic is not None else None
             phase = "at_start" if periodic is not None and periodic.at_start else "step"
+            with self.store.transaction():  # the step and where the run stands: one commit
+                self.store.begin_step(
+                    self.run_id,
+                    number,
+                    command.index,
+                    command.kind,
+                    command.label,
+                    self.cycle,
+                    self.test_time_s,
+                )
+                self._at(command, number, phase, progress, pause_at)
+            noted = True
         else:
             number, progress, pause_at, phase = (
                 point.step_number,
@@ -321,8 +328,11 @@ class Runner:
                 point.pause_at_s,
                 point.phase,
             )
+            noted = False
         while phase != "done":
-            self._at(command, number, phase, progress, pause_at)
+            if not noted:
+                self._at(command, number, phase, progress, pause_at)
+            noted = False
             if phase in ("at_start", "interrupt", "at_end"):
                 assert periodic is not None
                 await self._periodic(periodic)
@@ -347,10 +357,11 @@ class Runner:
                 self.ledger.missed_cutoff(self.cycle)
             self._step_end = end.reason
             phase = "at_end" if periodic is not None and periodic.at_end else "done"
-        self.store.end_step(
-            self.run_id, number, self.test_time_s, self._step_end, progress.charge_As, progress.energy_J
-        )
-        self._at(command, number, "done", progress, None)
+        with self.store.transaction():
+            self.store.end_step(
+                self.run_id, number, self.test_time_s, self._step_end, progress.charge_As, progress.energy_J
+            )
+            self._at(command, number, "done", progress, None)
 
     def _take_resume_point(self, command: StepCommand) -> ResumePoint | None:
         point = self._resume_at
@@ -388,10 +399,8 @@ class Runner:
 
     def _cell_snapshot(self) -> str | None:
         """A simulated cell's state travels with the checkpoint: a real cell keeps its own."""
-        cell = getattr(self.channel, "cell", None)
-        if cell is None or not getattr(self.channel, "snapshots", False):
-            return None
-        return base64.b64encode(pickle.dumps(cell)).decode("ascii")
+        snapshot = getattr(self.channel, "snapshot", None)
+        return snapshot() if snapshot is not None and getattr(self.channel, "snapshots", False) else None
 
     async def _segment(
         self, command: StepCommand, number: int, progress: StepProgress, pause_at: float | None
@@ -506,8 +515,9 @@ class Runner:
         self._step_number += 1
         number = self._step_number
         start = self.test_time_s
-        self.store.begin_step(self.run_id, number, command.index, "eis", command.label, self.cycle, start)
-        self._at(command, number, "step", StepProgress(), None)
+        with self.store.transaction():
+            self.store.begin_step(self.run_id, number, command.index, "eis", command.label, self.cycle, start)
+            self._at(command, number, "step", StepProgress(), None)
         try:
             spectrum = await self.channel.impedance(command.impedance)
         except InstrumentFault as exc:
@@ -536,8 +546,9 @@ class Runner:
                     "z_imag": spectrum.impedance_ohm.imag.tolist(),
                 }
             )
-        self.store.end_step(self.run_id, number, self.test_time_s, "spectrum", 0.0, 0.0)
-        self._at(command, number, "done", StepProgress(), None)
+        with self.store.transaction():
+            self.store.end_step(self.run_id, number, self.test_time_s, "spectrum", 0.0, 0.0)
+            self._at(command, number, "done", StepProgress(), None)
 
 
 def _holds(node: Node, command_index: int) -> bool:

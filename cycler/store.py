@@ -69,6 +69,10 @@ class Store(JobQueue):
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; nested in another, it is part of that one (one commit, all or nothing)."""
+        if self._db.in_transaction:
+            yield self._db
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db

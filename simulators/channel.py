@@ -9,7 +9,9 @@ are put on the grid exactly, so a plating step delivers exactly its charge.
 
 from __future__ import annotations
 
+import base64
 import math
+import pickle
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from itertools import pairwise
@@ -64,6 +66,18 @@ class SimulatedChannel:
         self.chunk = chunk
         self.name = name
         self.output_on = False
+        self._snapshot: str | None = None  # the cell pickled, until the cell moves on
+
+    def snapshot(self) -> str:
+        """The cell's state for a checkpoint (base64 pickle), pickled again only after a change.
+
+        The runner checkpoints at every batch and at every step boundary; between the last
+        batch of a step and the start of the next nothing moves the cell, so half of the
+        checkpoints reuse the previous snapshot.
+        """
+        if self._snapshot is None:
+            self._snapshot = base64.b64encode(pickle.dumps(self.cell)).decode("ascii")
+        return self._snapshot
 
     @property
     def capabilities(self) -> Capabilities:
@@ -77,6 +91,7 @@ class SimulatedChannel:
         frequencies = np.asarray(spec.frequencies_Hz(), dtype=np.float64)
         z = self.cell.impedance(frequencies)
         duration = spec.duration_s()
+        self._snapshot = None
         self.cell.advance_at_current(0.0, duration)
         await self.clock.sleep(duration)
         return Spectrum(frequencies, z)
@@ -101,8 +116,12 @@ class SimulatedChannel:
             steps = self._sweep(command, limits)
         else:
             raise ValueError(f"the simulated channel cannot run a {command.kind} step as a stream")
-        async for item in steps:
-            yield item
+        try:
+            async for item in steps:
+                self._snapshot = None  # the cell moved to produce this item
+                yield item
+        finally:
+            self._snapshot = None
 
     async def _cccv(
         self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
@@ -225,17 +244,19 @@ class SimulatedChannel:
         counter = Counter(start)
         watch = EndWatch(command, limits)
         t_now = start.t_s
+        first: Batch | None = None  # the step's first sample: sent with the first chunk's samples
         if t_now == 0.0:
             # The step's first sample, before any current has flowed; always logged.
             v0, i0 = respond(np.zeros(1))
             t0 = np.zeros(1)
             q0, e0 = counter.add(t0, v0, i0)
             select(command.record, t0, v0, i0, record)
-            yield Batch(t0, v0, i0, q0, e0)
             index, reason, detail = safety_end(limits, v0, i0)
             if index >= 0:
+                yield Batch(t0, v0, i0, q0, e0)
                 yield StepEnd(reason, StepProgress(0.0, 0.0, 0.0), detail)
                 return
+            first = Batch(t0, v0, i0, q0, e0)
         while True:
             left = (t_stop - t_now) / dt
             count = self.chunk if left > self.chunk else max(1, math.ceil(left - 1e-9))
@@ -259,9 +280,23 @@ class SimulatedChannel:
             keep = select(command.record, seg.t_s, seg.voltage_V, seg.current_A, record)
             if reason:
                 keep[-1] = True
-            if keep.any():
-                yield Batch(seg.t_s[keep], seg.voltage_V[keep], seg.current_A[keep], q[keep], e[keep])
+            kept = Batch(seg.t_s[keep], seg.voltage_V[keep], seg.current_A[keep], q[keep], e[keep])
+            if first is not None:
+                kept, first = _joined(first, kept), None
+            if len(kept):
+                yield kept
             t_now = float(seg.t_s[-1])
             if reason:
                 yield StepEnd(reason, StepProgress(t_now, counter.charge_As, counter.energy_J), detail)
                 return
+
+
+def _joined(a: Batch, b: Batch) -> Batch:
+    """One batch of a's samples then b's: a step's first sample costs no batch of its own."""
+    return Batch(
+        np.concatenate((a.t_s, b.t_s)),
+        np.concatenate((a.voltage_V, b.voltage_V)),
+        np.concatenate((a.current_A, b.current_A)),
+        np.concatenate((a.charge_As, b.charge_As)),
+        np.concatenate((a.energy_J, b.energy_J)),
+    )

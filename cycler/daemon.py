@@ -19,6 +19,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from typing import Any
 
 import cyclerd.instruments as instruments
@@ -30,7 +31,7 @@ from cyclerd.config import Lab
 from cyclerd.control import follow_requests
 from cyclerd.drivers.base import Channel, InstrumentFault, unmet_needs
 from cyclerd.engine import Runner
-from cyclerd.protocols import loads
+from cyclerd.protocols import Protocol, loads
 from cyclerd.protocols.compiler import Program, compile_protocol
 from cyclerd.protocols.units import AREA, parse_charge, parse_positive
 from cyclerd.resume import ResumePoint, load_history, load_point
@@ -40,6 +41,12 @@ from cyclerd.states import RunState
 from cyclerd.store import Run, Store
 
 log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=64)
+def _parsed(text: str, source: str) -> Protocol:
+    """A protocol text parsed once however many channels run it (protocols are frozen)."""
+    return loads(text, source)
 IDLE_POLL_S = 1.0  # how often an idle channel looks at the queue: jobs start within a second
 
 
@@ -163,7 +170,7 @@ class Daemon:
         area = parse_positive(cell["area"], AREA) if "area" in cell else None
         capacity = parse_charge(cell["capacity"]) if "capacity" in cell else None
         text = store.job_protocol(job["id"])
-        program = compile_protocol(loads(text, job["source"]), area, capacity)
+        program = compile_protocol(_parsed(text, job["source"]), area, capacity)
         async with self._device(store, channel, program, None, None) as (device, clock):
             problems = unmet_needs(program.needs(), device.capabilities, channel.name)
             if problems:
@@ -186,7 +193,7 @@ class Daemon:
 
     def _program(self, text: str, cell: Mapping[str, Any], source: str) -> Program:
         area, capacity = cell.get("area_m2"), cell.get("capacity_As")
-        return compile_protocol(loads(text, source or "<stored protocol>"), area, capacity)
+        return compile_protocol(_parsed(text, source or "<stored protocol>"), area, capacity)
 
     @asynccontextmanager
     async def _device(

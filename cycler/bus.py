@@ -26,13 +26,13 @@ from paho.mqtt.properties import Properties
 
 from cyclerd.encoder import Encoder, EncoderGone
 from cyclerd.payloads import DATA_COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, data_payload
+from cyclerd.sender import QOS, Outgoing, Sender
 from cyclerd.store import Store
 
 __all__ = ["FLOAT_COLUMNS", "INT_COLUMNS", "QOS", "Bus", "CommandHandler", "data_payload"]
 
 log = logging.getLogger(__name__)
 
-QOS = 1  # at least once on the wire; sequence numbers and the delivered mark make it exactly once
 # A command handler: (channel, payload) -> the reply's JSON object.
 CommandHandler = Callable[[str, bytes], Awaitable[Mapping[str, Any]]]
 
@@ -51,19 +51,6 @@ class _Message:
     topic: str
     payload: str
     retain: bool
-
-
-@dataclass(frozen=True)
-class _Outgoing:
-    """A message on its way to the broker, in order; a batch's payload may still be encoding."""
-
-    topic: str
-    payload: asyncio.Future[str | bytes]
-    retain: bool = False
-    run_id: int | None = None  # a batch of this run's samples, seq first..last
-    first: int = 0
-    last: int = -1
-    columns: Mapping[str, Any] | None = None
 
 
 class Bus:
@@ -90,7 +77,7 @@ class Bus:
         timeout_s: float = 10.0,
         on_command: CommandHandler | None = None,
         encoder: bool = True,
-        in_flight: int = 8,
+        in_flight: int = 256,
     ) -> None:
         self.lab = lab
         self.host = host
@@ -116,7 +103,7 @@ class Bus:
         self._encoder = Encoder() if encoder else None  # None: encode in the daemon's process
         self._in_flight = in_flight
         self._handed: dict[int, int] = {}  # per run: last seq handed to the sender this connection
-        self._in_transit = 0
+        self._sender: Sender | None = None
         self.dropped = 0
 
     def __repr__(self) -> str:  # never shows the password
@@ -189,7 +176,8 @@ class Bus:
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
             behind = any(last > self.delivered(run) for run, last in self._produced.items())
-            if self.connected and self._queue.empty() and not self._in_transit and not behind:
+            in_transit = self._sender is not None and self._sender.in_transit > 0
+            if self.connected and self._queue.empty() and not in_transit and not behind:
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -240,6 +228,7 @@ class Bus:
             clean_start=True,
             tls_context=self._tls_context,
             timeout=self._timeout_s,
+            max_inflight_messages=1000,
         )
 
     async def _run(self) -> None:
@@ -257,12 +246,17 @@ class Bus:
                     log.info("bus connected to %s:%d as %s", self.host, self.port, self.username)
                     await client.publish(self.status_topic, "online", qos=QOS, retain=True)
                     self._connected.set()  # batches from now on queue up behind the catch-up
-                    self._handed, self._in_transit = {}, 0
-                    outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue(maxsize=self._in_flight)
-                    async with asyncio.TaskGroup() as tasks:
-                        tasks.create_task(self._watch(client))
-                        tasks.create_task(self._drain(client, outgoing))
-                        tasks.create_task(self._send_in_order(client, outgoing))
+                    self._handed = {}
+                    sender = Sender(client, self._delivered, self._send_lock, self._payload, self._in_flight)
+                    self._sender = sender
+                    try:
+                        async with asyncio.TaskGroup() as tasks:
+                            tasks.create_task(self._watch(client))
+                            tasks.create_task(self._drain(client, sender))
+                            tasks.create_task(sender.run())
+                    finally:
+                        sender.close()
+                        self._sender = None
             except* (aiomqtt.MqttError, OSError) as group:
                 log.warning(
                     "bus: broker %s:%d unavailable (%s); retrying in %.1f s",
@@ -319,26 +313,20 @@ class Bus:
                     client, self._store, run_id, self._channels[run_id], self.delivered(run_id)
                 )
 
-    async def _drain(self, client: aiomqtt.Client, outgoing: asyncio.Queue[_Outgoing]) -> None:
+    async def _drain(self, client: aiomqtt.Client, sender: Sender) -> None:
         """Hand each queued item to the sender in order, batches encoding meanwhile."""
         await self._catch_up(client)
         while True:
             item = await self._queue.get()
             if isinstance(item, _Message):
-                await self._put(outgoing, _Outgoing(item.topic, _ready(item.payload), item.retain))
+                await sender.put(Outgoing(item.topic, _ready(item.payload), item.retain))
             else:
-                await self._hand_over(client, item, outgoing)
+                await self._hand_over(client, item, sender)
 
-    async def _put(self, outgoing: asyncio.Queue[_Outgoing], item: _Outgoing) -> None:
-        self._in_transit += 1
-        await outgoing.put(item)
-
-    async def _hand_over(
-        self, client: aiomqtt.Client, batch: _Batch, outgoing: asyncio.Queue[_Outgoing]
-    ) -> None:
+    async def _hand_over(self, client: aiomqtt.Client, batch: _Batch, sender: Sender) -> None:
         handed = self._handed.get(batch.run_id, self.delivered(batch.run_id))
         if batch.first > handed + 1 and self._store is not None:  # batches were dropped: the store has them
-            await outgoing.join()  # everything handed over is sent, so delivered == handed
+            await sender.join()  # everything handed over is acknowledged, so delivered == handed
             delivered = self.delivered(batch.run_id)
             await self._replay(client, self._store, batch.run_id, batch.channel, delivered)
             handed = self.delivered(batch.run_id)
@@ -349,28 +337,7 @@ class Bus:
         self._handed[batch.run_id] = batch.last
         topic, first = self.topic(batch.channel, "data"), int(columns["seq"][0])
         encoded = self._encode(batch.run_id, columns)
-        await self._put(outgoing, _Outgoing(topic, encoded, False, batch.run_id, first, batch.last, columns))
-
-    async def _send_in_order(self, client: aiomqtt.Client, outgoing: asyncio.Queue[_Outgoing]) -> None:
-        while True:
-            out = await outgoing.get()
-            try:
-                payload = await self._payload(out)
-                async with self._send_lock:
-                    if out.run_id is None:
-                        await client.publish(out.topic, payload, qos=QOS, retain=out.retain)
-                        continue
-                    delivered = self.delivered(out.run_id)
-                    if out.last <= delivered:
-                        continue  # a replay sent it meanwhile
-                    if out.first <= delivered and out.columns is not None:
-                        keep = np.asarray(out.columns["seq"]) > delivered
-                        payload = data_payload(out.run_id, {k: v[keep] for k, v in out.columns.items()})
-                    await client.publish(out.topic, payload, qos=QOS)
-                    self._delivered[out.run_id] = out.last
-            finally:
-                self._in_transit -= 1
-                outgoing.task_done()
+        await sender.put(Outgoing(topic, encoded, False, batch.run_id, first, batch.last, columns))
 
     def _encode(self, run_id: int, columns: Mapping[str, Any]) -> asyncio.Future[str | bytes]:
         if self._encoder is not None:
@@ -380,7 +347,7 @@ class Bus:
                 self._lose_encoder(error)
         return _ready(data_payload(run_id, columns))
 
-    async def _payload(self, out: _Outgoing) -> str | bytes:
+    async def _payload(self, out: Outgoing) -> str | bytes:
         try:
             return await out.payload
         except EncoderGone as error:  # the encoder died: this daemon encodes from now on
@@ -394,7 +361,7 @@ class Bus:
             log.warning("bus: %s; encoding in the daemon from now on", error)
             self._encoder = None
 
-    async def _publish_slice(self, client: aiomqtt.Client, out: _Outgoing) -> int:
+    async def _publish_slice(self, client: aiomqtt.Client, out: Outgoing) -> int:
         """Send one replayed slice; returns how many samples it held."""
         assert out.run_id is not None
         assert out.columns is not None
@@ -415,13 +382,15 @@ class Bus:
         self, client: aiomqtt.Client, store: Store, run_id: int, channel: str, after: int
     ) -> int:
         async with self._send_lock:
+            if self._sender is not None:
+                await self._sender.settled()  # what is in flight counts before `after` is read
             return await self._replay_locked(client, store, run_id, channel, after)
 
     async def _replay_locked(
         self, client: aiomqtt.Client, store: Store, run_id: int, channel: str, after: int
     ) -> int:
         sent, last = 0, after
-        ahead: collections.deque[_Outgoing] = collections.deque()  # slices encoding meanwhile
+        ahead: collections.deque[Outgoing] = collections.deque()  # slices encoding meanwhile
         while True:  # a slice at a time: a long run is never loaded whole
             samples = store.samples(run_id, after_seq=last, limit=self._replay_batch)
             seq = samples["seq"].astype(np.int64)
@@ -429,7 +398,7 @@ class Bus:
                 break
             columns = {"seq": seq, **{name: samples[name] for name in DATA_COLUMNS[1:]}}
             topic, first, last = self.topic(channel, "data"), int(seq[0]), int(seq[-1])
-            ahead.append(_Outgoing(topic, self._encode(run_id, columns), False, run_id, first, last, columns))
+            ahead.append(Outgoing(topic, self._encode(run_id, columns), False, run_id, first, last, columns))
             if len(ahead) >= self._in_flight:
                 sent += await self._publish_slice(client, ahead.popleft())
         while ahead:

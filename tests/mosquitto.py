@@ -78,7 +78,10 @@ class Mosquitto:
             "allow_anonymous false\n"
             f"password_file {self.password_file}\n"
             f"acl_file {self.acl_file}\n"
-            "persistence false\n"
+            # Sessions and their queued messages survive a restart: a viewer with a persistent
+            # session gets what the broker had acknowledged but not yet handed over when it stopped.
+            "persistence true\n"
+            f"persistence_location {folder}/\n"
             # As root, mosquitto would drop to user `mosquitto`, who cannot read tmp_path.
             f"user {getpass.getuser()}\n"
             "log_dest stderr\n"

@@ -21,6 +21,8 @@ import aiomqtt
 import numpy as np
 import pytest
 from mosquitto import USERS, Mosquitto
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from cyclerd.bus import Bus
 from cyclerd.store import Store
@@ -42,7 +44,18 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-def client(broker: Mosquitto, user: str, password: str | None = None) -> aiomqtt.Client:
+def client(
+    broker: Mosquitto,
+    user: str,
+    password: str | None = None,
+    queue_type: type[asyncio.Queue[aiomqtt.Message]] | None = None,
+    session: str | None = None,
+) -> aiomqtt.Client:
+    """A client; with `session`, a persistent session of that name (kept 10 min by the broker)."""
+    properties = None
+    if session is not None:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 600
     return aiomqtt.Client(
         broker.host,
         broker.port,
@@ -50,25 +63,44 @@ def client(broker: Mosquitto, user: str, password: str | None = None) -> aiomqtt
         password=USERS[user] if password is None else password,
         protocol=aiomqtt.ProtocolVersion.V5,
         timeout=5.0,
+        queue_type=queue_type,
+        identifier=session,
+        clean_start=session is None,
+        properties=properties,
     )
+
+
+def recording_into(sink: list[aiomqtt.Message]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """A message queue that records each message as it arrives. aiomqtt's message iterator
+    drops what is still queued when the connection breaks, and a subscriber counting samples
+    across a broker restart must not lose those."""
+
+    class Recording(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            sink.append(item)
+
+    return Recording
 
 
 class Collector:
     """A subscriber that reconnects and subscribes again whenever the broker comes back."""
 
-    def __init__(self, broker: Mosquitto, topic: str, user: str = "viewer") -> None:
-        self.broker, self.topic, self.user = broker, topic, user
+    def __init__(
+        self, broker: Mosquitto, topic: str, user: str = "viewer", session: str | None = None
+    ) -> None:
+        self.broker, self.topic, self.user, self.session = broker, topic, user, session
         self.messages: list[aiomqtt.Message] = []
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
+        recording = recording_into(self.messages)
         while True:
             try:
-                async with client(self.broker, self.user) as mqtt:
+                async with client(self.broker, self.user, queue_type=recording, session=self.session) as mqtt:
                     await mqtt.subscribe(self.topic, qos=1)
                     self.subscribed.set()
-                    async for message in mqtt.messages:
-                        self.messages.append(message)
+                    async for _ in mqtt.messages:  # returns only by raising, on disconnection
+                        pass
             except aiomqtt.MqttError:
                 self.subscribed.clear()
                 await asyncio.sleep(0.02)
@@ -81,8 +113,10 @@ class Collector:
 
 
 @contextlib.asynccontextmanager
-async def collecting(broker: Mosquitto, topic: str, user: str = "viewer") -> AsyncIterator[Collector]:
-    collector = Collector(broker, topic, user)
+async def collecting(
+    broker: Mosquitto, topic: str, user: str = "viewer", session: str | None = None
+) -> AsyncIterator[Collector]:
+    collector = Collector(broker, topic, user, session)
     task = asyncio.create_task(collector.run())
     try:
         await asyncio.wait_for(collector.subscribed.wait(), 5.0)
@@ -143,7 +177,7 @@ async def test_every_batch_arrives_once_in_order(broker: Mosquitto, store: Store
         for _ in range(20):
             producer.batch()
             await asyncio.sleep(0)
-        await until(lambda: len(data.messages) >= 20)
+        await until(lambda: len(data.messages) >= 20 and bus.delivered(producer.run_id) == 199)
         payloads = data.payloads()
         assert len(payloads) == 20  # one message per batch
         assert [p["seq"] for p in payloads] == list(range(0, 200, BATCH))

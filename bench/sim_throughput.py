@@ -27,14 +27,7 @@ from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
 from cyclerd.simulators.presets import make_cell
 from cyclerd.store import SAMPLE_COLUMNS, Store
-
-ROW_TABLE = """
-CREATE TABLE samples (
-    run_id INTEGER NOT NULL, seq INTEGER NOT NULL, t REAL NOT NULL, step INTEGER NOT NULL,
-    cycle INTEGER NOT NULL, voltage REAL NOT NULL, current REAL NOT NULL, charge REAL NOT NULL,
-    energy REAL NOT NULL, temperature REAL, PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-"""
+from cyclerd.store_migrate import SAMPLES_V0
 
 
 def peak_rss_mb() -> float:
@@ -69,7 +62,7 @@ def raw_inserts(source: Path, target: Path, sizes: list[int]) -> float:
     db = sqlite3.connect(target, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(ROW_TABLE)
+    db.executescript(SAMPLES_V0)
     insert = "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     bounds = np.cumsum([0, *sizes])
     start = time.perf_counter()

@@ -20,6 +20,15 @@ log = logging.getLogger(__name__)
 
 CHUNK = 65_536  # rows of the old table per block: bounded memory for runs of any length
 
+SAMPLES_V0 = """
+CREATE TABLE samples (
+    run_id INTEGER NOT NULL, seq INTEGER NOT NULL, t REAL NOT NULL, step INTEGER NOT NULL,
+    cycle INTEGER NOT NULL, voltage REAL NOT NULL, current REAL NOT NULL, charge REAL NOT NULL,
+    energy REAL NOT NULL, temperature REAL, PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+"""
+"""Schema 0's samples table, one row per sample: what `migrate` converts from."""
+
 
 def migrate(db: sqlite3.Connection) -> None:
     """Upgrade `db` (opened in autocommit mode, schema already created) to VERSION."""

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cyclerd.store import Store
+from cyclerd.store_migrate import SAMPLES_V0
 
 
 def _batch(start: int, n: int, step: int = 1) -> dict[str, np.ndarray]:
@@ -157,19 +158,10 @@ def test_any_slice_of_any_batches_reads_back_as_the_samples_written(
         np.testing.assert_array_equal(part["voltage"], -0.01 - 1e-4 * expected)
 
 
-OLD_SAMPLES = """
-CREATE TABLE samples (
-    run_id INTEGER NOT NULL, seq INTEGER NOT NULL, t REAL NOT NULL, step INTEGER NOT NULL,
-    cycle INTEGER NOT NULL, voltage REAL NOT NULL, current REAL NOT NULL, charge REAL NOT NULL,
-    energy REAL NOT NULL, temperature REAL, PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-"""
-
-
 def test_a_file_with_one_row_per_sample_is_converted_without_losing_one(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     old = sqlite3.connect(path)
-    old.executescript(OLD_SAMPLES)
+    old.executescript(SAMPLES_V0)
     rows = [
         (1, s, 0.5 * s, 1 + s // 70, 1, -0.01 - 1e-4 * s, -7.85e-4, 0.0, 1e-6 * s, None) for s in range(100)
     ]

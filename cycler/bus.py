@@ -217,7 +217,7 @@ class Bus:
     def _new_client(self) -> aiomqtt.Client:
         # A fresh client per connection: no half-sent QoS 1 message from the previous session
         # is resent behind the replay's back (that would be a duplicate).
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.host,
             self.port,
             username=self.username,
@@ -228,8 +228,12 @@ class Bus:
             clean_start=True,
             tls_context=self._tls_context,
             timeout=self._timeout_s,
-            max_inflight_messages=1000,
+            max_inflight_messages=self._in_flight,
         )
+        # Many publishes awaiting their PUBACK is the sender's design, not a sign of trouble
+        # (aiomqtt warns from 10 on).
+        client.pending_calls_threshold = self._in_flight + 16
+        return client
 
     async def _run(self) -> None:
         if self._encoder is not None:

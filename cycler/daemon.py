@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 def _parsed(text: str, source: str) -> Protocol:
     """A protocol text parsed once however many channels run it (protocols are frozen)."""
     return loads(text, source)
+
+
 IDLE_POLL_S = 1.0  # how often an idle channel looks at the queue: jobs start within a second
 
 

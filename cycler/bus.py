@@ -15,26 +15,22 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
 import numpy as np
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from cyclerd.encoder import Encoder, EncoderGone
 from cyclerd.payloads import DATA_COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, data_payload
+from cyclerd.replies import CommandHandler, answer
 from cyclerd.sender import QOS, Outgoing, Sender
 from cyclerd.store import Store
 
 __all__ = ["FLOAT_COLUMNS", "INT_COLUMNS", "QOS", "Bus", "CommandHandler", "data_payload"]
 
 log = logging.getLogger(__name__)
-
-# A command handler: (channel, payload) -> the reply's JSON object.
-CommandHandler = Callable[[str, bytes], Awaitable[Mapping[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -279,31 +275,10 @@ class Bus:
         """Return only by raising: the message iterator raises when the connection is lost."""
         await client.subscribe(f"cyclerd/{self.lab}/+/cmd", qos=QOS)
         async for message in client.messages:
-            task = asyncio.create_task(self._answer(client, message))
+            task = asyncio.create_task(answer(client, message, self._on_command))
             self._handlers.add(task)  # keep a reference until it is done
             task.add_done_callback(self._handlers.discard)
         raise aiomqtt.MqttError("disconnected from the broker")
-
-    async def _answer(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        """Run one command and send the reply to its response topic with its correlation data."""
-        channel = str(message.topic).split("/")[2]
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-        if self._on_command is None:
-            reply: dict[str, Any] = {"ok": False, "error": "no daemon answers commands on this bus yet"}
-        else:
-            reply = dict(await self._on_command(channel, payload))
-        asked = message.properties
-        topic = getattr(asked, "ResponseTopic", None)
-        if not topic:
-            log.info("command on %s without a response topic: %s", message.topic, reply)
-            return
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        correlation = getattr(asked, "CorrelationData", None)
-        if correlation is not None:
-            properties.CorrelationData = correlation
-        properties.ContentType = "application/json"
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(topic, json.dumps(reply), qos=QOS, properties=properties)
 
     async def _catch_up(self, client: aiomqtt.Client) -> None:
         """After (re)connecting: retained states again, and every run's stored samples not yet sent."""

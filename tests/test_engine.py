@@ -190,3 +190,19 @@ def test_pause_resume_and_stop_are_state_transitions(tmp_path: Path) -> None:
     samples = store.samples(run_id)
     assert np.all(np.diff(samples["seq"]) == 1)  # no gap, no duplicate across the pause
     assert np.all(np.diff(samples["t"]) > 0)
+
+
+def test_a_step_shorter_than_a_chunk_is_one_batch_with_its_first_sample(tmp_path: Path) -> None:
+    """The first sample travels with the step's other samples: one transaction, one checkpoint
+    and one bus message per chunk, not an extra one for a single sample."""
+    program = compile_protocol(loads(CHARGE_STEP))
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run(program.name, "sim", CHARGE_STEP, {}, {"model": "linear"})
+    clock = VirtualClock()
+    batches: list[np.ndarray] = []
+    channel = SimulatedChannel(LinearCell(), clock)
+    runner = Runner(program, channel, store, run_id, clock, on_batch=lambda c: batches.append(c["t"]))
+    asyncio.run(runner.run())
+    assert len(batches) == 1  # a 1 h step on a 4096-point chunk
+    assert batches[0][0] == 0.0
+    assert len(batches[0]) == len(store.samples(run_id)["t"]) == 361  # every 10 s over 1 h, both ends

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from cyclerd.simulators.cell import CellModel
@@ -252,3 +254,22 @@ def test_presets_are_overridable_but_refuse_unknown_names() -> None:
     with pytest.raises(UnknownPresetError, match="mgagsn"):
         preset("cu")
     assert set(PRESETS) == {"mg", "ag", "sn", "mgagsn", "mgagsn-pvdf"}
+
+
+@given(
+    low=st.floats(-2.0, 2.0),
+    span=st.floats(0.0, 2.0),
+    width=st.floats(1e-3, 0.2),
+    n=st.integers(1, 50),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_staircase_skipping_saturated_edges_equals_every_edge_evaluated(
+    low: float, span: float, width: float, n: int
+) -> None:
+    from cyclerd.simulators.halfcell import _staircase
+
+    levels = np.array([0.8, 0.72, 0.59, 0.45, 0.27, 0.18, 0.15, 0.12, 0.0])
+    edges = np.array([0.083, 0.167, 0.25, 0.333, 0.444, 0.556, 0.889, 1.0])
+    u = np.linspace(low, low + span, n)
+    every_edge = levels[0] + ((1.0 + np.tanh((u[:, None] - edges[None, :]) / width)) / 2.0) @ np.diff(levels)
+    np.testing.assert_allclose(_staircase(u, levels, edges, width), every_edge, rtol=0, atol=1e-15)

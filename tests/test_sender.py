@@ -41,13 +41,20 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_acknowledgements_out_of_order_move_the_mark_only_in_send_order() -> None:
-    client, delivered = HeldClient(), {1: -1}
+async def sending(delivered: dict[int, int], *firsts: int) -> tuple[HeldClient, Sender, asyncio.Task[None]]:
+    """A running sender on a held client, given ten-sample batches of run 1 starting at `firsts`."""
+    client = HeldClient()
     sender = Sender(client, delivered, asyncio.Lock(), lambda out: out.payload, window=8)  # type: ignore[arg-type]
     running = asyncio.create_task(sender.run())
-    for first in (0, 10, 20):
+    for first in firsts:
         await sender.put(batch(1, first, first + 9))
     await settle()
+    return client, sender, running
+
+
+async def test_acknowledgements_out_of_order_move_the_mark_only_in_send_order() -> None:
+    delivered = {1: -1}
+    client, sender, running = await sending(delivered, 0, 10, 20)
     assert [payload for _, payload in client.sent] == ["0..9", "10..19", "20..29"]  # all in flight
     client.acks[2].set_result(None)
     client.acks[1].set_result(None)
@@ -61,12 +68,8 @@ async def test_acknowledgements_out_of_order_move_the_mark_only_in_send_order() 
 
 
 async def test_after_a_failed_publish_no_later_acknowledgement_moves_the_mark() -> None:
-    client, delivered = HeldClient(), {1: -1}
-    sender = Sender(client, delivered, asyncio.Lock(), lambda out: out.payload, window=8)  # type: ignore[arg-type]
-    running = asyncio.create_task(sender.run())
-    for first in (0, 10, 20):
-        await sender.put(batch(1, first, first + 9))
-    await settle()
+    delivered = {1: -1}
+    client, sender, running = await sending(delivered, 0, 10, 20)
     client.acks[0].set_result(None)
     client.acks[1].set_exception(aiomqtt.MqttError("connection lost"))
     client.acks[2].set_result(None)  # acknowledged, but after a gap: the replay must resend it
@@ -78,12 +81,8 @@ async def test_after_a_failed_publish_no_later_acknowledgement_moves_the_mark() 
 
 
 async def test_what_a_replay_already_sent_is_skipped() -> None:
-    client, delivered = HeldClient(), {1: 49}
-    sender = Sender(client, delivered, asyncio.Lock(), lambda out: out.payload, window=8)  # type: ignore[arg-type]
-    running = asyncio.create_task(sender.run())
-    await sender.put(batch(1, 40, 49))
-    await sender.put(batch(1, 50, 59))
-    await settle()
+    delivered = {1: 49}
+    client, sender, running = await sending(delivered, 40, 50)
     assert [payload for _, payload in client.sent] == ["50..59"]
     client.acks[0].set_result(None)
     await asyncio.wait_for(sender.join(), 1.0)

@@ -1,8 +1,9 @@
 """The bus: a live view of one lab's runs over MQTT 5 (state, data, events, daemon status).
 
 Publishing never blocks acquisition: the runner only enqueues and a background task sends.
-Turning samples into JSON costs more than everything else the daemon does with them, so it
-runs in an encoder process, on the lab PC's other core, a few batches ahead of the sender.
+Turning samples into JSON costs about as much as everything else the daemon does with them,
+so it runs in an encoder process (cyclerd.encoder) on the lab PC's other core, ahead of the
+sender (cyclerd.sender), which keeps many messages awaiting their acknowledgement at once.
 The store is the source of truth, so whatever the bus misses while the broker is away is
 replayed from the store afterwards, by sequence number, without gaps or duplicates.
 """

@@ -337,9 +337,12 @@ class Bus:
             return data_payload(out.run_id, out.columns)
 
     def _lose_encoder(self, error: BaseException) -> None:
-        if self._encoder is not None:
+        encoder, self._encoder = self._encoder, None
+        if encoder is not None:
             log.warning("bus: %s; encoding in the daemon from now on", error)
-            self._encoder = None
+            reaping = asyncio.get_running_loop().create_task(encoder.close())  # its threads and process
+            self._handlers.add(reaping)
+            reaping.add_done_callback(self._handlers.discard)
 
     async def _publish_slice(self, client: aiomqtt.Client, out: Outgoing) -> int:
         """Send one replayed slice; returns how many samples it held."""

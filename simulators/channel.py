@@ -71,13 +71,19 @@ class SimulatedChannel:
     def snapshot(self) -> str:
         """The cell's state for a checkpoint (base64 pickle), pickled again only after a change.
 
-        The runner checkpoints at every batch and at every step boundary; between the last
-        batch of a step and the start of the next nothing moves the cell, so half of the
-        checkpoints reuse the previous snapshot.
+        The runner checkpoints at every batch and at every step boundary; from a step's last
+        batch through its end and the start of the next step nothing touches the cell, so two of
+        every three checkpoints reuse the previous snapshot. Whatever moves the cell or draws
+        from its noise generators calls `_touched` first.
         """
         if self._snapshot is None:
             self._snapshot = base64.b64encode(pickle.dumps(self.cell)).decode("ascii")
         return self._snapshot
+
+    def _touched(self) -> CellModel:
+        """The cell, about to change (its state or its generators): the snapshot is stale."""
+        self._snapshot = None
+        return self.cell
 
     @property
     def capabilities(self) -> Capabilities:
@@ -89,10 +95,9 @@ class SimulatedChannel:
     async def impedance(self, spec: ImpedanceSpec) -> Spectrum:
         """The spectrum of the cell now; the cell rests (and the clock runs) while it is measured."""
         frequencies = np.asarray(spec.frequencies_Hz(), dtype=np.float64)
-        z = self.cell.impedance(frequencies)
+        z = self._touched().impedance(frequencies)
         duration = spec.duration_s()
-        self._snapshot = None
-        self.cell.advance_at_current(0.0, duration)
+        self._touched().advance_at_current(0.0, duration)
         await self.clock.sleep(duration)
         return Spectrum(frequencies, z)
 
@@ -116,12 +121,8 @@ class SimulatedChannel:
             steps = self._sweep(command, limits)
         else:
             raise ValueError(f"the simulated channel cannot run a {command.kind} step as a stream")
-        try:
-            async for item in steps:
-                self._snapshot = None  # the cell moved to produce this item
-                yield item
-        finally:
-            self._snapshot = None
+        async for item in steps:
+            yield item
 
     async def _cccv(
         self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
@@ -161,7 +162,7 @@ class SimulatedChannel:
         counter, watch, record = Counter(StepProgress()), EndWatch(command, limits), RecordState()
         currents = np.empty(len(grid))
         for k, volts in enumerate(grid.tolist()):
-            currents[k] = self.cell.current_at_voltage(volts, np.array([dt]))[-1]
+            currents[k] = self._touched().current_at_voltage(volts, np.array([dt]))[-1]
             self.cell.advance_at_voltage(volts, dt)
         t = dt * np.arange(len(grid), dtype=np.float64)
         await self.clock.sleep(float(t[-1]) + dt)
@@ -188,10 +189,10 @@ class SimulatedChannel:
         t_stop, scheduled = scheduled_end(command, current_A, start, pause_at_s)
 
         def respond(rel: FloatArray) -> tuple[FloatArray, FloatArray]:
-            return self.cell.voltage_at_current(current_A, rel), np.full(len(rel), current_A)
+            return self._touched().voltage_at_current(current_A, rel), np.full(len(rel), current_A)
 
         def commit(duration: float) -> None:
-            self.cell.advance_at_current(current_A, duration)
+            self._touched().advance_at_current(current_A, duration)
 
         def extra(seg: _Segment) -> End:
             if switch_V is None:
@@ -213,13 +214,13 @@ class SimulatedChannel:
         t_stop, scheduled = scheduled_end(command, 0.0, start, pause_at_s)  # charge: not scheduled
 
         def respond(rel: FloatArray) -> tuple[FloatArray, FloatArray]:
-            current = self.cell.current_at_voltage(voltage_V, rel)
+            current = self._touched().current_at_voltage(voltage_V, rel)
             if command.current_limit_A is not None:
                 current = np.clip(current, -command.current_limit_A, command.current_limit_A)
             return np.full(len(rel), voltage_V), current
 
         def commit(duration: float) -> None:
-            self.cell.advance_at_voltage(voltage_V, duration)
+            self._touched().advance_at_voltage(voltage_V, duration)
 
         def no_extra(seg: _Segment) -> End:
             return NO_END

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +208,41 @@ def test_a_step_shorter_than_a_chunk_is_one_batch_with_its_first_sample(tmp_path
     assert len(batches) == 1  # a 1 h step on a 4096-point chunk
     assert batches[0][0] == 0.0
     assert len(batches[0]) == len(store.samples(run_id)["t"]) == 361  # every 10 s over 1 h, both ends
+
+
+class CountedCell(LinearCell):
+    """A linear cell that counts how often it is pickled."""
+
+    pickled = 0
+
+    def __getstate__(self) -> dict[str, object]:
+        CountedCell.pickled += 1
+        return dict(self.__dict__)
+
+
+def test_every_checkpoint_holds_the_cell_as_it_is_and_pickles_it_only_after_it_moved(
+    tmp_path: Path,
+) -> None:
+    """A stale snapshot would resume a run from a cell that is not the one its samples came
+    from; a fresh pickle at every checkpoint costs the daemon a third of its snapshots."""
+    checked: list[bool] = []
+
+    class Checking(Store):
+        def _write_checkpoint(self, db, run_id, t, state):  # type: ignore[no-untyped-def, override]
+            checked.append(state["cell"] == base64.b64encode(pickle.dumps(channel.cell)).decode("ascii"))
+            super()._write_checkpoint(db, run_id, t, state)
+
+    program = compile_protocol(loads(INSITU))
+    store = Checking(tmp_path / "runs.db")
+    run_id = store.create_run(program.name, "sim", INSITU, {}, {"model": "linear"})
+    clock = VirtualClock()
+    channel = SimulatedChannel(CountedCell(v0=1.0, noise_V=1e-3, seed=7), clock)
+    batches: list[int] = []
+    CountedCell.pickled = 0
+    runner = Runner(program, channel, store, run_id, clock, on_batch=lambda c: batches.append(len(c["t"])))
+    asyncio.run(runner.run())
+    assert checked
+    assert all(checked)
+    snapshots = CountedCell.pickled - len(checked)  # each check pickled the cell once more
+    # Once as the run starts, then once per move (a batch, a spectrum), not per checkpoint.
+    assert snapshots == 1 + len(batches) + len(store.spectra(run_id))

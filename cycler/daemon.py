@@ -33,7 +33,7 @@ from cyclerd.drivers.base import Channel, InstrumentFault, unmet_needs
 from cyclerd.engine import Runner
 from cyclerd.protocols import Protocol, loads
 from cyclerd.protocols.compiler import Program, compile_protocol
-from cyclerd.protocols.units import AREA, parse_charge, parse_positive
+from cyclerd.protocols.units import AREA, parse_charge, parse_positive, registry
 from cyclerd.resume import ResumePoint, load_history, load_point
 from cyclerd.simulators.channel import SimulatedChannel
 from cyclerd.simulators.presets import make_cell
@@ -56,6 +56,7 @@ class Daemon:
     def __init__(self, lab: Lab, bus: Bus | None = None) -> None:
         self.lab = lab
         self.bus = bus
+        registry()  # pint's unit definitions are parsed as the daemon starts, not with its first job
         self._commands = Store(lab.database) if bus is not None else None
         if bus is not None:
             bus.handle_commands(self.command)

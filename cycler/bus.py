@@ -312,8 +312,10 @@ class Bus:
             handed = self.delivered(batch.run_id)
         if batch.last <= handed:
             return
-        keep = np.asarray(batch.columns["seq"]) > handed
-        columns = {name: np.asarray(batch.columns[name])[keep] for name in DATA_COLUMNS}
+        columns = {name: np.asarray(batch.columns[name]) for name in DATA_COLUMNS}
+        if batch.first <= handed:  # partly replayed already: only the rest
+            keep = columns["seq"] > handed
+            columns = {name: values[keep] for name, values in columns.items()}
         self._handed[batch.run_id] = batch.last
         topic, first = self.topic(batch.channel, "data"), int(columns["seq"][0])
         encoded = self._encode(batch.run_id, columns)

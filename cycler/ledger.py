@@ -21,6 +21,9 @@ from cyclerd.cycles import (
 )
 from cyclerd.protocols.compiler import CycleLimits
 
+# What the summaries read: not seq, nor temperature, which only some batches carry.
+SUMMARISED_COLUMNS = ("t", "step", "cycle", "voltage", "current", "charge", "energy")
+
 
 @dataclass
 class CycleLedger:
@@ -48,7 +51,7 @@ class CycleLedger:
         """
         if not self.parts:
             return None, ""
-        columns = {key: np.concatenate([p[key] for p in self.parts]) for key in self.parts[0]}
+        columns = {key: np.concatenate([p[key] for p in self.parts]) for key in SUMMARISED_COLUMNS}
         summaries = summarise(columns)
         if not summaries:
             return None, ""

@@ -126,3 +126,20 @@ def test_a_step_interrupted_by_an_every_block_counts_once() -> None:
     assert cycle.forward_As == pytest.approx(2.0)
     assert cycle.reverse_As == pytest.approx(1.8)
     assert cycle.coulombic_efficiency == pytest.approx(0.9)
+
+
+def test_the_ledger_summarises_a_cycle_whose_batches_differ_in_temperature() -> None:
+    """Only some instruments report temperature, and a channel may lose its sensor mid-cycle:
+    the summary reads neither temperature nor seq, so a batch without them is no error."""
+    from cyclerd.ledger import CycleLedger
+    from cyclerd.protocols.compiler import CycleLimits
+
+    samples = _half_cell([0.98])
+    half = len(samples["t"]) // 2
+    ledger = CycleLedger()
+    ledger.start_cycle()
+    ledger.log({**{k: v[:half] for k, v in samples.items()}, "temperature": np.full(half, 298.0)})
+    ledger.log({k: v[half:] for k, v in samples.items()})
+    summary, why = ledger.close_cycle(CycleLimits(), first_cycle=1)
+    assert summary == summarise(samples)[0]
+    assert why == ""

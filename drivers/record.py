@@ -53,7 +53,7 @@ def select(
     if (
         rule.every_s is not None
         and t_s[0] - state.t_s >= rule.every_s - SLACK_S
-        and (n == 1 or np.diff(t_s).min() >= rule.every_s - SLACK_S)
+        and (n == 1 or _spacing(t_s) >= rule.every_s - SLACK_S)
     ):
         keep[:] = True  # logging at least as often as the samples come: all of them, whatever changed
     elif rule.every_s is not None or rule.voltage_change_V is not None or rule.current_change_A is not None:
@@ -67,6 +67,12 @@ def select(
             float(current_A[last]),
         )
     return keep
+
+
+def _spacing(t: FloatArray) -> float:
+    """The closest two samples come in time; NaN when times are not finite (inf - inf)."""
+    with np.errstate(invalid="ignore"):
+        return float(np.diff(t).min())
 
 
 def _kept(rule: RecordRule, t: FloatArray, v: FloatArray, i: FloatArray, state: RecordState) -> BoolArray:

@@ -164,3 +164,60 @@ def test_times_out_of_order_get_the_same_rule(seed: int) -> None:
     v = np.cumsum(rng.normal(0, 3e-4, 500))
     i = np.zeros(500)
     assert_same(in_chunks(rule, t, v, i, [77, 300]), one_at_a_time(rule, t, v, i))
+
+
+# Long chunks (the simulator's are thousands of samples), against the rule applied one sample
+# at a time.
+
+
+@st.composite
+def walks(draw: st.DrawFn) -> Case:
+    """Long chunks: a clock of a few samples or none, a regular,
+    jittered or backward-jumping grid (now and then with infinite or NaN times), moves from
+    far below the change (keeps beyond the table's reach) to far above it (a keep every
+    sample), exact multiples of the change, NaNs and infinities, and chunk cuts. The bulk
+    comes from a seeded generator."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(1, 700))
+    spacing = draw(st.sampled_from([1.0, 0.5, 0.1, 3.0]))
+    grid = draw(st.sampled_from(["regular", "jittered", "back"]))
+    steps = np.full(n - 1, spacing)
+    if grid == "jittered":
+        steps *= rng.uniform(0.5, 1.5, n - 1)
+    elif grid == "back":
+        steps[rng.random(n - 1) < 0.05] = -3 * spacing
+    t = draw(st.floats(-1e3, 1e6)) + np.cumsum([0.0, *steps])
+    t[len(t) - draw(st.sampled_from([0, 0, 0, 1, 2])) :] = np.inf  # a clock run off the end
+    t[draw(st.lists(st.integers(0, n - 1), max_size=1))] = np.nan
+    samples_per_log = draw(st.integers(1, 40))
+    every = draw(
+        st.none()
+        | st.sampled_from([1.0, 1 - 1e-12, 1 + 1e-7, 1.5]).map(lambda f: f * spacing * samples_per_log)
+    )
+    dv = draw(st.none() | st.floats(1e-4, 1e-2))
+    di = draw(st.none() | st.floats(1e-5, 1e-3))
+    if every is None and dv is None and di is None:
+        dv = 1e-3
+    rule = RecordRule(every_s=every, voltage_change_V=dv, current_change_A=di)
+    v = _moving(draw, rng, n, dv or 1e-3)
+    i = _moving(draw, rng, n, di or 1e-4) if draw(st.booleans()) else np.full(n, 1e-3)
+    for x in (v, i):
+        bad = draw(st.lists(st.integers(0, n - 1), max_size=3))
+        x[bad] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, n - 1)), max_size=4))) - {n})
+    return rule, t, v, i, cuts
+
+
+def _moving(draw: st.DrawFn, rng: np.random.Generator, n: int, change: float) -> FloatArray:
+    """A random walk whose steps are a drawn fraction of the change, or whole changes."""
+    if draw(st.booleans()):
+        return 3.0 + change * np.cumsum(rng.integers(-1, 2, n)).astype(float)
+    scale = draw(st.sampled_from([0.01, 0.2, 0.5, 1.0, 3.0]))
+    return 3.0 + np.cumsum(rng.normal(0, scale * change, n))
+
+
+@settings(max_examples=300, deadline=None)
+@given(walks())
+def test_long_chunks_keep_exactly_what_select_one_keeps(case: Case) -> None:
+    rule, t, v, i, cuts = case
+    assert_same(in_chunks(rule, t, v, i, cuts), one_at_a_time(rule, t, v, i))

@@ -14,7 +14,10 @@ Two workloads, because the simulated cells are themselves a load:
 - E1: the library file as written (every 10 s or 1 mV), where the model computes about seven
   grid points per logged sample: the figure is bound by the simulated physics.
 
-Run: .venv/bin/python bench/daemon_throughput.py [--channels 64] [--only grid|E1]
+The machine's speed varies from run to run (on the 2-core CI VM by about ±25 %), so each
+workload can be measured several times: the median ratio is the figure to quote.
+
+Run: .venv/bin/python bench/daemon_throughput.py [--channels 64] [--only grid|E1] [--repeat N]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import asyncio
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -124,7 +128,7 @@ def cpu_s(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(name: str, channels: int) -> None:
+def measure(name: str, channels: int) -> float:
     cycles, every = WORKLOADS[name]
     with tempfile.TemporaryDirectory() as tmp:
         broker, port = start_broker(Path(tmp))
@@ -157,15 +161,24 @@ def measure(name: str, channels: int) -> None:
     print(
         f"  runs with unacknowledged data   {lost:>12}  (of {len(runs)}; dropped and replayed: {bus.dropped})"
     )
+    return daemon_rate / base_rate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--only", choices=sorted(WORKLOADS))
+    parser.add_argument("--repeat", type=int, default=1, help="measure each workload this many times")
     args = parser.parse_args()
-    for name in [args.only] if args.only else list(WORKLOADS):
-        measure(name, args.channels)
+    names = [args.only] if args.only else list(WORKLOADS)
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.repeat):
+        for name in names:
+            ratios[name].append(measure(name, args.channels))
+    if args.repeat > 1:
+        for name, each in ratios.items():
+            runs = ", ".join(f"{r:.2f}" for r in each)
+            print(f"[{name}] ratio, median of {len(each)}: {statistics.median(each):.2f}  ({runs})")
 
 
 if __name__ == "__main__":

@@ -50,11 +50,13 @@ def select(
     keep = np.zeros(n, dtype=bool)
     if n == 0:
         return keep
-    if (
-        rule.every_s is not None
-        and t_s[0] - state.t_s >= rule.every_s - SLACK_S
-        and (n == 1 or _spacing(t_s) >= rule.every_s - SLACK_S)
-    ):
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN, silently, as in select_one
+        everything = (
+            rule.every_s is not None
+            and t_s[0] - state.t_s >= rule.every_s - SLACK_S
+            and (n == 1 or np.diff(t_s).min() >= rule.every_s - SLACK_S)
+        )
+    if everything:
         keep[:] = True  # logging at least as often as the samples come: all of them, whatever changed
     elif rule.every_s is not None or rule.voltage_change_V is not None or rule.current_change_A is not None:
         keep = _kept(rule, t_s, voltage_V, current_A, state)
@@ -67,12 +69,6 @@ def select(
             float(current_A[last]),
         )
     return keep
-
-
-def _spacing(t: FloatArray) -> float:
-    """The closest two samples come in time; NaN when times are not finite (inf - inf)."""
-    with np.errstate(invalid="ignore"):
-        return float(np.diff(t).min())
 
 
 def _kept(rule: RecordRule, t: FloatArray, v: FloatArray, i: FloatArray, state: RecordState) -> BoolArray:

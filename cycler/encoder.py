@@ -11,8 +11,9 @@ The pipes are moved by two threads of the daemon, not by its event loop: a loop 
 holds at most 1 MiB, so the child would wait for the loop. The threads spend their time in
 blocking reads and writes (no GIL held) and hand each payload to the loop as it arrives.
 
-Frames are a 4-byte big-endian length and a body: in, a pickle of (run_id, columns) (the
-child is ours, started from our own interpreter); out, the UTF-8 payload. A child that dies
+Frames are a 4-byte big-endian length and a body: in, a pickle of (run_id, columns), each
+column as its dtype and raw bytes (the child is ours, started from our own interpreter; raw
+bytes pickle at memcpy speed, numpy arrays at a third of it); out, the UTF-8 payload. A child that dies
 fails its pending batches with EncoderGone, and the bus encodes in the daemon from then on.
 """
 
@@ -30,6 +31,8 @@ import sys
 import threading
 from collections.abc import Mapping
 from typing import IO, Any, BinaryIO
+
+import numpy as np
 
 from cyclerd.payloads import data_payload
 
@@ -80,7 +83,7 @@ class Encoder:
             raise self._gone or EncoderGone("the encoder process is not running")
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._pending.append(future)
-        self._frames.put(pickle.dumps((run_id, dict(columns)), protocol=pickle.HIGHEST_PROTOCOL))
+        self._frames.put(pickle.dumps((run_id, _raw(columns)), protocol=pickle.HIGHEST_PROTOCOL))
         return future
 
     def kill(self) -> None:
@@ -140,14 +143,24 @@ class Encoder:
                 future.set_exception(error)
 
 
+def _raw(columns: Mapping[str, Any]) -> dict[str, tuple[str, bytes]]:
+    return {
+        name: ((array := np.asarray(values)).dtype.str, array.tobytes()) for name, values in columns.items()
+    }
+
+
+def _arrays(raw: Mapping[str, tuple[str, bytes]]) -> dict[str, Any]:
+    return {name: np.frombuffer(data, dtype=dtype) for name, (dtype, data) in raw.items()}
+
+
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     """The child's loop: a frame in, its payload out, until stdin closes."""
     while True:
         header = stdin.read(HEADER.size)
         if len(header) < HEADER.size:
             return
-        run_id, columns = pickle.loads(stdin.read(HEADER.unpack(header)[0]))
-        payload = data_payload(run_id, columns).encode()
+        run_id, raw = pickle.loads(stdin.read(HEADER.unpack(header)[0]))
+        payload = data_payload(run_id, _arrays(raw)).encode()
         stdout.write(HEADER.pack(len(payload)) + payload)
         stdout.flush()
 

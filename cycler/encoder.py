@@ -13,8 +13,9 @@ blocking reads and writes (no GIL held) and hand each payload to the loop as it 
 
 Frames are a 4-byte big-endian length and a body: in, a pickle of (run_id, columns), each
 column as its dtype and raw bytes (the child is ours, started from our own interpreter; raw
-bytes pickle at memcpy speed, numpy arrays at a third of it); out, the UTF-8 payload. A child that dies
-fails its pending batches with EncoderGone, and the bus encodes in the daemon from then on.
+bytes pickle at memcpy speed, numpy arrays at a third of it); out, the UTF-8 payload. A child
+that dies fails its pending batches with EncoderGone, and the bus encodes in the daemon from
+then on.
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 The daemon runs E1 (plating/stripping on MgAgSn) on 64 simulated channels in virtual time:
 simulation, safety checks, SQLite, and the bus publishing every batch at QoS 1 to a real
-Mosquitto started here on a free loopback port. Afterwards, in the same run, a bare aiomqtt
-client publishes the very same samples (one message per step, the same columnar JSON, QoS 1,
-each awaited) to the same broker. Printed per workload: aggregate samples/s of each, their
-ratio, the CPU seconds the daemon used (its own process, and its encoder process), whether the
-broker acknowledged every sample of every run, and the bus alone replaying the store.
+Mosquitto started here on a free loopback port. In the same run, a bare aiomqtt client
+publishes the very same samples (one message per step, the same columnar JSON, QoS 1, each
+awaited) to the same broker, once before the daemon and once after; the mean of the two is the
+baseline. The daemon also runs the jobs once without a bus: acquisition alone. Printed per
+workload: aggregate samples/s of each, their ratio, the CPU seconds the daemon used (its own
+process, and its encoder process), whether the broker acknowledged every sample of every run,
+acquisition alone, and the bus alone replaying the store.
 
 Two workloads, because the simulated cells are themselves a load:
 - grid: E1 logged every 1 s, the simulator's grid, so every sample the cell model computes is
@@ -62,8 +64,10 @@ def start_broker(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 async def through_the_daemon(
-    db: Path, port: int, channels: int, cycles: int, every: str
-) -> tuple[float, Bus, Store]:
+    db: Path, port: int | None, channels: int, cycles: int, every: str
+) -> tuple[float, Bus | None, Store]:
+    """The daemon runs the jobs; with `port`, it publishes through the broker there, else it has
+    no bus (the same seeds store the same samples: what acquisition alone costs)."""
     text = (files("cyclerd.protocols") / "library" / "plating_stripping.yaml").read_text()
     text = text.replace("count: 250", f"count: {cycles}")
     if every:  # log at this interval only, without the 1 mV trigger
@@ -78,16 +82,19 @@ async def through_the_daemon(
     store = Store(db)
     for k in range(channels):
         store.submit_job(f"ch{k:02d}", "E1", text, "plating_stripping.yaml", {})
-    bus = Bus(LAB, "127.0.0.1", port, store=store, queue_size=10_000)
-    bus.start()
-    await bus.wait_connected()
+    bus = None if port is None else Bus(LAB, "127.0.0.1", port, store=store, queue_size=10_000)
+    if bus is not None:
+        bus.start()
+        await bus.wait_connected()
     daemon = Daemon(lab, bus)  # a started daemon: its start-up is not part of its throughput
     started = time.perf_counter()
     await daemon.run(until_idle=True)
-    flushed = await bus.flush(timeout_s=600)
+    if bus is not None:
+        flushed = await bus.flush(timeout_s=600)
+        assert flushed, "the broker did not acknowledge every sample"
     elapsed = time.perf_counter() - started
-    assert flushed, "the broker did not acknowledge every sample"
-    await bus.close()
+    if bus is not None:
+        await bus.close()
     return elapsed, bus, store
 
 
@@ -129,32 +136,49 @@ def cpu_s(who: int) -> float:
 
 
 def measure(name: str, channels: int) -> float:
+    """One workload: acquisition alone, the bare publisher, the daemon with its bus, the bare
+    publisher again (its mean is the baseline, so that a machine speeding up or slowing down
+    during the run does not favour either side), and the bus alone replaying the store."""
     cycles, every = WORKLOADS[name]
     with tempfile.TemporaryDirectory() as tmp:
         broker, port = start_broker(Path(tmp))
         try:
+            quiet_elapsed, _, quiet = asyncio.run(
+                through_the_daemon(Path(tmp) / "quiet.db", None, channels, cycles, every)
+            )
+            before, base_count, batches = asyncio.run(bare_publisher(quiet, port))
             own, children = cpu_s(resource.RUSAGE_SELF), cpu_s(resource.RUSAGE_CHILDREN)
             elapsed, bus, store = asyncio.run(
                 through_the_daemon(Path(tmp) / "lab.db", port, channels, cycles, every)
             )
             own, children = cpu_s(resource.RUSAGE_SELF) - own, cpu_s(resource.RUSAGE_CHILDREN) - children
+            assert bus is not None
             runs = store.runs()
             stored = {run.id: len(store.samples(run.id)["seq"]) for run in runs}
             total = sum(stored.values())
+            assert total == base_count, "the same seeds stored other samples with and without the bus"
             lost = sum(1 for run_id, n in stored.items() if bus.delivered(run_id) != n - 1)
-            base_elapsed, base_count, batches = asyncio.run(bare_publisher(store, port))
+            after, _, _ = asyncio.run(bare_publisher(store, port))
             replay_elapsed = asyncio.run(bus_replay(store, port))
         finally:
             broker.terminate()
             broker.wait()
-    daemon_rate, base_rate, replay_rate = total / elapsed, base_count / base_elapsed, total / replay_elapsed
+    base_elapsed = (before + after) / 2
+    daemon_rate, base_rate, replay_rate = total / elapsed, total / base_elapsed, total / replay_elapsed
+    quiet_rate = total / quiet_elapsed
     logging = f"every {every}" if every else "every 10 s or 1 mV"
     print(f"[{name}] {channels} channels x {cycles} cycles of E1 on MgAgSn, logged {logging}")
     print(f"  samples                         {total:,} ({batches:,} steps)")
     print(f"  daemon (sim+store+bus, QoS 1)   {daemon_rate:>12,.0f} samples/s  ({elapsed:.2f} s)")
-    print(f"  bare aiomqtt publisher (QoS 1)  {base_rate:>12,.0f} samples/s  ({base_elapsed:.2f} s)")
+    print(
+        f"  bare aiomqtt publisher (QoS 1)  {base_rate:>12,.0f} samples/s"
+        f"  ({base_elapsed:.2f} s: {before:.2f} s before, {after:.2f} s after)"
+    )
     print(f"  ratio                           {daemon_rate / base_rate:>12.2f}  (target >= 0.8)")
     print(f"  daemon CPU                      {own:>12.1f} s own + {children:.1f} s encoder (2 cores)")
+    print(
+        f"  daemon without a bus (sim+store){quiet_rate:>12,.0f} samples/s  ({quiet_rate / base_rate:.2f}x)"
+    )
     print(
         f"  bus alone, replaying the store  {replay_rate:>12,.0f} samples/s  ({replay_rate / base_rate:.2f}x)"
     )

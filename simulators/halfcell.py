@@ -104,10 +104,10 @@ def _add_edges_in_order(
 ) -> None:
     """Add the edges to `out` along a rising u: tanh only where an edge is not yet saturated.
 
-    A step under constant current moves u one way, and an edge is only a few widths wide:
-    at 1 s per sample most of a chunk sits on a plateau, where each edge is exactly 0 or its
-    whole step. Evaluating tanh there (every sample times every edge) was the simulator's
-    largest cost per logged sample.
+    A step under constant current moves u one way, so the samples within SATURATED widths of
+    an edge are one slice; beyond it the edge adds exactly 0 or its whole step. tanh over
+    every sample times every edge was the largest part of the half-cell's voltage; on a
+    plating step that crosses the seed's plateaus this halves it.
     """
     lo = np.searchsorted(u, edges - SATURATED * width, side="left")
     hi = np.searchsorted(u, edges + SATURATED * width, side="right")

@@ -5,7 +5,10 @@ Turning samples into JSON costs about as much as everything else the daemon does
 so it runs in an encoder process (cyclerd.encoder) on the lab PC's other core, ahead of the
 sender (cyclerd.sender), which keeps many messages awaiting their acknowledgement at once.
 The store is the source of truth, so whatever the bus misses while the broker is away is
-replayed from the store afterwards, by sequence number, without gaps or duplicates.
+replayed from the store afterwards, by sequence number, without gaps: from the first sample
+the broker had not acknowledged. A message the broker took as it stopped, whose PUBACK never
+came, is therefore sent again (QoS 1 is at least once); its samples keep their seq, so
+viewers drop what they already have.
 """
 
 from __future__ import annotations

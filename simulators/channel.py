@@ -10,6 +10,7 @@ are put on the grid exactly, so a plating step delivers exactly its charge.
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import pickle
 from collections.abc import AsyncGenerator, Callable
@@ -121,8 +122,9 @@ class SimulatedChannel:
             steps = self._sweep(command, limits)
         else:
             raise ValueError(f"the simulated channel cannot run a {command.kind} step as a stream")
-        async for item in steps:
-            yield item
+        async with contextlib.aclosing(steps):  # closed here, not by the loop's finalizer hook
+            async for item in steps:
+                yield item
 
     async def _cccv(
         self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
@@ -130,17 +132,21 @@ class SimulatedChannel:
         assert command.voltage_V is not None
         assert command.current_A is not None
         progress = start
-        async for item in self._current_phase(
+        constant_current = self._current_phase(
             command, command.current_A, start, limits, pause_at_s, final=False, switch_V=command.voltage_V
-        ):
-            if isinstance(item, StepEnd) and item.reason == "switch":
-                progress = item.progress
-                break
-            yield item
-        else:
-            return
-        async for item in self._voltage_phase(command, command.voltage_V, progress, limits, pause_at_s):
-            yield item
+        )
+        async with contextlib.aclosing(constant_current):
+            async for item in constant_current:
+                if isinstance(item, StepEnd) and item.reason == "switch":
+                    progress = item.progress
+                    break
+                yield item
+            else:
+                return
+        constant_voltage = self._voltage_phase(command, command.voltage_V, progress, limits, pause_at_s)
+        async with contextlib.aclosing(constant_voltage):
+            async for item in constant_voltage:
+                yield item
 
     async def _sweep(
         self, command: StepCommand, limits: SafetyLimits
@@ -200,8 +206,10 @@ class SimulatedChannel:
             over = seg.voltage_V >= switch_V if current_A > 0 else seg.voltage_V <= switch_V
             return first(over), "switch", ""
 
-        async for item in self._stream(command, start, limits, t_stop, scheduled, respond, commit, extra):
-            yield item
+        stream = self._stream(command, start, limits, t_stop, scheduled, respond, commit, extra)
+        async with contextlib.aclosing(stream):
+            async for item in stream:
+                yield item
 
     async def _voltage_phase(
         self,
@@ -225,8 +233,10 @@ class SimulatedChannel:
         def no_extra(seg: _Segment) -> End:
             return NO_END
 
-        async for item in self._stream(command, start, limits, t_stop, scheduled, respond, commit, no_extra):
-            yield item
+        stream = self._stream(command, start, limits, t_stop, scheduled, respond, commit, no_extra)
+        async with contextlib.aclosing(stream):
+            async for item in stream:
+                yield item
 
     async def _stream(
         self,

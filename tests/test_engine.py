@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -246,3 +248,35 @@ def test_every_checkpoint_holds_the_cell_as_it_is_and_pickles_it_only_after_it_m
     snapshots = CountedCell.pickled - len(checked)  # each check pickled the cell once more
     # Once as the run starts, then once per move (a batch, a spectrum), not per checkpoint.
     assert snapshots == 1 + len(batches) + len(store.spectra(run_id))
+
+
+def test_a_steps_generators_are_closed_by_the_runner_not_left_to_the_garbage_collector(
+    tmp_path: Path,
+) -> None:
+    """An async generator left open is closed through the event loop's finalizer hook, a wake-up
+    through the loop's self-pipe: three per step (channel, phase, stream) add up over a run."""
+    program = compile_protocol(loads(INSITU))
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run(program.name, "sim", INSITU, {}, {"model": "linear"})
+    finalized: list[object] = []
+
+    async def main() -> None:
+        firstiter, finalizer = sys.get_asyncgen_hooks()
+        assert finalizer is not None
+
+        def counting(agen: object) -> None:
+            finalized.append(agen)
+            finalizer(agen)
+
+        sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=counting)
+        try:
+            clock = VirtualClock()
+            channel = SimulatedChannel(LinearCell(v0=1.0, noise_V=1e-3, seed=7), clock)
+            await Runner(program, channel, store, run_id, clock).run()
+            gc.collect()
+        finally:
+            sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=finalizer)
+
+    asyncio.run(main())
+    assert len(store.steps(run_id)) > 3
+    assert finalized == []

@@ -345,7 +345,7 @@ class Bus:
         encoder, self._encoder = self._encoder, None
         if encoder is not None:
             log.warning("bus: %s; encoding in the daemon from now on", error)
-            reaping = asyncio.get_running_loop().create_task(encoder.close())  # its threads and process
+            reaping = asyncio.get_running_loop().create_task(encoder.close())  # its pipes and process
             self._handlers.add(reaping)
             reaping.add_done_callback(self._handlers.discard)
 

@@ -6,10 +6,13 @@ the bus and talking over its stdin/stdout: frames in, payloads out, in the same 
 batch's payload is matched to it by position. The child imports json and numpy only, and
 never the daemon's sockets, database or threads.
 
-The pipes are moved by two threads of the daemon, not by its event loop: a loop busy with
-64 simulated channels visits its file descriptors only between channels' turns, and a pipe
-holds at most 1 MiB, so the child would wait for the loop. The threads spend their time in
-blocking reads and writes (no GIL held) and hand each payload to the loop as it arrives.
+The daemon's side of the pipes is non-blocking and driven by its event loop: a frame is
+written as it is queued, and payloads are read whenever the loop polls, between channels'
+turns (a chunk of a step, about a millisecond). Both pipes are enlarged to 1 MiB, some
+thirty frames or fifteen payloads, so neither side waits for the other in practice. An
+earlier version moved the pipes with two threads; every frame and payload then made the
+threads and the event loop hand the GIL to each other, and those switches cost the loop
+more CPU than the bytes (64 channels of E1: a third of the daemon's acquisition).
 
 Frames are a 4-byte big-endian length and a body: in, a pickle of (run_id, columns), each
 column as its dtype and raw bytes (the child is ours, started from our own interpreter; raw
@@ -24,14 +27,13 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import os
 import pickle
-import queue
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Mapping
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -52,13 +54,13 @@ class Encoder:
         self._process: subprocess.Popen[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
-        self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._unsent = bytearray()  # frames the child's stdin pipe had no room for yet
+        self._received = bytearray()  # payload bytes read, up to an incomplete frame
         self._gone: EncoderGone | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._gone = None
-        self._frames = queue.SimpleQueue()
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "cyclerd.encoder"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -70,13 +72,15 @@ class Encoder:
         for pipe in (process.stdin, process.stdout):
             with contextlib.suppress(OSError, AttributeError):
                 fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # Linux; else 64 KiB
+            os.set_blocking(pipe.fileno(), False)
         self._process = process
-        threading.Thread(target=self._write, args=(process.stdin,), name="encoder in", daemon=True).start()
-        threading.Thread(target=self._read, args=(process.stdout,), name="encoder out", daemon=True).start()
+        self._unsent.clear()
+        self._received.clear()
+        self._loop.add_reader(process.stdout.fileno(), self._read)
 
     @property
     def alive(self) -> bool:
-        return self._process is not None and self._gone is None and self._process.poll() is None
+        return self._process is not None and self._gone is None
 
     def encode(self, run_id: int, columns: Mapping[str, Any]) -> asyncio.Future[bytes]:
         """Queue one batch; its payload arrives after those of every earlier call."""
@@ -84,7 +88,12 @@ class Encoder:
             raise self._gone or EncoderGone("the encoder process is not running")
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._pending.append(future)
-        self._frames.put(pickle.dumps((run_id, _raw(columns)), protocol=pickle.HIGHEST_PROTOCOL))
+        frame = pickle.dumps((run_id, _raw(columns)), protocol=pickle.HIGHEST_PROTOCOL)
+        waiting = bool(self._unsent)
+        self._unsent += HEADER.pack(len(frame))
+        self._unsent += frame
+        if not waiting:  # else the writer callback is registered and sends it in turn
+            self._write()
         return future
 
     def kill(self) -> None:
@@ -94,41 +103,68 @@ class Encoder:
 
     async def close(self) -> None:
         process, self._process = self._process, None
-        self._frames.put(None)  # the writer closes the child's stdin: the child ends
-        if process is not None:
-            try:
-                await asyncio.to_thread(process.wait, 2.0)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                await asyncio.to_thread(process.wait)
         self._fail(EncoderGone("the encoder was closed"))
+        if process is None:
+            return
+        assert process.stdin is not None
+        with contextlib.suppress(OSError):
+            process.stdin.close()  # the child reads EOF and ends
+        try:
+            await asyncio.to_thread(process.wait, 2.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait)
+        assert process.stdout is not None
+        process.stdout.close()
 
-    # -- the threads -----------------------------------------------------------------------
+    # -- the pipes, on the event loop ------------------------------------------------------
 
-    def _write(self, stdin: IO[bytes]) -> None:
-        with contextlib.suppress(OSError, ValueError):  # the child is gone: the reader reports it
-            while (frame := self._frames.get()) is not None:
-                stdin.write(HEADER.pack(len(frame)))
-                stdin.write(frame)
-                stdin.flush()
-        with contextlib.suppress(OSError, ValueError):
-            stdin.close()
+    def _write(self) -> None:
+        process, loop = self._process, self._loop
+        if process is None or loop is None or process.stdin is None:
+            return
+        fd = process.stdin.fileno()
+        try:
+            sent = os.write(fd, self._unsent)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the child is gone (EPIPE): the reader sees its EOF and reports it
+            self._unsent.clear()
+            loop.remove_writer(fd)
+            self._fail(EncoderGone("the encoder process stopped"))
+            return
+        del self._unsent[:sent]
+        if self._unsent:
+            loop.add_writer(fd, self._write)
+        else:
+            loop.remove_writer(fd)
 
-    def _read(self, stdout: IO[bytes]) -> None:
-        loop = self._loop
-        assert loop is not None
-        with contextlib.suppress(OSError, ValueError):
-            while len(header := stdout.read(HEADER.size)) == HEADER.size:
-                size = HEADER.unpack(header)[0]
-                payload = stdout.read(size)
-                if len(payload) < size:
-                    break
-                with contextlib.suppress(RuntimeError):  # the loop has closed
-                    loop.call_soon_threadsafe(self._resolve, payload)
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._fail, EncoderGone("the encoder process stopped"))
-
-    # -- back on the event loop ------------------------------------------------------------
+    def _read(self) -> None:
+        process, loop = self._process, self._loop
+        if process is None or loop is None or process.stdout is None:
+            return
+        fd = process.stdout.fileno()
+        try:
+            data = os.read(fd, PIPE_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            self._fail(EncoderGone("the encoder process stopped"))
+            return
+        received = self._received
+        received += data
+        start = 0
+        while len(received) - start >= HEADER.size:
+            size = HEADER.unpack_from(received, start)[0]
+            end = start + HEADER.size + size
+            if len(received) < end:
+                break
+            self._resolve(bytes(received[start + HEADER.size : end]))
+            start = end
+        del received[:start]
 
     def _resolve(self, payload: bytes) -> None:
         if self._pending:
@@ -138,6 +174,13 @@ class Encoder:
 
     def _fail(self, error: EncoderGone) -> None:
         self._gone = self._gone or error
+        process, loop = self._process, self._loop
+        if loop is not None and process is not None and process.stdout is not None:
+            with contextlib.suppress(OSError, ValueError):
+                loop.remove_reader(process.stdout.fileno())
+            if process.stdin is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    loop.remove_writer(process.stdin.fileno())
         while self._pending:
             future = self._pending.popleft()
             if not future.done():

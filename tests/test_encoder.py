@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -49,5 +50,33 @@ async def test_a_killed_encoder_fails_its_pending_batches_and_refuses_new_ones()
             await asyncio.wait_for(pending, 5.0)
         with pytest.raises(EncoderGone):
             encoder.encode(1, _columns(0, 10, rng))
+    finally:
+        await encoder.close()
+
+
+async def test_batches_larger_than_the_pipes_arrive_whole_and_in_order() -> None:
+    """Frames and payloads of megabytes: written and read in many pieces, as the pipes allow."""
+    rng = np.random.default_rng(7)
+    batches = [(run, _columns(50_000 * k, 30_000, rng)) for k, run in enumerate([3, 4, 3, 5, 4, 3])]
+    encoder = Encoder()
+    await encoder.start()
+    try:
+        payloads = await asyncio.wait_for(
+            asyncio.gather(*(encoder.encode(run, columns) for run, columns in batches)), 60.0
+        )
+    finally:
+        await encoder.close()
+    assert [p.decode() for p in payloads] == [data_payload(run, columns) for run, columns in batches]
+
+
+async def test_the_encoder_runs_no_thread_in_the_daemon() -> None:
+    """The pipes are moved by the event loop: threads moving them made the loop hand the GIL
+    back and forth with every batch, which cost more than the bytes."""
+    before = threading.active_count()
+    encoder = Encoder()
+    await encoder.start()
+    try:
+        await encoder.encode(1, _columns(0, 10, np.random.default_rng(8)))
+        assert threading.active_count() == before
     finally:
         await encoder.close()

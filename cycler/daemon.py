@@ -62,12 +62,20 @@ class Daemon:
             bus.handle_commands(self.command)
 
     async def run(self, until_idle: bool = False) -> None:
-        """Serve every channel; with `until_idle`, return once no channel has a job left."""
+        """Serve every channel; with `until_idle`, return once no channel has a job left.
+
+        The channels share one connection. SQLite drops a connection's page cache whenever
+        another connection has committed, so with one connection per channel every transaction
+        read its tables' pages again: 8 % of the daemon's CPU on 32 channels of E1. Sharing is
+        safe because no transaction spans an await (`Store.transaction` refuses a second task).
+        """
+        store = Store(self.lab.database)
         try:
             async with asyncio.TaskGroup() as group:
                 for channel in self.lab.channels:
-                    group.create_task(self._serve(channel, until_idle), name=f"channel {channel.name}")
+                    group.create_task(self._serve(store, channel, until_idle), name=f"channel {channel.name}")
         finally:
+            store.close()
             if self._commands is not None:
                 self._commands.close()
 
@@ -85,28 +93,24 @@ class Daemon:
 
     # -- one channel ---------------------------------------------------------------------
 
-    async def _serve(self, channel: ChannelConfig, until_idle: bool) -> None:
-        store = Store(self.lab.database)  # one connection per channel task
-        try:
-            await self._take_up(store, channel)
+    async def _serve(self, store: Store, channel: ChannelConfig, until_idle: bool) -> None:
+        await self._take_up(store, channel)
+        self._publish_state(channel.name, {"run": None, "state": "idle"})
+        while True:
+            job = store.claim_job(channel.name)
+            if job is None:
+                if until_idle:
+                    return
+                await asyncio.sleep(IDLE_POLL_S)
+                continue
+            try:
+                state, run_id = await self._run_job(store, channel, job)
+                store.finish_job(job["id"], state, run_id)
+            except Exception as exc:
+                log.exception("job %s on %s failed", job["id"], channel.name)
+                store.record_event(None, "job", f"job {job['id']} on {channel.name} failed: {exc}")
+                store.finish_job(job["id"], "failed")
             self._publish_state(channel.name, {"run": None, "state": "idle"})
-            while True:
-                job = store.claim_job(channel.name)
-                if job is None:
-                    if until_idle:
-                        return
-                    await asyncio.sleep(IDLE_POLL_S)
-                    continue
-                try:
-                    state, run_id = await self._run_job(store, channel, job)
-                    store.finish_job(job["id"], state, run_id)
-                except Exception as exc:
-                    log.exception("job %s on %s failed", job["id"], channel.name)
-                    store.record_event(None, "job", f"job {job['id']} on {channel.name} failed: {exc}")
-                    store.finish_job(job["id"], "failed")
-                self._publish_state(channel.name, {"run": None, "state": "idle"})
-        finally:
-            store.close()
 
     async def _take_up(self, store: Store, channel: ChannelConfig) -> None:
         """After a crash: each unfinished run resumes or is stopped safely; lost claims queue again."""

@@ -7,6 +7,7 @@ one transaction, so a crash loses at most the batch being written and never half
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -27,6 +28,17 @@ from cyclerd.store_schema import CYCLE_COLUMNS, SAMPLE_COLUMNS, SCHEMA
 __all__ = ["CYCLE_COLUMNS", "SAMPLE_COLUMNS", "SCHEMA", "FloatArray", "Run", "Store"]
 
 FloatArray = NDArray[np.float64]
+
+
+class StoreInUse(RuntimeError):
+    """A task entered a transaction that another task holds open (across an await)."""
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no event loop: the CLI and the tests' plain calls
+        return None
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,7 @@ class Store(JobQueue):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        self._owner: asyncio.Task[Any] | None = None  # the task whose transaction is open
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a power cut may lose the last transactions, never corrupt the file.
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -69,16 +82,27 @@ class Store(JobQueue):
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One transaction; nested in another, it is part of that one (one commit, all or nothing)."""
+        """One transaction; nested in another, it is part of that one (one commit, all or nothing).
+
+        The daemon's channel tasks share one Store, so a transaction must not span an await:
+        another task would write into it unseen. One that does is refused when that other task
+        enters (StoreInUse), rather than mixing two channels' writes in one commit.
+        """
+        task = _current_task()
         if self._db.in_transaction:
+            if task is not self._owner:
+                raise StoreInUse("a transaction of another task is open: one held across an await")
             yield self._db
             return
         self._db.execute("BEGIN IMMEDIATE")
+        self._owner = task
         try:
             yield self._db
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        finally:
+            self._owner = None
         self._db.execute("COMMIT")
 
     # -- writing -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cyclerd.store import Store
+from cyclerd.store import Store, StoreInUse
 from cyclerd.store_migrate import SAMPLES_V0
 
 
@@ -182,3 +183,34 @@ def test_a_file_with_one_row_per_sample_is_converted_without_losing_one(tmp_path
     tables = sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     assert ("samples",) not in tables
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+async def test_a_transaction_held_across_an_await_refuses_another_task(store: Store) -> None:
+    """The daemon's channels share one Store: a task that awaited inside its transaction must
+    not get another channel's writes committed (or rolled back) with its own."""
+    run_a = store.create_run("a", "ch0", "x", {}, {})
+    run_b = store.create_run("b", "ch1", "x", {}, {})
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        with store.transaction():
+            store.record_event(run_a, "note", "a, before the await")
+            inside.set()
+            await release.wait()  # the mistake the guard is for
+        # no exception: it commits its own work
+
+    async def other() -> None:
+        await inside.wait()
+        try:
+            with pytest.raises(StoreInUse), store.transaction():
+                store.record_event(run_b, "note", "b")
+        finally:
+            release.set()
+
+    await asyncio.gather(holder(), other())
+    assert [e["message"] for e in store.events(run_a)] == ["a, before the await"]
+    assert store.events(run_b) == []
+    with store.transaction():  # and the store is usable afterwards
+        store.record_event(run_b, "note", "b, afterwards")
+    assert [e["message"] for e in store.events(run_b)] == ["b, afterwards"]

@@ -10,9 +10,10 @@ splitting a segment changes nothing but the noise draws).
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -62,25 +63,44 @@ class _SavedGenerator:
 
 
 class GeneratorsPickleAsState:
-    """Mixin for cell models: their numpy Generators pickle as bit-generator states.
+    """Mixin for cell models: a cheap pickle for the checkpoint that goes with every batch.
 
-    The runner pickles a simulated cell into the checkpoint with every batch of samples, and
-    numpy's own pickling of a Generator takes about 15 us; its state dict takes 2. The stream
-    continues exactly where it was.
+    - numpy's own pickling of a Generator takes about 15 us; its state dict takes 2. The stream
+      continues exactly where it was.
+    - Most of a cell is set in `__init__` and never changes: parameters, capacities, plateaus,
+      its short-circuit schedule. A model names the attributes that do change as it runs in
+      `LIVE`; the rest is pickled once, kept as bytes, and copied into every later pickle. A
+      HalfCell pickles in about a third of the time.
     """
 
+    LIVE: ClassVar[tuple[str, ...]] = ()  # attributes that change as the cell runs; () = all of them
+
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            name: _SavedGenerator(value.bit_generator.state)
-            if isinstance(value, np.random.Generator)
-            else value
-            for name, value in self.__dict__.items()
-        }
+        attributes = self.__dict__
+        if not self.LIVE:
+            return {name: _saved(value) for name, value in attributes.items() if name != _FROZEN}
+        frozen = attributes.get(_FROZEN)
+        if frozen is None:
+            rest = {name: value for name, value in attributes.items() if name not in self.LIVE}
+            frozen = attributes[_FROZEN] = pickle.dumps(rest, pickle.HIGHEST_PROTOCOL)
+        state = {name: _saved(attributes[name]) for name in self.LIVE}
+        state[_FROZEN] = frozen
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        frozen = state.get(_FROZEN)
+        if frozen is not None:
+            self.__dict__.update(pickle.loads(frozen))
         self.__dict__.update(
             {
                 name: value.generator() if isinstance(value, _SavedGenerator) else value
                 for name, value in state.items()
             }
         )
+
+
+_FROZEN = "_frozen_pickle"  # where a cell keeps the pickle of its unchanging attributes
+
+
+def _saved(value: Any) -> Any:
+    return _SavedGenerator(value.bit_generator.state) if isinstance(value, np.random.Generator) else value

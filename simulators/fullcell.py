@@ -136,6 +136,8 @@ class FullCell(GeneratorsPickleAsState):
       plated and is reached at a lower rate or after a rest, like a real cell recovering.
     """
 
+    LIVE = ("_state", "_noise_rng")  # the rest is set once, in __init__
+
     def __init__(self, params: FullCellParams, area_m2: float = 0.785e-4, seed: int = 0) -> None:
         if area_m2 <= 0:
             raise ValueError(f"FullCell: area_m2 must be positive, got {area_m2}")

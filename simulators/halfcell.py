@@ -128,6 +128,8 @@ class HalfCell(GeneratorsPickleAsState):
     what is left, so CE is whatever charge the cut-off lets through.
     """
 
+    LIVE = ("_state", "_cycle_rng", "_noise_rng", "_ce_jitter")  # the rest is set once, in __init__
+
     def __init__(self, params: HalfCellParams | str, area_m2: float = 0.785e-4, seed: int = 0) -> None:
         self.params = preset(params) if isinstance(params, str) else params
         p = self.params

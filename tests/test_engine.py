@@ -280,3 +280,25 @@ def test_a_steps_generators_are_closed_by_the_runner_not_left_to_the_garbage_col
     asyncio.run(main())
     assert len(store.steps(run_id)) > 3
     assert finalized == []
+
+
+class CallCountingCell(LinearCell):
+    """A linear cell that counts how often its voltage is asked for."""
+
+    calls = 0
+
+    def voltage_at_current(self, current_A: float, t_s: np.ndarray) -> np.ndarray:
+        CallCountingCell.calls += 1
+        return super().voltage_at_current(current_A, t_s)
+
+
+def test_a_step_asks_the_cell_once_per_chunk_its_first_sample_included(tmp_path: Path) -> None:
+    """A model call for the first sample alone cost the half-cell half as much as a whole chunk."""
+    CallCountingCell.calls = 0
+    result, store, run, _, _ = _run(tmp_path, CHARGE_STEP, cell=CallCountingCell())
+    assert result.state is RunState.COMPLETED
+    assert CallCountingCell.calls == 1  # a 1 h step on a 4096-point chunk
+    samples = store.samples(run)
+    assert samples["t"][0] == 0.0
+    assert samples["current"][0] == pytest.approx(1e-3)
+    assert samples["t"][1] == pytest.approx(10.0)

@@ -28,7 +28,7 @@ from cyclerd.drivers.base import (
     StepProgress,
 )
 from cyclerd.drivers.conditions import NO_END, Counter, End, EndWatch, first, safety_end, scheduled_end
-from cyclerd.drivers.record import RecordState, select
+from cyclerd.drivers.record import RecordState, select, select_one
 from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
 from cyclerd.simulators.cell import CellModel, FloatArray
 
@@ -272,8 +272,9 @@ class SimulatedChannel:
                 voltage, current = respond(np.concatenate(([0.0], rel)))
                 t0, v0, i0 = np.zeros(1), voltage[:1], current[:1]
                 voltage, current = voltage[1:], current[1:]
-                q0, e0 = counter.add(t0, v0, i0)
-                select(command.record, t0, v0, i0, record)  # always logged
+                # One sample: the scalar forms, the same arithmetic without numpy's per-call cost.
+                q0, e0 = (np.array([x]) for x in counter.add_one(0.0, float(v0[0]), float(i0[0])))
+                select_one(command.record, 0.0, float(v0[0]), float(i0[0]), record)  # always logged
                 index, reason, detail = safety_end(limits, v0, i0)
                 if index >= 0:
                     yield Batch(t0, v0, i0, q0, e0)

@@ -47,6 +47,18 @@ def safety_end(limits: SafetyLimits, voltage_V: FloatArray, current_A: FloatArra
     return earliest(checks)
 
 
+def safety_end_one(limits: SafetyLimits, voltage_V: float, current_A: float) -> End:
+    """`safety_end` for a single sample, without numpy (the same limits, the same words)."""
+    v, i = voltage_V, current_A
+    if limits.voltage_max_V is not None and v > limits.voltage_max_V:
+        return 0, SAFETY, f"voltage {v:.4g} V above {limits.voltage_max_V:g} V"
+    if limits.voltage_min_V is not None and v < limits.voltage_min_V:
+        return 0, SAFETY, f"voltage {v:.4g} V below {limits.voltage_min_V:g} V"
+    if limits.current_max_A is not None and abs(i) > limits.current_max_A * (1 + 1e-9):
+        return 0, SAFETY, f"|current| {abs(i):.4g} A above {limits.current_max_A:.4g} A"
+    return NO_END
+
+
 TIE_S = 1e-6  # scheduled ends closer than this are simultaneous (charge time vs a pause)
 
 
@@ -147,7 +159,8 @@ class EndWatch:
             candidates.append((first(t_s >= end.duration_s - 1e-9), "duration", ""))
         if end.dvdt_below_V_per_s is not None:
             candidates.append((self._dvdt(t_s, v, end.dvdt_below_V_per_s), "dvdt_below", ""))
-        self._remember(t_s, v)
+        if end.dvdt_below_V_per_s is not None:  # the history serves |dV/dt| only
+            self._remember(t_s, v)
         found = earliest(candidates)
         unsafe = safety_end(self.limits, v, i)
         if unsafe[0] >= 0 and (found[0] < 0 or unsafe[0] <= found[0]):
@@ -156,13 +169,10 @@ class EndWatch:
 
     def check_one(self, t_s: float, voltage_V: float, current_A: float, charge_As: float) -> End:
         """`check` for a single sample, without numpy (same conditions, same precedence)."""
-        lim, end, v, i = self.limits, self.command.end, voltage_V, current_A
-        if lim.voltage_max_V is not None and v > lim.voltage_max_V:
-            return 0, SAFETY, f"voltage {v:.4g} V above {lim.voltage_max_V:g} V"
-        if lim.voltage_min_V is not None and v < lim.voltage_min_V:
-            return 0, SAFETY, f"voltage {v:.4g} V below {lim.voltage_min_V:g} V"
-        if lim.current_max_A is not None and abs(i) > lim.current_max_A * (1 + 1e-9):
-            return 0, SAFETY, f"|current| {abs(i):.4g} A above {lim.current_max_A:.4g} A"
+        end, v, i = self.command.end, voltage_V, current_A
+        unsafe = safety_end_one(self.limits, v, i)
+        if unsafe[0] >= 0:
+            return unsafe
         if end.voltage_above_V is not None and v >= end.voltage_above_V:
             return 0, "voltage_above", ""
         if end.voltage_below_V is not None and v <= end.voltage_below_V:

@@ -27,7 +27,15 @@ from cyclerd.drivers.base import (
     StepEnd,
     StepProgress,
 )
-from cyclerd.drivers.conditions import NO_END, Counter, End, EndWatch, first, safety_end, scheduled_end
+from cyclerd.drivers.conditions import (
+    NO_END,
+    Counter,
+    End,
+    EndWatch,
+    first,
+    safety_end_one,
+    scheduled_end,
+)
 from cyclerd.drivers.record import RecordState, select, select_one
 from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
 from cyclerd.simulators.cell import CellModel, FloatArray
@@ -275,7 +283,7 @@ class SimulatedChannel:
                 # One sample: the scalar forms, the same arithmetic without numpy's per-call cost.
                 q0, e0 = (np.array([x]) for x in counter.add_one(0.0, float(v0[0]), float(i0[0])))
                 select_one(command.record, 0.0, float(v0[0]), float(i0[0]), record)  # always logged
-                index, reason, detail = safety_end(limits, v0, i0)
+                index, reason, detail = safety_end_one(limits, float(v0[0]), float(i0[0]))
                 if index >= 0:
                     yield Batch(t0, v0, i0, q0, e0)
                     yield StepEnd(reason, StepProgress(0.0, 0.0, 0.0), detail)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cyclerd.drivers.base import SAFETY, StepProgress
-from cyclerd.drivers.conditions import Counter, EndWatch
+from cyclerd.drivers.conditions import Counter, EndWatch, safety_end, safety_end_one
 from cyclerd.protocols.compiler import EndConditions, RecordRule, SafetyLimits, StepCommand
 
 
@@ -69,3 +71,18 @@ def test_one_at_a_time_agrees_with_the_array_checks() -> None:
             (k, r) for k in range(len(t)) if (r := scalar_watch.check_one(t[k], v[k], i[k], q[k])[1])
         )
         assert found == expected[:2], end
+
+
+@given(
+    st.floats(-5.0, 5.0),
+    st.floats(-2e-3, 2e-3),
+    st.sampled_from(
+        [SafetyLimits(), SafetyLimits(voltage_max_V=3.0, voltage_min_V=-0.5, current_max_A=1e-3)]
+    ),
+)
+def test_the_one_sample_safety_check_agrees_with_the_array_check(
+    voltage_V: float, current_A: float, limits: SafetyLimits
+) -> None:
+    """The simulated channel checks a step's first sample with the scalar form."""
+    array = safety_end(limits, np.array([voltage_V]), np.array([current_A]))
+    assert safety_end_one(limits, voltage_V, current_A) == array

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cyclerd.cycles import (
     ShortCircuit,
@@ -12,6 +17,7 @@ from cyclerd.cycles import (
     cumulative_ce,
     detect_short,
     forward_voltage_stats,
+    median,
     summarise,
 )
 
@@ -143,3 +149,19 @@ def test_the_ledger_summarises_a_cycle_whose_batches_differ_in_temperature() -> 
     summary, why = ledger.close_cycle(CycleLimits(), first_cycle=1)
     assert summary == summarise(samples)[0]
     assert why == ""
+
+
+@given(
+    st.lists(
+        st.floats(min_value=-1e3, max_value=1e3) | st.just(math.nan) | st.sampled_from([0.1, 0.2, 0.3]),
+        max_size=60,
+    )
+)
+def test_the_median_is_numpys_to_the_bit(values: list[float]) -> None:
+    """The short-circuit check compares these medians with thresholds: the same bits as np.median."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # np.median of nothing warns
+        expected = float(np.median(values)) if values else math.nan
+    found = median(values)
+    assert (math.isnan(found) and math.isnan(expected)) or found == expected
+    assert median(np.asarray(values)) == found or math.isnan(found)

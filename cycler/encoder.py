@@ -56,6 +56,7 @@ class Encoder:
         self._pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
         self._unsent = bytearray()  # frames the child's stdin pipe had no room for yet
         self._received = bytearray()  # payload bytes read, up to an incomplete frame
+        self._chunk = memoryview(bytearray(PIPE_BYTES))  # what one read of the pipe fills
         self._gone: EncoderGone | None = None
 
     async def start(self) -> None:
@@ -145,17 +146,17 @@ class Encoder:
             return
         fd = process.stdout.fileno()
         try:
-            data = os.read(fd, PIPE_BYTES)
+            count = os.readv(fd, [self._chunk])  # into a buffer kept: os.read would map 1 MiB each time
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:
+            count = 0
+        if not count:
             loop.remove_reader(fd)
             self._fail(EncoderGone("the encoder process stopped"))
             return
         received = self._received
-        received += data
+        received += self._chunk[:count]
         start = 0
         while len(received) - start >= HEADER.size:
             size = HEADER.unpack_from(received, start)[0]

@@ -7,6 +7,7 @@ stepper, or vectorised in a simulator) is the channel's business.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -212,3 +213,27 @@ class SourceMeasure(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def hold_after_switch(
+    constant_current: AsyncGenerator[Batch | StepEnd, None],
+    hold: Callable[[StepProgress], AsyncGenerator[Batch | StepEnd, None]],
+) -> AsyncGenerator[Batch | StepEnd, None]:
+    """A cccv step: the constant-current phase until it ends on "switch", then `hold` from there.
+
+    Any other end of the first phase ends the step. Each phase is closed here when it is left,
+    not by the event loop's finalizer hook.
+    """
+    progress: StepProgress | None = None
+    async with contextlib.aclosing(constant_current):
+        async for item in constant_current:
+            if isinstance(item, StepEnd) and item.reason == "switch":
+                progress = item.progress
+                break
+            yield item
+    if progress is None:
+        return
+    voltage_hold = hold(progress)
+    async with contextlib.aclosing(voltage_hold):
+        async for item in voltage_hold:
+            yield item

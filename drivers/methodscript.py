@@ -25,6 +25,7 @@ from cyclerd.drivers.base import (
     Spectrum,
     StepEnd,
     StepProgress,
+    hold_after_switch,
 )
 from cyclerd.drivers.conditions import End, FloatArray, first, scheduled_end
 from cyclerd.drivers.methodscript_link import CONTINUE, Conversation, Link, NotSupported, Plan, Tally
@@ -242,24 +243,16 @@ class MethodScriptChannel(Conversation):
         async for item in self._scripts(command, Tally(command, start, limits), t_stop, scheduled, plan):
             yield item
 
-    async def _cccv(
+    def _cccv(
         self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
     ) -> AsyncGenerator[Batch | StepEnd, None]:
         """Two scripts: constant current until the hold voltage, then the hold (as the simulator)."""
         assert command.voltage_V is not None
         assert command.current_A is not None
-        progress = start
-        cc = self._constant_current(command, command.current_A, start, limits, pause_at_s, command.voltage_V)
-        async with contextlib.aclosing(cc):
-            async for item in cc:
-                if isinstance(item, StepEnd) and item.reason == "switch":
-                    progress = item.progress
-                    break
-                yield item
-            else:
-                return
-        async for item in self._constant_voltage(command, progress, limits, pause_at_s):
-            yield item
+        return hold_after_switch(
+            self._constant_current(command, command.current_A, start, limits, pause_at_s, command.voltage_V),
+            lambda progress: self._constant_voltage(command, progress, limits, pause_at_s),
+        )
 
     async def _sweep(
         self, command: StepCommand, start: StepProgress, limits: SafetyLimits

@@ -26,6 +26,7 @@ from cyclerd.drivers.base import (
     Spectrum,
     StepEnd,
     StepProgress,
+    hold_after_switch,
 )
 from cyclerd.drivers.conditions import (
     NO_END,
@@ -134,27 +135,18 @@ class SimulatedChannel:
             async for item in steps:
                 yield item
 
-    async def _cccv(
+    def _cccv(
         self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
     ) -> AsyncGenerator[Batch | StepEnd, None]:
-        assert command.voltage_V is not None
+        voltage_V = command.voltage_V
+        assert voltage_V is not None
         assert command.current_A is not None
-        progress = start
-        constant_current = self._current_phase(
-            command, command.current_A, start, limits, pause_at_s, final=False, switch_V=command.voltage_V
+        return hold_after_switch(
+            self._current_phase(
+                command, command.current_A, start, limits, pause_at_s, final=False, switch_V=voltage_V
+            ),
+            lambda progress: self._voltage_phase(command, voltage_V, progress, limits, pause_at_s),
         )
-        async with contextlib.aclosing(constant_current):
-            async for item in constant_current:
-                if isinstance(item, StepEnd) and item.reason == "switch":
-                    progress = item.progress
-                    break
-                yield item
-            else:
-                return
-        constant_voltage = self._voltage_phase(command, command.voltage_V, progress, limits, pause_at_s)
-        async with contextlib.aclosing(constant_voltage):
-            async for item in constant_voltage:
-                yield item
 
     async def _sweep(
         self, command: StepCommand, limits: SafetyLimits

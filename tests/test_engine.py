@@ -302,3 +302,27 @@ def test_a_step_asks_the_cell_once_per_chunk_its_first_sample_included(tmp_path:
     assert samples["t"][0] == 0.0
     assert samples["current"][0] == pytest.approx(1e-3)
     assert samples["t"][1] == pytest.approx(10.0)
+
+
+CCCV_STEP = """
+name: cccv
+record: {every: 10 s}
+steps:
+  - cccv: {current: 1 mA, voltage: 3.5 V, until: {current_below: 0.1 mA}}
+"""
+
+
+def test_a_cccv_step_charges_at_constant_current_then_holds_the_voltage(tmp_path: Path) -> None:
+    result, store, run, _, _ = _run(tmp_path, CCCV_STEP, cell=LinearCell(capacitance_F=1000.0))
+    assert result.state is RunState.COMPLETED
+    samples = store.samples(run)
+    held = np.isclose(samples["voltage"], 3.5, rtol=0, atol=1e-12)
+    assert not held[0]
+    assert held[-1]
+    switch = int(np.argmax(held))
+    assert np.all(samples["current"][:switch] == pytest.approx(1e-3))  # constant current until 3.5 V
+    assert np.all(held[switch:])  # then the hold, with the current falling to the end condition
+    assert np.all(np.diff(samples["current"][switch:]) < 0)
+    assert samples["current"][-1] < 1e-4
+    (step,) = store.steps(run)
+    assert step["end_reason"] == "current_below"

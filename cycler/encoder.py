@@ -11,8 +11,9 @@ written as it is queued, and payloads are read whenever the loop polls, between 
 turns (a chunk of a step, about a millisecond). Both pipes are enlarged to 1 MiB, some
 thirty frames or fifteen payloads, so neither side waits for the other in practice. An
 earlier version moved the pipes with two threads; every frame and payload then made the
-threads and the event loop hand the GIL to each other, and those switches cost the loop
-more CPU than the bytes (64 channels of E1: a third of the daemon's acquisition).
+threads and the event loop hand the GIL to each other: with 32 channels of E1 the main
+thread made 2919 voluntary and 996 forced context switches (504 and 321 without the threads),
+and its CPU time was 13 % higher.
 
 Frames are a 4-byte big-endian length and a body: in, a pickle of (run_id, columns), each
 column as its dtype and raw bytes (the child is ours, started from our own interpreter; raw
@@ -103,8 +104,8 @@ class Encoder:
             self._process.kill()
 
     async def close(self) -> None:
+        self._fail(EncoderGone("the encoder was closed"))  # its pipes leave the loop
         process, self._process = self._process, None
-        self._fail(EncoderGone("the encoder was closed"))
         if process is None:
             return
         assert process.stdin is not None

@@ -80,3 +80,18 @@ async def test_the_encoder_runs_no_thread_in_the_daemon() -> None:
         assert threading.active_count() == before
     finally:
         await encoder.close()
+
+
+async def test_an_encoder_started_again_after_closing_works() -> None:
+    """A closed encoder's pipes leave the event loop with it: a new one may get the same file
+    descriptors, and the loop must not still be watching the old ones."""
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        encoder = Encoder()
+        await encoder.start()
+        try:
+            columns = _columns(0, 50, rng)
+            payload = await asyncio.wait_for(encoder.encode(7, columns), 10.0)
+            assert payload.decode() == data_payload(7, columns)
+        finally:
+            await encoder.close()

@@ -66,7 +66,7 @@ class Daemon:
 
         The channels share one connection. SQLite drops a connection's page cache whenever
         another connection has committed, so with one connection per channel every transaction
-        read its tables' pages again: 8 % of the daemon's CPU on 32 channels of E1. Sharing is
+        read its tables' pages again: 7 % of the daemon's CPU on 32 channels of E1. Sharing is
         safe because no transaction spans an await (`Store.transaction` refuses a second task).
         """
         store = Store(self.lab.database)

@@ -427,6 +427,9 @@ class Runner:
                     if not self._resume.is_set():
                         paused = True
                         break
+                else:  # asking again would get the same: a fault, not a loop without end
+                    name = str(getattr(self.channel, "name", "the channel"))
+                    raise InstrumentFault(name, f"its data for step {number} ended before the step did")
             except InstrumentFault as exc:
                 faults += 1
                 await self._recover(exc, faults, number, progress)

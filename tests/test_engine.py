@@ -326,3 +326,29 @@ def test_a_cccv_step_charges_at_constant_current_then_holds_the_voltage(tmp_path
     assert samples["current"][-1] < 1e-4
     (step,) = store.steps(run)
     assert step["end_reason"] == "current_below"
+
+
+class EndlessChannel(SimulatedChannel):
+    """A channel whose stream stops after its first batch without saying why the step ended."""
+
+    async def run(self, command, start, limits, pause_at_s=None):  # type: ignore[no-untyped-def, override]
+        stream = super().run(command, start, limits, pause_at_s)
+        try:
+            yield await stream.__anext__()
+        finally:
+            await stream.aclose()
+
+
+def test_a_stream_that_ends_without_ending_the_step_is_a_fault_not_a_loop(tmp_path: Path) -> None:
+    """Asked again, such a channel would answer the same way for ever: the run stops safely."""
+    program = compile_protocol(loads(CHARGE_STEP))
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run(program.name, "sim", CHARGE_STEP, {}, {"model": "linear"})
+    clock = VirtualClock()
+    channel = EndlessChannel(LinearCell(), clock, chunk=64, name="endless")
+    result = asyncio.run(asyncio.wait_for(Runner(program, channel, store, run_id, clock).run(), 10.0))
+    assert result.state is RunState.STOPPED
+    assert not channel.output_on
+    faults = [e for e in store.events(run_id) if e["kind"] == "fault"]
+    assert faults
+    assert "ended before the step did" in faults[0]["message"]

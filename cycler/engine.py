@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -193,6 +194,7 @@ class Runner:
             raise
         finally:
             await self._make_safe()
+        self.store.settle()  # a safety net: the run's last state change committed what was queued
         return RunResult(self.state, self.ledger.cycles, self.ledger.short, reason)
 
     async def _take_up(self, point: ResumePoint) -> None:
@@ -284,7 +286,7 @@ class Runner:
         summary, why = self.ledger.close_cycle(loop.until, first_cycle)
         if summary is None:
             return ""
-        self.store.save_cycle(self.run_id, summary.as_row())
+        self.store.later(partial(self.store.save_cycle, self.run_id, summary.as_row()))
         short = self.ledger.short
         if short is not None and short_before is None:
             self._event(
@@ -309,8 +311,11 @@ class Runner:
             progress = StepProgress()
             pause_at = periodic.interval_s if periodic is not None else None
             phase = "at_start" if periodic is not None and periodic.at_start else "step"
-            with self.store.transaction():  # the step and where the run stands: one commit
-                self.store.begin_step(
+            # The step and where the run stands commit with the step's first batch (or whatever
+            # the run writes first): a crash before it resumes from the step before, as ever.
+            self.store.later(
+                partial(
+                    self.store.begin_step,
                     self.run_id,
                     number,
                     command.index,
@@ -319,7 +324,8 @@ class Runner:
                     self.cycle,
                     self.test_time_s,
                 )
-                self._at(command, number, phase, progress, pause_at)
+            )
+            self._at(command, number, phase, progress, pause_at, later=True)
             noted = True
         else:
             number, progress, pause_at, phase = (
@@ -373,13 +379,24 @@ class Runner:
         return point
 
     def _at(
-        self, command: StepCommand, number: int, phase: str, progress: StepProgress, pause_at: float | None
+        self,
+        command: StepCommand,
+        number: int,
+        phase: str,
+        progress: StepProgress,
+        pause_at: float | None,
+        later: bool = False,
     ) -> None:
-        """Note where the run stands (a step command and its phase) and commit it now."""
+        """Note where the run stands (a step command and its phase) and commit it, now or
+        with the run's next write (`later`)."""
         if self._periodic_depth:
             return  # inside an every-block the position stays the step it interrupted
         self._point = {"command": command.index, "phase": phase, "step_number": number, "pause_at": pause_at}
-        self.store.save_checkpoint(self.run_id, self.test_time_s, self._state(progress))
+        save = partial(self.store.save_checkpoint, self.run_id, self.test_time_s, self._state(progress))
+        if later:
+            self.store.later(save)
+        else:
+            save()
 
     def _state(self, progress: StepProgress) -> dict[str, Any]:
         point = ResumePoint(
@@ -490,7 +507,13 @@ class Runner:
         at = progress if not self._periodic_depth else StepProgress(*self._main_progress)
         if not self._periodic_depth:
             self._main_progress = (progress.t_s, progress.charge_As, progress.energy_J)
-        self.store.append_samples(self.run_id, columns, checkpoint=(float(t[-1]), self._state(at)))
+        store = partial(
+            self.store.append_samples, self.run_id, columns, checkpoint=(float(t[-1]), self._state(at))
+        )
+        if batch.final:  # the step's end comes next and commits it
+            self.store.later(store)
+        else:
+            store()
         self._seq += len(columns["seq"])
         if self.cycle > 0:
             self.ledger.log(columns)

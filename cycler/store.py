@@ -11,7 +11,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +64,8 @@ class Store(JobQueue):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         self._owner: asyncio.Task[Any] | None = None  # the task whose transaction is open
+        self._later: dict[asyncio.Task[Any] | None, list[Callable[[], None]]] = {}  # by task, in order
+        self._due: dict[int, tuple[float, Mapping[str, Any]]] = {}  # the open transaction's checkpoints
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a power cut may lose the last transactions, never corrupt the file.
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -84,6 +86,10 @@ class Store(JobQueue):
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One transaction; nested in another, it is part of that one (one commit, all or nothing).
 
+        The task's writes queued with `later` go first, so the task's commits keep the order of
+        its writes. A run's checkpoint is written once, as the transaction commits: the latest
+        one given wins, and an earlier one in the same commit costs nothing.
+
         The daemon's channel tasks share one Store, so a transaction must not span an await:
         another task would write into it unseen. One that does is refused when that other task
         enters (StoreInUse), rather than mixing two channels' writes in one commit.
@@ -97,13 +103,34 @@ class Store(JobQueue):
         self._db.execute("BEGIN IMMEDIATE")
         self._owner = task
         try:
+            for write in self._later.pop(task, ()):
+                write()
             yield self._db
+            for run_id, (t, state) in self._due.items():
+                self._write_checkpoint(self._db, run_id, t, state)
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         finally:
             self._owner = None
+            self._due.clear()
         self._db.execute("COMMIT")
+
+    def later(self, write: Callable[[], None]) -> None:
+        """Queue a write (a call of this Store's methods) for the current task's next transaction.
+
+        For what a crash may lose without harm, because the run would redo it from the commit
+        before: a step's start, a cycle's summary. It then shares the commit of what follows,
+        typically the step's first batch, instead of costing one of its own. Whatever the task
+        commits next commits it too, first.
+        """
+        self._later.setdefault(_current_task(), []).append(write)
+
+    def settle(self) -> None:
+        """Commit what the current task queued with `later`, if anything."""
+        if self._later.get(_current_task()):
+            with self.transaction():
+                pass
 
     # -- writing -------------------------------------------------------------------------
 
@@ -191,7 +218,7 @@ class Store(JobQueue):
             ).fetchone()[0]
             db.executemany(INSERT, block_rows(run_id, columns, -1 if after is None else after))
             if checkpoint is not None:
-                self._write_checkpoint(db, run_id, *checkpoint)
+                self._due[run_id] = checkpoint
 
     def append_spectrum(
         self,
@@ -249,8 +276,8 @@ class Store(JobQueue):
             )
 
     def save_checkpoint(self, run_id: int, t: float, state: Mapping[str, Any]) -> None:
-        with self.transaction() as db:
-            self._write_checkpoint(db, run_id, t, state)
+        with self.transaction():
+            self._due[run_id] = (t, state)
 
     @staticmethod
     def _write_checkpoint(db: sqlite3.Connection, run_id: int, t: float, state: Mapping[str, Any]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -27,6 +27,8 @@ class Batch:
 
     `t_s` is step time (the step's own time: periodic interruptions excluded); `charge_As` and
     `energy_J` are the step's running totals at each sample, as the instrument counts them.
+    `final`: the step's StepEnd follows at once, so the runner commits the batch together with
+    the step's end, one commit instead of two (a channel that does not know leaves it False).
     """
 
     t_s: FloatArray
@@ -35,6 +37,7 @@ class Batch:
     charge_As: FloatArray
     energy_J: FloatArray
     temperature_K: FloatArray | None = None
+    final: bool = False
 
     def __len__(self) -> int:
         return len(self.t_s)
@@ -230,7 +233,7 @@ async def hold_after_switch(
             if isinstance(item, StepEnd) and item.reason == "switch":
                 progress = item.progress
                 break
-            yield item
+            yield replace(item, final=False) if isinstance(item, Batch) and item.final else item
     if progress is None:
         return
     voltage_hold = hold(progress)

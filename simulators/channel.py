@@ -177,7 +177,9 @@ class SimulatedChannel:
         cut = len(t) if index < 0 else index + 1
         keep = select(command.record, t[:cut], grid[:cut], currents[:cut], record)
         keep[0] = keep[-1] = True
-        yield Batch(t[:cut][keep], grid[:cut][keep], currents[:cut][keep], q[:cut][keep], e[:cut][keep])
+        yield Batch(
+            t[:cut][keep], grid[:cut][keep], currents[:cut][keep], q[:cut][keep], e[:cut][keep], final=True
+        )
         yield StepEnd(
             reason or "sweep", StepProgress(float(t[cut - 1]), float(q[cut - 1]), float(e[cut - 1])), detail
         )
@@ -277,7 +279,7 @@ class SimulatedChannel:
                 select_one(command.record, 0.0, float(v0[0]), float(i0[0]), record)  # always logged
                 index, reason, detail = safety_end_one(limits, float(v0[0]), float(i0[0]))
                 if index >= 0:
-                    yield Batch(t0, v0, i0, q0, e0)
+                    yield Batch(t0, v0, i0, q0, e0, final=True)
                     yield StepEnd(reason, StepProgress(0.0, 0.0, 0.0), detail)
                     return
                 first = Batch(t0, v0, i0, q0, e0)
@@ -297,7 +299,9 @@ class SimulatedChannel:
             keep = select(command.record, seg.t_s, seg.voltage_V, seg.current_A, record)
             if reason:
                 keep[-1] = True
-            kept = Batch(seg.t_s[keep], seg.voltage_V[keep], seg.current_A[keep], q[keep], e[keep])
+            kept = Batch(
+                seg.t_s[keep], seg.voltage_V[keep], seg.current_A[keep], q[keep], e[keep], final=bool(reason)
+            )
             if first is not None:
                 kept, first = _joined(first, kept), None
             if len(kept):
@@ -316,4 +320,5 @@ def _joined(a: Batch, b: Batch) -> Batch:
         np.concatenate((a.current_A, b.current_A)),
         np.concatenate((a.charge_As, b.charge_As)),
         np.concatenate((a.energy_J, b.energy_J)),
+        final=b.final,
     )

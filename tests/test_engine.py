@@ -7,6 +7,7 @@ import base64
 import gc
 import pickle
 import sys
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from linear_cell import LinearCell
 
 from cyclerd.clock import VirtualClock
+from cyclerd.drivers.base import Batch, StepEnd, StepProgress, hold_after_switch
 from cyclerd.engine import Runner
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
@@ -352,3 +354,72 @@ def test_a_stream_that_ends_without_ending_the_step_is_a_fault_not_a_loop(tmp_pa
     faults = [e for e in store.events(run_id) if e["kind"] == "fault"]
     assert faults
     assert "ended before the step did" in faults[0]["message"]
+
+
+CYCLING = """
+name: short cycles
+record: {every: 10 s}
+steps:
+  - repeat:
+      count: 4
+      steps:
+        - cc: {current: 1 mA, until: {duration: 20 min}}
+        - rest: 5 min
+        - cc: {current: -1 mA, until: {duration: 20 min}}
+"""
+
+
+def test_a_step_of_one_batch_costs_one_commit_its_start_batch_and_end_together(tmp_path: Path) -> None:
+    """A commit is the dearest part of storing a batch: a step that fits one batch commits its
+    start, its samples and its end at once; a crash before that resumes from the step before."""
+    program = compile_protocol(loads(CYCLING))
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run(program.name, "sim", CYCLING, {}, {"model": "linear"})
+    transactions: list[list[str]] = []
+
+    def trace(statement: str) -> None:
+        if statement.startswith("BEGIN"):
+            transactions.append([])
+        elif transactions and not statement.startswith("COMMIT"):
+            transactions[-1].append(" ".join(statement.split()[:5]))
+
+    store._db.set_trace_callback(trace)
+    clock = VirtualClock()
+    runner = Runner(program, SimulatedChannel(LinearCell(), clock), store, run_id, clock)
+    assert asyncio.run(runner.run()).state is RunState.COMPLETED
+
+    def count(kind: str, statements: list[str]) -> int:
+        return sum(s.startswith(kind) for s in statements)
+
+    steps = [t for t in transactions if count("INSERT INTO steps", t)]
+    assert len(steps) == len(store.steps(run_id)) == 12
+    for statements in steps:  # each with its samples, its end and where the run stands
+        assert count("INSERT INTO sample_blocks", statements) == 1, statements
+        assert count("UPDATE steps SET", statements) == 1, statements
+        assert count("INSERT INTO checkpoints", statements) == 1, statements
+    assert sum(count("INSERT OR REPLACE INTO cycles", t) for t in transactions) == 4
+    assert store.checkpoint(run_id) is not None
+    assert len(store.cycles(run_id)["cycle"]) == 4
+
+
+async def test_the_constant_current_phase_of_a_cccv_step_does_not_end_the_step() -> None:
+    """The switch to the voltage hold is not the step's end: the batch before it is not final."""
+
+    def batch(t: float, final: bool) -> Batch:
+        one = np.array([t])
+        return Batch(one, one, one, one, one, final=final)
+
+    async def constant_current() -> AsyncGenerator[Batch | StepEnd, None]:
+        yield batch(1.0, final=True)
+        yield StepEnd("switch", StepProgress(1.0, 1.0, 1.0))
+
+    async def hold(progress: StepProgress) -> AsyncGenerator[Batch | StepEnd, None]:
+        yield batch(progress.t_s + 1.0, final=True)
+        yield StepEnd("current", StepProgress(2.0, 2.0, 2.0))
+
+    items = [item async for item in hold_after_switch(constant_current(), hold)]
+    assert [(type(i).__name__, getattr(i, "final", None)) for i in items] == [
+        ("Batch", False),
+        ("Batch", True),
+        ("StepEnd", None),
+    ]

@@ -214,3 +214,74 @@ async def test_a_transaction_held_across_an_await_refuses_another_task(store: St
     with store.transaction():  # and the store is usable afterwards
         store.record_event(run_b, "note", "b, afterwards")
     assert [e["message"] for e in store.events(run_b)] == ["b, afterwards"]
+
+
+def _reader(store: Store) -> sqlite3.Connection:
+    """A second connection: it sees only what the store has committed."""
+    return sqlite3.connect(store.path)
+
+
+async def test_writes_queued_for_later_commit_first_with_the_same_tasks_next_transaction(
+    store: Store,
+) -> None:
+    """A step's start waits for its first batch; whatever commits it must keep the order of the
+    run's writes, and another channel's commit must not carry it."""
+    run_a = store.create_run("E1", "ch1", "name: x\n", {}, {})
+    run_b = store.create_run("E1", "ch2", "name: x\n", {}, {})
+    reader = _reader(store)
+    queued = asyncio.Event()
+    others_done = asyncio.Event()
+
+    async def channel_a() -> None:
+        store.later(lambda: store.begin_step(run_a, 1, 0, "plate", "plate", 1, 0.0))
+        store.later(lambda: store.record_event(run_a, "note", "queued"))
+        queued.set()
+        await others_done.wait()
+        assert reader.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 0  # not committed yet
+        store.record_event(run_a, "note", "next")
+
+    async def channel_b() -> None:
+        await queued.wait()
+        store.record_event(run_b, "note", "other channel")
+        others_done.set()
+
+    await asyncio.gather(channel_a(), channel_b())
+    assert reader.execute("SELECT run_id, number FROM steps").fetchall() == [(run_a, 1)]
+    assert [e["message"] for e in store.events(run_a)] == ["queued", "next"]
+
+
+async def test_settle_commits_what_was_queued_and_a_failed_transaction_takes_it_along(
+    store: Store,
+) -> None:
+    run = store.create_run("E1", "ch1", "name: x\n", {}, {})
+    store.later(lambda: store.begin_step(run, 1, 0, "plate", "plate", 1, 0.0))
+    store.settle()
+    assert [s["number"] for s in store.steps(run)] == [1]
+
+    store.later(lambda: store.begin_step(run, 2, 0, "strip", "strip", 1, 1.0))
+    with pytest.raises(sqlite3.IntegrityError), store.transaction():  # all or nothing, as ever
+        store.begin_step(run, 1, 0, "plate", "plate", 1, 0.0)  # step 1 exists
+    store.settle()
+    assert [s["number"] for s in store.steps(run)] == [1]
+
+
+def test_a_runs_checkpoint_is_written_once_per_commit_the_latest_winning(tmp_path: Path) -> None:
+    written: list[float] = []
+
+    class Counting(Store):
+        def _write_checkpoint(self, db, run_id, t, state):  # type: ignore[no-untyped-def, override]
+            written.append(t)
+            super()._write_checkpoint(db, run_id, t, state)
+
+    store = Counting(tmp_path / "lab.db")
+    run = store.create_run("E1", "ch1", "name: x\n", {}, {})
+    with store.transaction():
+        store.save_checkpoint(run, 1.0, {"step": 1})
+        store.append_samples(run, _batch(0, 10), checkpoint=(4.5, {"step": 1, "batch": 1}))
+    assert written == [4.5]
+    assert store.checkpoint(run) == (4.5, {"step": 1, "batch": 1})
+    store.later(lambda: store.save_checkpoint(run, 9.0, {"step": 2}))
+    with pytest.raises(sqlite3.IntegrityError):  # a failed transaction writes none
+        store.append_samples(run, _batch(5, 10))  # overlaps what is stored
+    assert written == [4.5]
+    assert store.checkpoint(run) == (4.5, {"step": 1, "batch": 1})

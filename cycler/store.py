@@ -24,6 +24,7 @@ from cyclerd.store_blocks import INSERT, SELECT, block_rows, read_blocks
 from cyclerd.store_migrate import migrate
 from cyclerd.store_queue import JobQueue
 from cyclerd.store_schema import CYCLE_COLUMNS, SAMPLE_COLUMNS, SCHEMA
+from cyclerd.store_wal import WRITER_FALLBACK_PAGES, WalCheckpointer
 
 __all__ = ["CYCLE_COLUMNS", "SAMPLE_COLUMNS", "SCHEMA", "FloatArray", "Run", "Store"]
 
@@ -59,7 +60,9 @@ class Store(JobQueue):
     The job queue and the pause/resume/stop requests come from `JobQueue` (cyclerd.store_queue).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, wal_thread: bool = False) -> None:
+        """`wal_thread`: checkpoint the WAL in a thread (cyclerd.store_wal), for the daemon's
+        writer, whose event loop must not stall on a checkpoint's copying and fsync."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
@@ -72,8 +75,15 @@ class Store(JobQueue):
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         migrate(self._db)
+        self._wal: WalCheckpointer | None = None
+        if wal_thread:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WRITER_FALLBACK_PAGES}")
+            self._wal = WalCheckpointer(self.path)
 
     def close(self) -> None:
+        if self._wal is not None:
+            self._wal.stop()
+            self._wal = None
         self._db.close()
 
     def __enter__(self) -> Store:

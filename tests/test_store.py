@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +287,26 @@ def test_a_runs_checkpoint_is_written_once_per_commit_the_latest_winning(tmp_pat
         store.append_samples(run, _batch(5, 10))  # overlaps what is stored
     assert written == [4.5]
     assert store.checkpoint(run) == (4.5, {"step": 1, "batch": 1})
+
+
+def test_the_daemons_writer_leaves_wal_checkpoints_to_a_thread_that_stops_with_the_store(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint in the writer's commit stalls the event loop for milliseconds; the thread
+    copies the WAL into the database meanwhile. The writer's own checkpoint waits for a far
+    larger WAL (WRITER_FALLBACK_PAGES), so only the thread can have copied these pages."""
+    store = Store(tmp_path / "lab.db", wal_thread=True)
+    run = store.create_run("E1", "ch1", "name: x\n", {}, {})
+    n = 4000  # 7 stored columns of 4000 samples: 224 kB a batch, 14 MB (3500 pages) in all
+    for k in range(64):
+        store.append_samples(run, _batch(k * n, n))
+    database, stored = tmp_path / "lab.db", 64 * n * 7 * 8
+    deadline = time.monotonic() + 5.0
+    while database.stat().st_size < stored and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert database.stat().st_size >= stored
+    assert any(t.name == "wal checkpoints of lab.db" for t in threading.enumerate())
+    store.close()
+    assert not any(t.name == "wal checkpoints of lab.db" for t in threading.enumerate())
+    with Store(database) as again:
+        assert len(again.samples(run)["seq"]) == 64 * n

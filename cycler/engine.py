@@ -194,7 +194,6 @@ class Runner:
             raise
         finally:
             await self._make_safe()
-        self.store.settle()  # a safety net: the run's last state change committed what was queued
         return RunResult(self.state, self.ledger.cycles, self.ledger.short, reason)
 
     async def _take_up(self, point: ResumePoint) -> None:

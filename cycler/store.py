@@ -136,12 +136,6 @@ class Store(JobQueue):
         """
         self._later.setdefault(_current_task(), []).append(write)
 
-    def settle(self) -> None:
-        """Commit what the current task queued with `later`, if anything."""
-        if self._later.get(_current_task()):
-            with self.transaction():
-                pass
-
     # -- writing -------------------------------------------------------------------------
 
     def create_run(

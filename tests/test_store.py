@@ -252,19 +252,16 @@ async def test_writes_queued_for_later_commit_first_with_the_same_tasks_next_tra
     assert [e["message"] for e in store.events(run_a)] == ["queued", "next"]
 
 
-async def test_settle_commits_what_was_queued_and_a_failed_transaction_takes_it_along(
-    store: Store,
-) -> None:
+def test_a_failed_transaction_takes_the_writes_queued_for_it_along(store: Store) -> None:
+    """All or nothing, as ever: what was queued is part of the transaction that failed."""
     run = store.create_run("E1", "ch1", "name: x\n", {}, {})
-    store.later(lambda: store.begin_step(run, 1, 0, "plate", "plate", 1, 0.0))
-    store.settle()
-    assert [s["number"] for s in store.steps(run)] == [1]
-
+    store.begin_step(run, 1, 0, "plate", "plate", 1, 0.0)
     store.later(lambda: store.begin_step(run, 2, 0, "strip", "strip", 1, 1.0))
-    with pytest.raises(sqlite3.IntegrityError), store.transaction():  # all or nothing, as ever
+    with pytest.raises(sqlite3.IntegrityError):
         store.begin_step(run, 1, 0, "plate", "plate", 1, 0.0)  # step 1 exists
-    store.settle()
+    store.record_event(run, "note", "the next transaction")
     assert [s["number"] for s in store.steps(run)] == [1]
+    assert [e["message"] for e in store.events(run)] == ["the next transaction"]
 
 
 def test_a_runs_checkpoint_is_written_once_per_commit_the_latest_winning(tmp_path: Path) -> None:

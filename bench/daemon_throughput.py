@@ -42,10 +42,10 @@ from pathlib import Path
 import aiomqtt
 import numpy as np
 
-from cyclerd.bus import FLOAT_COLUMNS, INT_COLUMNS, QOS, Bus, data_payload
-from cyclerd.config import Lab
-from cyclerd.daemon import Daemon
-from cyclerd.store import Store
+from cyclerd.bus.publisher import FLOAT_COLUMNS, INT_COLUMNS, QOS, Bus, data_payload
+from cyclerd.daemon.config import Lab
+from cyclerd.daemon.service import Daemon
+from cyclerd.store.database import Store
 
 LAB = "bench"
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pyvisa
 
-from cyclerd.clock import VirtualClock
 from cyclerd.drivers.base import Batch, StepProgress
+from cyclerd.drivers.clock import VirtualClock
 from cyclerd.drivers.keithley2450 import Keithley2450
 from cyclerd.drivers.stepper import SteppedChannel
 from cyclerd.protocols.compiler import EndConditions, RecordRule, SafetyLimits, StepCommand

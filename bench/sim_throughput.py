@@ -3,7 +3,7 @@
 Prints samples/s of the whole simulated run (model, channel, runner, store), samples/s of
 plain `executemany` inserts of the very same rows into a one-row-per-sample table (batches of
 the same size, one transaction each, same pragmas), their ratio, and the growth of the peak
-resident memory during the run. The store keeps samples as blocks (cyclerd.store_blocks),
+resident memory during the run. The store keeps samples as blocks (cyclerd.store.blocks),
 which is why the whole run can beat the raw inserts. Run: .venv/bin/python bench/sim_throughput.py
 """
 
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cyclerd.clock import VirtualClock
-from cyclerd.engine import Runner
+from cyclerd.drivers.clock import VirtualClock
+from cyclerd.engine.runner import Runner
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
 from cyclerd.simulators.presets import make_cell
-from cyclerd.store import SAMPLE_COLUMNS, Store
-from cyclerd.store_migrate import SAMPLES_V0
+from cyclerd.store.database import SAMPLE_COLUMNS, Store
+from cyclerd.store.migrate import SAMPLES_V0
 
 
 def peak_rss_mb() -> float:

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from cyclerd.clock import Clock, RealClock
 from cyclerd.drivers import methodscript_scripts as ms
 from cyclerd.drivers.base import (
     SAFETY,
@@ -27,6 +26,7 @@ from cyclerd.drivers.base import (
     StepProgress,
     hold_after_switch,
 )
+from cyclerd.drivers.clock import Clock, RealClock
 from cyclerd.drivers.conditions import End, FloatArray, first, scheduled_end
 from cyclerd.drivers.methodscript_link import CONTINUE, Conversation, Link, NotSupported, Plan, Tally
 from cyclerd.drivers.methodscript_packages import DeviceInfo

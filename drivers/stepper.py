@@ -17,7 +17,6 @@ from collections.abc import AsyncGenerator, Callable
 
 import numpy as np
 
-from cyclerd.clock import Clock
 from cyclerd.drivers.base import (
     INTERRUPT,
     SAFETY,
@@ -29,6 +28,7 @@ from cyclerd.drivers.base import (
     StepEnd,
     StepProgress,
 )
+from cyclerd.drivers.clock import Clock
 from cyclerd.drivers.conditions import Counter, EndWatch
 from cyclerd.drivers.record import RecordState, select_one
 from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand

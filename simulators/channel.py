@@ -19,7 +19,6 @@ from itertools import pairwise
 
 import numpy as np
 
-from cyclerd.clock import Clock
 from cyclerd.drivers.base import (
     Batch,
     Capabilities,
@@ -28,6 +27,7 @@ from cyclerd.drivers.base import (
     StepProgress,
     hold_after_switch,
 )
+from cyclerd.drivers.clock import Clock
 from cyclerd.drivers.conditions import (
     NO_END,
     Counter,

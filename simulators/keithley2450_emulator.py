@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from cyclerd.clock import AcceleratedClock
+from cyclerd.drivers.clock import AcceleratedClock
 from cyclerd.simulators.cell import CellModel
 from cyclerd.simulators.presets import make_cell
 from cyclerd.simulators.scpi import (

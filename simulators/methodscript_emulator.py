@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cyclerd.clock import AcceleratedClock, Clock, VirtualClock
+from cyclerd.drivers.clock import AcceleratedClock, Clock, VirtualClock
 from cyclerd.simulators import methodscript_packages as pk
 from cyclerd.simulators.cell import CellModel
 from cyclerd.simulators.methodscript_frontend import AnalogFrontend

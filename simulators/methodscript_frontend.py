@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cyclerd.clock import Clock
+from cyclerd.drivers.clock import Clock
 from cyclerd.simulators import methodscript_packages as pk
 from cyclerd.simulators.cell import CellModel, ComplexArray, FloatArray
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cyclerd.analysis import bdf, bdf_columns, bdf_import
-from cyclerd.cli import app
-from cyclerd.store import Store
+from cyclerd.cli.main import app
+from cyclerd.store.database import Store
 
 runner = CliRunner()
 

@@ -24,8 +24,8 @@ from mosquitto import USERS, Mosquitto
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cyclerd.bus import Bus
-from cyclerd.store import Store
+from cyclerd.bus.publisher import Bus
+from cyclerd.store.database import Store
 
 LAB = "lab1"
 CHANNEL = "ch1"
@@ -269,7 +269,7 @@ async def test_viewer_cannot_publish_commands(broker: Mosquitto) -> None:
 
 DAEMON = """
 import asyncio, os, sys
-from cyclerd.bus import Bus
+from cyclerd.bus.publisher import Bus
 
 async def main():
     lab, port, password = sys.argv[1], int(sys.argv[2]), os.environ["BUS_PASSWORD"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cyclerd.cli import app
+from cyclerd.cli.main import app
 from cyclerd.protocols.schema import SCHEMA_FILE, json_schema
 
 runner = CliRunner()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from itertools import pairwise
 
-from cyclerd.clock import TURNS, VirtualClock
+from cyclerd.drivers.clock import TURNS, VirtualClock
 
 
 async def test_simulated_channels_take_turns_with_everything_else_on_the_loop() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 CYCLERD = str(Path(sys.executable).with_name("cyclerd"))
 LAB = """\
@@ -151,8 +151,8 @@ async def test_a_spectrum_cut_off_by_a_crash_is_measured_again(
     hangs, then the task is cancelled as at shutdown). After the restart that spectrum is
     measured again from its start, the plating step goes on with its charge, and the run has
     the same 6 + 5 spectra as one that was never interrupted."""
-    from cyclerd.config import Lab
-    from cyclerd.daemon import Daemon
+    from cyclerd.daemon.config import Lab
+    from cyclerd.daemon.service import Daemon
     from cyclerd.simulators.channel import SimulatedChannel
 
     text = (files("cyclerd.protocols") / "library" / "insitu_eis.yaml").read_text()
@@ -206,8 +206,8 @@ async def test_a_spectrum_cut_off_by_a_crash_is_measured_again(
 async def test_the_resume_policy_can_stop_an_interrupted_run_safely(
     tmp_path: Path, policy: dict[str, Any], why: str
 ) -> None:
-    from cyclerd.config import Lab
-    from cyclerd.daemon import Daemon
+    from cyclerd.daemon.config import Lab
+    from cyclerd.daemon.service import Daemon
 
     text = (files("cyclerd.protocols") / "library" / "plating_stripping.yaml").read_text()
     config = {"lab": "p", "database": tmp_path / "lab.db", "channels": [{"name": "ch1", "sim": "mgagsn"}]}

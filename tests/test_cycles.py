@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cyclerd.cycles import (
+from cyclerd.analysis.cycles import (
     ShortCircuit,
     average_ce,
     capacity_retention,
@@ -115,7 +115,7 @@ def test_a_missed_cut_off_is_a_short() -> None:
 def test_a_step_interrupted_by_an_every_block_counts_once() -> None:
     """Plating (step 1) is interrupted by a rest (step 2) and resumes with its charge carried
     over; the step's charge is its last sample's, not the sum of its two stretches."""
-    from cyclerd.cycles import summarise
+    from cyclerd.analysis.cycles import summarise
 
     step = np.array([1, 1, 2, 2, 1, 1, 3, 3])
     charge = np.array([0.0, -1.0, 0.0, 0.0, -1.0, -2.0, 0.0, 1.8])
@@ -137,7 +137,7 @@ def test_a_step_interrupted_by_an_every_block_counts_once() -> None:
 def test_the_ledger_summarises_a_cycle_whose_batches_differ_in_temperature() -> None:
     """Only some instruments report temperature, and a channel may lose its sensor mid-cycle:
     the summary reads neither temperature nor seq, so a batch without them is no error."""
-    from cyclerd.ledger import CycleLedger
+    from cyclerd.engine.ledger import CycleLedger
     from cyclerd.protocols.compiler import CycleLimits
 
     samples = _half_cell([0.98])

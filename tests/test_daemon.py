@@ -8,10 +8,10 @@ import pytest
 from protocol_texts import E1_TWO_CYCLES
 from typer.testing import CliRunner
 
-from cyclerd.cli import app
-from cyclerd.config import load_config
+from cyclerd.cli.main import app
+from cyclerd.daemon.config import load_config
 from cyclerd.protocols import ProtocolError
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 cli = CliRunner()
 LAB = """\
@@ -101,8 +101,8 @@ async def test_an_instrument_that_comes_back_is_reconnected_and_the_job_runs(tmp
 
     from mosquitto import free_port
 
-    from cyclerd.config import Lab
-    from cyclerd.daemon import Daemon
+    from cyclerd.daemon.config import Lab
+    from cyclerd.daemon.service import Daemon
     from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
     from cyclerd.simulators.presets import make_cell
     from cyclerd.simulators.scpi_server import running

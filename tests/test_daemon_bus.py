@@ -22,14 +22,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from test_bus import collecting, until
 
-from cyclerd.bus import Bus
-from cyclerd.config import Lab
-from cyclerd.daemon import Daemon
+from cyclerd.bus.publisher import Bus
+from cyclerd.daemon.config import Lab
+from cyclerd.daemon.service import Daemon
 from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
 from cyclerd.simulators.methodscript_emulator import MethodScriptEmulator
 from cyclerd.simulators.presets import make_cell
 from cyclerd.simulators.scpi_server import running
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 LAB = "lab4"
 SPEED = 3600.0  # an hour of cell time per second

@@ -25,13 +25,13 @@ from mosquitto import USERS, Mosquitto, free_port
 from protocol_texts import E1_TWO_CYCLES
 from typer.testing import CliRunner
 
-from cyclerd.cli import app
-from cyclerd.doctor import Check, Verdict, diagnose
+from cyclerd.cli.main import app
+from cyclerd.doctor.diagnose import Check, Verdict, diagnose
 from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
 from cyclerd.simulators.methodscript_emulator import MethodScriptEmulator
 from cyclerd.simulators.presets import make_cell
 from cyclerd.simulators.scpi_server import running
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 cli = CliRunner()
 CYCLERD = Path(sys.executable).with_name("cyclerd")

@@ -26,13 +26,13 @@ from cyclerd.analysis.eisfit import (
     high_frequency_intercept,
     initial_guess,
 )
-from cyclerd.clock import VirtualClock
-from cyclerd.engine import Runner
+from cyclerd.drivers.clock import VirtualClock
+from cyclerd.engine.runner import Runner
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
 from cyclerd.simulators.presets import make_cell
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 FREQUENCY_HZ = np.logspace(6, -1, 71)
 NOISE = 1e-3  # rms of each of Z', Z'' relative to |Z|, as the simulator's eis_noise_fraction

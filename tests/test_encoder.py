@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from cyclerd.encoder import Encoder, EncoderGone
-from cyclerd.payloads import data_payload
+from cyclerd.bus.encoder import Encoder, EncoderGone
+from cyclerd.bus.payloads import data_payload
 
 
 def _columns(first: int, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

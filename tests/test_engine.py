@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from linear_cell import LinearCell
 
-from cyclerd.clock import VirtualClock
 from cyclerd.drivers.base import Batch, StepEnd, StepProgress, hold_after_switch
-from cyclerd.engine import Runner
+from cyclerd.drivers.clock import VirtualClock
+from cyclerd.engine.runner import Runner
+from cyclerd.engine.states import RunState, TransitionError
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
-from cyclerd.states import RunState, TransitionError
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 
 def _run(tmp_path: Path, text: str, cell: LinearCell | None = None, resolution_s: float = 1.0):  # type: ignore[no-untyped-def]

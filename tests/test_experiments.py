@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cyclerd.clock import VirtualClock
-from cyclerd.cycles import average_ce
-from cyclerd.engine import Runner, RunResult
+from cyclerd.analysis.cycles import average_ce
+from cyclerd.drivers.clock import VirtualClock
+from cyclerd.engine.runner import Runner, RunResult
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
 from cyclerd.simulators.presets import make_cell
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 LIBRARY = files("cyclerd.protocols") / "library"
 
@@ -60,7 +60,7 @@ def test_e1_mgagsn_cycles_past_230_at_99_62_percent_for_470_hours(tmp_path: Path
     assert average_ce(cycles, first=2) == pytest.approx(0.9962, abs=0.0005)
     assert run.hours >= 470
     # The summary recomputed from the stored samples is the one the runner used live.
-    from cyclerd.cycles import summarise
+    from cyclerd.analysis.cycles import summarise
 
     stored = summarise(run.store.samples(run.run_id))
     assert [c.coulombic_efficiency for c in stored] == pytest.approx([c.coulombic_efficiency for c in cycles])

@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cyclerd.clock import VirtualClock
-from cyclerd.cycles import summarise
+from cyclerd.analysis.cycles import summarise
 from cyclerd.drivers.base import unmet_needs
+from cyclerd.drivers.clock import VirtualClock
 from cyclerd.drivers.methodscript import open_methodscript
-from cyclerd.engine import Runner
+from cyclerd.engine.runner import Runner
+from cyclerd.engine.states import RunState
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
 from cyclerd.simulators.methodscript_emulator import MethodScriptEmulator
 from cyclerd.simulators.presets import make_cell
-from cyclerd.states import RunState
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 PRESET, SEED = "mgagsn-pvdf", 3
 

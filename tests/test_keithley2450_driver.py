@@ -9,20 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cyclerd.clock import VirtualClock
-from cyclerd.cycles import summarise
+from cyclerd.analysis.cycles import summarise
 from cyclerd.drivers.base import InstrumentError, InstrumentTimeout, unmet_needs
+from cyclerd.drivers.clock import VirtualClock
 from cyclerd.drivers.keithley2450 import Keithley2450
 from cyclerd.drivers.stepper import SteppedChannel
-from cyclerd.engine import Runner
+from cyclerd.engine.runner import Runner
+from cyclerd.engine.states import RunState
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
 from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
 from cyclerd.simulators.presets import make_cell
 from cyclerd.simulators.scpi_server import running
-from cyclerd.states import RunState
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 STEP_S = 10.0  # the emulator's virtual time per reading, and the stepper's poll interval
 

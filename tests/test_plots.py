@@ -35,9 +35,9 @@ from cyclerd.analysis.plots import (
     load_run,
     save_figure,
 )
-from cyclerd.cli import app
+from cyclerd.cli.main import app
 from cyclerd.simulators.presets_halfcell import AG, MG, SN
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 LIBRARY = files("cyclerd.protocols") / "library"
 cli = CliRunner()
@@ -324,7 +324,7 @@ def test_drawing_is_thread_safe_and_needs_no_pyplot(runs: dict[int, RunData]) ->
     for i in range(4):
         assert images[i] == images[i + 4]
     code = (
-        "import sys; import cyclerd.analysis.plots, cyclerd.analysis.report, cyclerd.analysis_cli;"
+        "import sys; import cyclerd.analysis.plots, cyclerd.analysis.report, cyclerd.cli.analysis;"
         "sys.exit('matplotlib.pyplot' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -391,12 +391,12 @@ def test_the_cli_names_every_kind_without_loading_matplotlib() -> None:
     import sys
 
     from cyclerd.analysis.plots import KINDS
-    from cyclerd.analysis_cli import KIND_NAMES
+    from cyclerd.cli.analysis import KIND_NAMES
 
     assert tuple(KINDS) == KIND_NAMES
     # The daemon starts through the same CLI: no plotting or fitting libraries on the way.
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, cyclerd.cli; print(sorted(sys.modules))"],
+        [sys.executable, "-c", "import sys, cyclerd.cli.main; print(sorted(sys.modules))"],
         capture_output=True,
         text=True,
         check=True,

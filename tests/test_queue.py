@@ -8,15 +8,15 @@ from pathlib import Path
 from linear_cell import LinearCell
 from typer.testing import CliRunner
 
-from cyclerd.cli import app
-from cyclerd.clock import VirtualClock
-from cyclerd.control import follow_requests
-from cyclerd.engine import Runner
+from cyclerd.cli.main import app
+from cyclerd.drivers.clock import VirtualClock
+from cyclerd.engine.control import follow_requests
+from cyclerd.engine.runner import Runner
+from cyclerd.engine.states import RunState
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
-from cyclerd.states import RunState
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 cli = CliRunner()
 LONG = "name: long charge\nrecord: {every: 10 s}\nsteps:\n  - cc: {current: 1 mA, until: {duration: 100 h}}\n"

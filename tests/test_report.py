@@ -27,8 +27,8 @@ from typer.testing import CliRunner
 
 from cyclerd.analysis.plot_data import load_run
 from cyclerd.analysis.report import build_report, summarise_run
-from cyclerd.cli import app
-from cyclerd.store import Store
+from cyclerd.cli.main import app
+from cyclerd.store.database import Store
 
 LIBRARY = files("cyclerd.protocols") / "library"
 cli = CliRunner()

@@ -13,7 +13,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from cyclerd.sender import Outgoing, Sender
+from cyclerd.bus.sender import Outgoing, Sender
 
 
 class HeldClient:

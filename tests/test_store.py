@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cyclerd.store import Store, StoreInUse
-from cyclerd.store_migrate import SAMPLES_V0
+from cyclerd.store.database import Store, StoreInUse
+from cyclerd.store.migrate import SAMPLES_V0
 
 
 def _batch(start: int, n: int, step: int = 1) -> dict[str, np.ndarray]:

@@ -28,7 +28,7 @@ from cyclerd.analysis.bdf_columns import (
     IntArray,
 )
 from cyclerd.analysis.bdf_steps import StepGroups
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 FORMATS = ("bdf-csv", "bdf-parquet", "csv")
 

@@ -32,8 +32,8 @@ from cyclerd.analysis.bdf_columns import (
     parse_header,
 )
 from cyclerd.analysis.bdf_steps import StepGroups
-from cyclerd.cycles import summarise
-from cyclerd.store import Store
+from cyclerd.analysis.cycles import summarise
+from cyclerd.store.database import Store
 
 BATCH = 50_000  # samples per store transaction on import
 SPECTRUM = ("sequence", "t", "step", "cycle", "frequency_Hz", "impedance_ohm")  # as Store.spectra has them

@@ -34,7 +34,7 @@ from cyclerd.analysis.eisfit import (
     fit_spectrum,
     high_frequency_intercept,
 )
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 NO_SEI = "R0-p(R1,CPE1)-W1"
 WITH_SEI = "R0-p(R1,CPE1)-p(R2,CPE2)-W1"

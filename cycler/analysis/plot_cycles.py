@@ -8,10 +8,10 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from cyclerd.analysis.cycles import capacity_retention, coulombic_efficiencies, cumulative_ce
+from cyclerd.analysis.paper import PAPER
 from cyclerd.analysis.plot_data import NoDataToPlot, RunData
 from cyclerd.analysis.plot_style import MUTED, integer_ticks, new_figure, run_colour
-from cyclerd.cycles import capacity_retention, coulombic_efficiencies, cumulative_ce
-from cyclerd.simulators.reference import PAPER
 
 CE_AXIS_TOP = 102.0  # %: a shorted cycle's CE (up to 200 %) would flatten every other point
 

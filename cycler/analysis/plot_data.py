@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cyclerd.cycles import CycleSummary, FloatArray, summarise
-from cyclerd.store import CYCLE_COLUMNS, Run, Store
+from cyclerd.analysis.cycles import CycleSummary, FloatArray, summarise
+from cyclerd.store.database import CYCLE_COLUMNS, Run, Store
 
 AS_PER_MAH = 3.6
 AREAL = "mAh cm⁻²"

@@ -18,7 +18,7 @@ from cyclerd.analysis.eis_trends import EisTrends, spectrum_trends
 from cyclerd.analysis.eisfit import FitInputError
 from cyclerd.analysis.plot_data import NoDataToPlot, RunData
 from cyclerd.analysis.plot_style import new_figure, new_grid
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 Trends = Mapping[int, EisTrends]  # run id -> its fitted spectra
 FIT_POINTS = 300

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
+from cyclerd.analysis.cycles import CycleSummary, FloatArray
 from cyclerd.analysis.plot_data import NoDataToPlot, RunData, areal_divisor, capacity_unit
 from cyclerd.analysis.plot_style import GRID, MUTED, new_figure, run_colour
-from cyclerd.cycles import CycleSummary, FloatArray
 
 DECIMATE_ABOVE = 200_000  # points; below this every sample is drawn
 ENVELOPE_COLUMNS = 2_000  # ≥ the pixel width of any figure we save (6.4 in at 300 dpi)

@@ -18,7 +18,7 @@ from cyclerd.analysis.plot_cycles import ce_figure, cumulative_ce_figure, retent
 from cyclerd.analysis.plot_data import CycleNotInRun, NoDataToPlot, PlotError, RunData, load_run
 from cyclerd.analysis.plot_eis import Trends, fit_runs, nyquist_figure, resistance_figure
 from cyclerd.analysis.plot_profiles import dqdv_figure, profile_figure, voltage_figure
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 __all__ = [
     "FORMATS",

@@ -1,6 +1,6 @@
 """One self-contained HTML page for one run or a comparison of several (the paper's Fig. 2 side by side).
 
-This module decides what goes in (summary figures computed with cyclerd.cycles, as `cyclerd show`
+This module decides what goes in (summary figures computed with cyclerd.analysis.cycles, as `cyclerd show`
 does, and the figures that make sense for the data present); `report_html` decides how it looks.
 """
 
@@ -16,14 +16,20 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from cyclerd.analysis import report_html
+from cyclerd.analysis.cycles import (
+    ShortCircuit,
+    average_ce,
+    capacity_retention,
+    detect_short,
+    forward_voltage_stats,
+)
+from cyclerd.analysis.paper import PAPER, Reported
 from cyclerd.analysis.plot_cycles import ce_figure, cumulative_ce_figure, retention_figure
 from cyclerd.analysis.plot_data import PlotError, RunData, load_run
 from cyclerd.analysis.plot_eis import Trends, fit_rows, fit_runs, nyquist_figure, resistance_figure
 from cyclerd.analysis.plot_profiles import dqdv_figure, profile_figure, voltage_figure
 from cyclerd.analysis.plots import figure_bytes
-from cyclerd.cycles import ShortCircuit, average_ce, capacity_retention, detect_short, forward_voltage_stats
-from cyclerd.simulators.reference import PAPER, Reported
-from cyclerd.store import Store
+from cyclerd.store.database import Store
 
 
 @dataclass(frozen=True)

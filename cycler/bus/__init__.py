@@ -1,0 +1,1 @@
+"""The bus: the MQTT view of the store (state, data, events, spectra) and the commands it takes."""

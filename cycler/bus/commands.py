@@ -1,0 +1,119 @@
+"""Commands that arrive over MQTT on cyclerd/<lab>/<channel>/cmd, checked and carried out.
+
+A command is a JSON object. It changes the store exactly as the CLI would (a request for a
+running run, a job in the queue), so the daemon's usual machinery acts on it, and the reply
+says what happened. A command that cannot be understood gets an error reply and changes
+nothing. Who may send commands at all is the broker's decision (password file and ACL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cyclerd.engine.states import FINAL
+from cyclerd.protocols import ProtocolError, loads
+from cyclerd.protocols.compiler import CellDataMissing, compile_protocol
+from cyclerd.protocols.units import AREA, parse_charge, parse_positive
+from cyclerd.store.database import Store
+
+RESULT_WAIT_S = 5.0  # a running daemon acts on requests within about a second
+
+
+class Command(BaseModel):
+    """One command. `run` defaults to the channel's active run; `submit` needs `protocol`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Literal["status", "pause", "resume", "stop", "submit"]
+    run: int | None = Field(None, gt=0)
+    protocol: str | None = Field(None, description="The protocol file's text (submit).")
+    name: str | None = Field(None, description="Where the protocol came from, for the record (submit).")
+    cell: dict[str, str] = Field(default_factory=dict, description="cell id, area, capacity (submit).")
+
+
+class CommandError(ValueError):
+    """The command was understood but cannot be carried out (no such run, not this channel's ...)."""
+
+
+def parse_command(payload: bytes) -> Command:
+    """The command in `payload`; raises CommandError saying what is wrong and what to send instead."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(f'not JSON ({exc}); send e.g. {{"action": "stop", "run": 3}}') from None
+    if not isinstance(data, dict):
+        raise CommandError('a command is a JSON object, e.g. {"action": "status"}')
+    try:
+        return Command.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'command'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CommandError(problems) from None
+
+
+async def execute(store: Store, channel: str, command: Command) -> dict[str, Any]:
+    """Carry out `command` on `channel`; the reply's fields, without `ok`."""
+    if command.action == "status":
+        return _status(store, channel)
+    if command.action == "submit":
+        return _submit(store, channel, command)
+    run_id = _target_run(store, channel, command.run)
+    request = store.request(run_id, command.action)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RESULT_WAIT_S
+    while (result := store.request_result(request)) is None and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if result is not None and result.startswith("refused"):
+        raise CommandError(result)
+    return {"run": run_id, "request": request, "result": result or "pending"}
+
+
+def _status(store: Store, channel: str) -> dict[str, Any]:
+    runs = [r for r in store.runs() if r.channel == channel]
+    active = next((r for r in reversed(runs) if r.state not in FINAL), None)
+    queued = [job["id"] for job in store.jobs("queued") if job["channel"] == channel]
+    return {
+        "channel": channel,
+        "run": None if active is None else active.id,
+        "state": "idle" if active is None else active.state,
+        "queued": queued,
+    }
+
+
+def _target_run(store: Store, channel: str, run_id: int | None) -> int:
+    runs = [r for r in store.runs() if r.channel == channel]
+    if run_id is None:
+        active = [r for r in runs if r.state not in FINAL]
+        if not active:
+            raise CommandError(f"channel {channel} has no active run; name one with 'run'")
+        return active[-1].id
+    run = next((r for r in runs if r.id == run_id), None)
+    if run is None:
+        raise CommandError(f"run {run_id} is not a run of channel {channel}")
+    if run.state in FINAL:
+        raise CommandError(f"run {run_id} is already {run.state}")
+    return run_id
+
+
+def _submit(store: Store, channel: str, command: Command) -> dict[str, Any]:
+    if command.protocol is None:
+        raise CommandError("submit needs 'protocol': the protocol file's text")
+    source = command.name or f"mqtt:{channel}"
+    unknown = sorted(set(command.cell) - {"cell", "area", "capacity"})
+    if unknown:
+        raise CommandError(f"cell: unknown keys {', '.join(unknown)}; use cell, area, capacity")
+    try:
+        area = parse_positive(command.cell["area"], AREA) if "area" in command.cell else None
+        capacity = parse_charge(command.cell["capacity"]) if "capacity" in command.cell else None
+        program = compile_protocol(loads(command.protocol, source), area, capacity)
+    except ProtocolError as exc:
+        raise CommandError(str(exc)) from None
+    except (CellDataMissing, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    job = store.submit_job(channel, program.name, command.protocol, source, dict(command.cell))
+    return {"job": job, "name": program.name}

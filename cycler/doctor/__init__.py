@@ -1,0 +1,1 @@
+"""`cyclerd doctor`: checks that a lab PC is ready to serve, each with a verdict and a fix."""

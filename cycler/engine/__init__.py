@@ -1,0 +1,1 @@
+"""Running a compiled protocol on one channel: the runner, its states, safety checks, resuming."""

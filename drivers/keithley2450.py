@@ -148,8 +148,10 @@ class Keithley2450:
         await self._call(self._source_current, current_A, voltage_limit_V)
 
     def _source_current(self, current_A: float, voltage_limit_V: float) -> None:
-        # Level, then limit, then function: the limit is set above the cell voltage before the
-        # output can drive the cell (sink-mode guidance, §1.5).
+        # Function, then limit, then level, then sense, output on last: the order of the
+        # procedures in instrument-protocols.md §1.5. The limit is set before the level and the
+        # output, so that it already sits above the cell voltage when the new level drives the
+        # cell (Keithley's sink-mode guidance, §1.5).
         self._configure(
             SCPI["source_current_mode"],
             SCPI["voltage_limit"].format(voltage_limit_V),
@@ -163,6 +165,7 @@ class Keithley2450:
         await self._call(self._source_voltage, voltage_V, current_limit_A)
 
     def _source_voltage(self, voltage_V: float, current_limit_A: float) -> None:
+        # The same order (§1.5 CV hold): the current cap is set before the level and the output.
         self._configure(
             SCPI["source_voltage_mode"],
             SCPI["current_limit"].format(current_limit_A),

@@ -1,6 +1,6 @@
 """PalmSens EmStat4 / Nexus: MethodScriptChannel runs each step on the device as a MethodSCRIPT,
 its end conditions and safety limits checked on the host as on any other channel; EIS likewise.
-The talk with the device (serial port, worker thread, scripts and packages) is methodscript_link's.
+The channel decides which scripts a step runs; it talks to the device through its Link.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
@@ -17,9 +16,9 @@ import numpy as np
 
 from cyclerd.drivers import methodscript_scripts as ms
 from cyclerd.drivers.base import (
-    SAFETY,
     Batch,
     Capabilities,
+    InstrumentDisconnected,
     InstrumentFault,
     Spectrum,
     StepEnd,
@@ -28,24 +27,23 @@ from cyclerd.drivers.base import (
 )
 from cyclerd.drivers.clock import Clock, RealClock
 from cyclerd.drivers.conditions import End, FloatArray, first, scheduled_end
-from cyclerd.drivers.methodscript_link import CONTINUE, Conversation, Link, NotSupported, Plan, Tally
+from cyclerd.drivers.methodscript_link import Link, NotSupported
 from cyclerd.drivers.methodscript_packages import DeviceInfo
 from cyclerd.drivers.methodscript_scripts import Break
+from cyclerd.drivers.methodscript_stream import CONTINUE, Plan, Tally, stream, timing, voltage_breaks
 from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
 
-__all__ = ["SWEEP_DONE", "MethodScriptChannel", "NotSupported", "open_methodscript"]
+__all__ = ["BAUDRATE", "SWEEP_DONE", "MethodScriptChannel", "NotSupported", "open_methodscript"]
 
 log = logging.getLogger(__name__)
 
 BAUDRATE = 921600  # EmStat4 and Nexus (§3.1); a pty or socket ignores it
-MAX_SCRIPT_S = 7 * 86400.0  # one script's loop time at most; a longer step goes on in a new script
-INTERVAL_MIN_S = 1e-3  # finest sampling a script is asked for
 CURRENT_MIN_A = 1e-9  # bottom of the current autoranging window
 OCV_INTERVAL_S, OCV_DURATION_S = 0.1, 0.35  # the open-circuit probe before an EIS around the OCV
 SWEEP_DONE = "sweep_done"  # why a sweep step ends: all its scans are done
 
 
-class MethodScriptChannel(Conversation):
+class MethodScriptChannel:
     """One cell on a MethodSCRIPT potentiostat: an EmStat4 or Nexus (EmStat Pico: no CC steps).
 
     `url` is a device path (`/dev/ttyUSB0`, `/dev/pts/5`) or a pyserial URL (`socket://host:port`).
@@ -73,32 +71,17 @@ class MethodScriptChannel(Conversation):
         self.sweep_step_V = sweep_step_V
         self.baudrate = baudrate
         self._overrides = (current_max_A, voltage_range_V)
-        self._link: Link | None = None
+        self._link: Link | None = None  # the open device; None before open() and after close()
         self._info: DeviceInfo | None = None
         self._capabilities: Capabilities | None = None
-        self._unread: deque[str] = deque()  # lines read but not yet consumed
-        self._session = asyncio.Lock()  # one conversation with the device at a time
-        self._script = 0  # token of the latest script; bumped when safe_state() ends it
-        self._running = False  # a script runs: its end (the empty line) is still to come
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> DeviceInfo:
         """Open the port, end anything left running, and identify the device (refusing others)."""
-        link = Link(self.url, self.baudrate, self.name)
-        try:
-            await link.call(link.open)
-        except InstrumentFault:
-            await link.close()
-            raise
-        self._link = link
-        try:
-            async with self._session:
-                await self._resync()
-                info = self._info = await self._identify()
-        except BaseException:
-            await self.close()
-            raise
+        link = Link(self.url, self.baudrate, self.name, self.timeout_s)
+        info = await link.open()  # closes the port again if it fails
+        self._link, self._info = link, info
         caps, (current_max, voltages) = info.family.capabilities, self._overrides
         self._capabilities = Capabilities(
             caps.kinds,
@@ -114,11 +97,10 @@ class MethodScriptChannel(Conversation):
         """Cell off if the device still answers, then release the port and the worker thread."""
         if self._link is None:
             return
-        if self._info is not None:
-            try:
-                await self.safe_state()
-            except InstrumentFault as exc:
-                log.warning("%s: could not switch the cell off while closing: %s", self.name, exc)
+        try:
+            await self.safe_state()
+        except InstrumentFault as exc:
+            log.warning("%s: could not switch the cell off while closing: %s", self.name, exc)
         link, self._link, self._info = self._link, None, None
         with contextlib.suppress(InstrumentFault):
             await link.close()
@@ -147,12 +129,8 @@ class MethodScriptChannel(Conversation):
 
         Raises only when the device cannot be reached (then the cell's state is unknown).
         """
-        if self._link is None:
-            return
-        async with self._session:
-            self._script += 1  # a step still streaming learns that its script is gone
-            await self._resync()
-            await self._execute_to_end(ms.cell_off(), "the cell_off script")
+        if self._link is not None:
+            await self._link.cell_off()
 
     reset = safe_state  # an instrument reset is exactly that: nothing running, cell off
 
@@ -204,7 +182,7 @@ class MethodScriptChannel(Conversation):
         switch_V: float | None = None,
     ) -> AsyncGenerator[Batch | StepEnd, None]:
         """Galvanostatic (cc, plate, strip, CC phase of cccv) or, at 0 A, a rest at open circuit."""
-        breaks = self._voltage_breaks(command, limits)
+        breaks = voltage_breaks(command, limits)
         extra = None
         if switch_V is not None:
             rising = current_A > 0
@@ -271,9 +249,11 @@ class MethodScriptChannel(Conversation):
         currents = (CURRENT_MIN_A, self.capabilities.current_max_A)
         step, rate = self.sweep_step_V, spec.scan_rate_V_per_s
         script = ms.cyclic_voltammetry(spec.start_V, vertices, step, rate, spec.scans, currents)
-        stream = self._stream(Plan(script, step / rate, SWEEP_DONE), Tally(command, start, limits))
-        async with contextlib.aclosing(stream):
-            async for item in stream:
+        items = stream(
+            self._open_link(), Plan(script, step / rate, SWEEP_DONE), Tally(command, start, limits)
+        )
+        async with contextlib.aclosing(items):
+            async for item in items:
                 yield item
 
     async def _scripts(
@@ -286,48 +266,18 @@ class MethodScriptChannel(Conversation):
     ) -> AsyncGenerator[Batch | StepEnd, None]:
         """The scripts of a timed step until it ends: one, unless the step outlasts MAX_SCRIPT_S."""
         while True:
-            interval_s, loop_s, on_end = self._timing(command, tally.progress, t_stop, scheduled)
+            interval_s, loop_s, on_end = timing(command, self.interval_s, tally.progress, t_stop, scheduled)
             if loop_s <= 0:
                 yield StepEnd(scheduled, tally.progress)
                 return
-            stream = self._stream(plan(interval_s, loop_s, on_end), tally)
-            async with contextlib.aclosing(stream):
-                async for item in stream:
+            items = stream(self._open_link(), plan(interval_s, loop_s, on_end), tally)
+            async with contextlib.aclosing(items):
+                async for item in items:
                     if isinstance(item, StepEnd) and item.reason == CONTINUE:
                         break
                     yield item
                     if isinstance(item, StepEnd):
                         return
-
-    def _timing(
-        self, command: StepCommand, progress: StepProgress, t_stop: float, scheduled: str
-    ) -> tuple[float, float, str]:
-        """Sample interval, loop time of the next script and what its natural end means.
-
-        The loop time is a whole number of intervals plus half a one, so that the device's last
-        sample falls on the scheduled end whether it stops at or just before its loop time.
-        """
-        wanted = max(min(self.interval_s, command.record.every_s or math.inf), INTERVAL_MIN_S)
-        remaining = t_stop - progress.t_s
-        if remaining > MAX_SCRIPT_S:
-            return wanted, MAX_SCRIPT_S, CONTINUE
-        if remaining <= 1e-9:
-            return wanted, 0.0, scheduled
-        count = max(1, math.ceil(remaining / wanted - 1e-9))
-        return remaining / count, (count + 0.5) * remaining / count, scheduled
-
-    def _voltage_breaks(self, command: StepCommand, limits: SafetyLimits) -> tuple[tuple[Break, str], ...]:
-        """The voltage conditions the device checks itself (§3.9: `if p >= …` / `breakloop`)."""
-        end, found = command.end, []
-        if end.voltage_above_V is not None:
-            found.append((Break("p", ">=", end.voltage_above_V), "voltage_above"))
-        if end.voltage_below_V is not None:
-            found.append((Break("p", "<=", end.voltage_below_V), "voltage_below"))
-        if limits.voltage_max_V is not None:
-            found.append((Break("p", ">", limits.voltage_max_V), SAFETY))
-        if limits.voltage_min_V is not None:
-            found.append((Break("p", "<", limits.voltage_min_V), SAFETY))
-        return tuple(found)
 
     def _voltage_span(self, limits: SafetyLimits) -> tuple[float, float]:
         low, high = self.capabilities.voltage_range_V
@@ -359,7 +309,7 @@ class MethodScriptChannel(Conversation):
                 dc_V = spec.dc_level if spec.dc_level is not None else await self._open_circuit_voltage()
                 script = ms.impedance(spec.amplitude, *frequencies, dc_V, currents, family.eis_bandwidth_Hz)
             point_s = 3.0 * max(3.0 / min(frequencies[:2]), 1.0)  # a generous time per frequency
-            packages = await self._collect(script, point_s)
+            packages = await self._open_link().collect(script, point_s)
         except BaseException as exc:
             await self._leave_off(exc)
             raise
@@ -371,12 +321,17 @@ class MethodScriptChannel(Conversation):
 
     async def _open_circuit_voltage(self) -> float:
         span = max(map(abs, self._voltage_span(SafetyLimits())))
-        packages = await self._collect(
+        packages = await self._open_link().collect(
             ms.open_circuit(OCV_INTERVAL_S, OCV_DURATION_S, span, ()), OCV_INTERVAL_S
         )
         if not packages:
             raise InstrumentFault(self.name, "the open-circuit probe returned no voltage")
         return packages[-1][1].value
+
+    def _open_link(self) -> Link:
+        if self._link is None:
+            raise InstrumentDisconnected(self.name, "not open")
+        return self._link
 
     async def _leave_off(self, cause: BaseException) -> None:
         """After a failure or cancellation: abort and cell off, without hiding the cause."""

@@ -21,11 +21,13 @@ from cyclerd.drivers.base import (
     Batch,
     InstrumentDisconnected,
     InstrumentError,
+    InstrumentFault,
     InstrumentTimeout,
     StepEnd,
     StepProgress,
 )
-from cyclerd.drivers.methodscript import SWEEP_DONE, MethodScriptChannel, NotSupported
+from cyclerd.drivers.methodscript import BAUDRATE, SWEEP_DONE, MethodScriptChannel, NotSupported
+from cyclerd.drivers.methodscript_link import Link, Package
 from cyclerd.drivers.methodscript_packages import LineKind, decode_package, device_error, kind_of
 from cyclerd.protocols.compiler import (
     EndConditions,
@@ -161,6 +163,29 @@ async def test_identification(bench: Bench) -> None:
         assert caps.eis_modes == {"potentiostatic", "galvanostatic"}
     finally:
         await channel.close()
+
+
+async def test_the_link_streams_a_script_until_cell_off_retires_it(bench: Bench) -> None:
+    emulator, _, url = bench
+    link = Link(url, BAUDRATE, "the link", timeout_s=2.0)
+    info = await link.open()
+    try:
+        assert info.family.name == "EmStat4 HR"
+        token = await link.start(ms.galvanostatic(1e-3, 1.0, 1000.5, (2.0, 4.5), 1e-3, ()))
+        packages: list[Package] = []
+        while not packages:
+            more, over = await link.packages(token, 2.0)
+            assert not over
+            packages += more
+        assert len(packages[0]) == 3  # time, potential, current
+        assert emulator.frontend.on
+        await link.cell_off()
+        assert _cell_is_off(emulator)
+        with pytest.raises(InstrumentFault, match="ended by safe_state"):
+            await link.packages(token, 2.0)
+        assert await link.collect(ms.cell_off(), 1.0) == []  # the link goes on after cell_off
+    finally:
+        await link.close()
 
 
 async def test_a_charge_end_delivers_the_charge(bench: Bench) -> None:

@@ -13,14 +13,13 @@ acquisition alone, and the bus alone replaying the store.
 Two workloads, because the simulated cells are themselves a load:
 - grid: E1 logged every 1 s, the simulator's grid, so every sample the cell model computes is
   stored and published: the figure measures the daemon.
-- E1: the library file as written (every 10 s or 1 mV), where the model computes about seven
+- E1: the library file as written (every 10 s or 1 mV), where the model computes several
   grid points per logged sample: the figure is bound by the simulated physics.
 
-The machine's speed varies from run to run (on the 2-core CI VM by about ±25 %, and within
-a run too), so each workload can be measured several times: the median of the runs' ratios
-is the figure to quote. The best times are printed beside it (the fastest daemon against the
-fastest bare publisher): a slowdown only ever adds time, so they show what the daemon costs on
-an undisturbed machine.
+The machine's speed varies from run to run (and within a run too), so each workload can be
+measured several times: the median of the runs' ratios is the figure to quote. The best times
+are printed beside it (the fastest daemon against the fastest bare publisher): a slowdown only
+ever adds time, so they show what the daemon costs on an undisturbed machine.
 
 Run: .venv/bin/python bench/daemon_throughput.py [--channels 64] [--only grid|E1] [--repeat N]
 """
@@ -84,7 +83,7 @@ async def through_the_daemon(
     )
     store = Store(db)
     for k in range(channels):
-        store.submit_job(f"ch{k:02d}", "E1", text, "plating_stripping.yaml", {})
+        store.jobs.submit(f"ch{k:02d}", "E1", text, "plating_stripping.yaml", {})
     bus = None if port is None else Bus(LAB, "127.0.0.1", port, store=store, queue_size=10_000)
     if bus is not None:
         bus.start()

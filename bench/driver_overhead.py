@@ -23,7 +23,7 @@ from cyclerd.drivers.base import Batch, StepProgress
 from cyclerd.drivers.clock import VirtualClock
 from cyclerd.drivers.keithley2450 import Keithley2450
 from cyclerd.drivers.stepper import SteppedChannel
-from cyclerd.protocols.compiler import EndConditions, RecordRule, SafetyLimits, StepCommand
+from cyclerd.protocols.program import CurrentCommand, EndConditions, RecordRule, SafetyLimits
 
 
 def free_port() -> int:
@@ -59,13 +59,13 @@ async def driver_step(resource: str, n: int) -> tuple[float, int]:
     smu = Keithley2450(resource)
     await smu.open()
     channel = SteppedChannel(smu, VirtualClock(), poll_interval_s=1.0)
-    command = StepCommand(
-        1,
-        "plate",
-        "plate",
-        "bench",
-        EndConditions(duration_s=float(n)),
-        RecordRule(every_s=1.0),
+    command = CurrentCommand(
+        index=1,
+        kind="plate",
+        label="plate",
+        source="bench",
+        end=EndConditions(duration_s=float(n)),
+        record=RecordRule(every_s=1.0),
         current_A=-7.85e-4,
     )
     logged = 0

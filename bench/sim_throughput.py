@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from cyclerd.drivers.clock import VirtualClock
+from cyclerd.engine.cursor import Cursor
 from cyclerd.engine.runner import Runner
+from cyclerd.engine.sinks import Columns, Sink, Sinks, StoreSink
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
@@ -34,6 +36,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+class BatchSizes(Sink):
+    """Notes each batch's length, so that the baseline inserts the same batches."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.sizes = sizes
+
+    def batch(self, columns: Columns, cursor: Cursor | None, final: bool) -> None:
+        self.sizes.append(len(columns["seq"]))
+
+
 def simulated_run(db: Path) -> tuple[int, float, list[int]]:
     text = (files("cyclerd.protocols") / "library" / "plating_stripping.yaml").read_text()
     text = text.replace("every: 10 s", "every: 1 s")
@@ -43,7 +55,7 @@ def simulated_run(db: Path) -> tuple[int, float, list[int]]:
     clock = VirtualClock()
     channel = SimulatedChannel(make_cell("mgagsn", seed=1), clock)
     sizes: list[int] = []
-    runner = Runner(program, channel, store, run_id, clock, on_batch=lambda c: sizes.append(len(c["seq"])))
+    runner = Runner(program, channel, clock, Sinks([StoreSink(store, run_id), BatchSizes(sizes)]))
     start = time.perf_counter()
     asyncio.run(runner.run())
     elapsed = time.perf_counter() - start

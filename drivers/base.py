@@ -8,14 +8,14 @@ stepper, or vectorised in a simulator) is the channel's business.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
-from cyclerd.protocols.compiler import ImpedanceSpec, Needs, SafetyLimits, StepCommand
+from cyclerd.protocols.program import ImpedanceSpec, Needs, SafetyLimits, StepCommand
 
 FloatArray = NDArray[np.float64]
 T = TypeVar("T")
@@ -134,6 +134,38 @@ class Channel(Protocol):
 
     async def safe_state(self) -> None:
         """Output off / high impedance; must succeed whatever state the channel is in."""
+        ...
+
+
+# Optional features of a channel, each checked with isinstance() by whoever wants it.
+
+
+@runtime_checkable
+class Named(Protocol):
+    """A channel with a name for people: in events, logs and error messages."""
+
+    @property
+    def name(self) -> str: ...
+
+
+@runtime_checkable
+class Reconnectable(Protocol):
+    """A channel that can reopen its instrument after the link dropped."""
+
+    async def reconnect(self) -> None: ...
+
+
+@runtime_checkable
+class Snapshotting(Protocol):
+    """A channel whose cell has a state to checkpoint (a simulated cell): after a restart the
+    runner restores it, so the cell is as the crash left it, as a real cell would be."""
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """The cell's changing state, JSON types; None when the cell keeps none."""
+        ...
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Put the cell back as it was when `state` was taken."""
         ...
 
 

@@ -7,6 +7,7 @@ then runs in seconds, and nothing in the test suite waits on the wall clock.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import weakref
 from typing import Protocol
@@ -24,8 +25,9 @@ class Clock(Protocol):
         """Let `seconds` of this clock's time pass."""
         ...
 
-    def sleep_blocking(self, seconds: float) -> None:
-        """The same, from an instrument's worker thread (never from the event loop)."""
+    def sleep_blocking(self, seconds: float, halt: threading.Event | None = None) -> None:
+        """The same, from an instrument's worker thread (never from the event loop); a wall-clock
+        wait ends early when `halt` is set, so that a stop is not held up by a poll interval."""
         ...
 
     def elapse(self, seconds: float) -> None:
@@ -41,8 +43,8 @@ class RealClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
 
-    def sleep_blocking(self, seconds: float) -> None:
-        time.sleep(max(0.0, seconds))
+    def sleep_blocking(self, seconds: float, halt: threading.Event | None = None) -> None:
+        _wait(max(0.0, seconds), halt)
 
     def elapse(self, seconds: float) -> None:
         pass
@@ -73,7 +75,7 @@ class VirtualClock:
         async with turns:
             await asyncio.sleep(0)
 
-    def sleep_blocking(self, seconds: float) -> None:
+    def sleep_blocking(self, seconds: float, halt: threading.Event | None = None) -> None:
         # Only one party moves a virtual clock at a time: the worker, while the loop awaits it.
         self._now += max(0.0, seconds)
 
@@ -96,8 +98,15 @@ class AcceleratedClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self.factor)
 
-    def sleep_blocking(self, seconds: float) -> None:
-        time.sleep(max(0.0, seconds) / self.factor)
+    def sleep_blocking(self, seconds: float, halt: threading.Event | None = None) -> None:
+        _wait(max(0.0, seconds) / self.factor, halt)
 
     def elapse(self, seconds: float) -> None:
         pass
+
+
+def _wait(seconds: float, halt: threading.Event | None) -> None:
+    if halt is None:
+        time.sleep(seconds)
+    else:
+        halt.wait(seconds)

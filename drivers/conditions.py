@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cyclerd.drivers.base import INTERRUPT, SAFETY, StepProgress
-from cyclerd.protocols.compiler import SafetyLimits, StepCommand
+from cyclerd.protocols.program import SafetyLimits, StepCommand
 
 FloatArray = NDArray[np.float64]
 DVDT_WINDOW_S = 60.0  # |dV/dt| is judged over this much step time

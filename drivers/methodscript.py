@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any
+from typing import Any, assert_never
 
 import numpy as np
 
@@ -31,7 +31,17 @@ from cyclerd.drivers.methodscript_link import Link, NotSupported
 from cyclerd.drivers.methodscript_packages import DeviceInfo
 from cyclerd.drivers.methodscript_scripts import Break
 from cyclerd.drivers.methodscript_stream import CONTINUE, Plan, Tally, stream, timing, voltage_breaks
-from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
+from cyclerd.protocols.program import (
+    CurrentCommand,
+    CurrentVoltageCommand,
+    ImpedanceCommand,
+    ImpedanceSpec,
+    RestCommand,
+    SafetyLimits,
+    StepCommand,
+    SweepCommand,
+    VoltageCommand,
+)
 
 __all__ = ["BAUDRATE", "SWEEP_DONE", "MethodScriptChannel", "NotSupported", "open_methodscript"]
 
@@ -146,16 +156,23 @@ class MethodScriptChannel:
         """Execute `command` on the device from `start` (see Channel.run). A sweep ignores pauses."""
         if command.kind not in self.capabilities.kinds:
             raise NotSupported(self.name, f"a {self.info.family.name} cannot run {command.kind} steps")
-        if command.kind in ("rest", "cc", "plate", "strip"):
-            steps = self._constant_current(command, command.current_A or 0.0, start, limits, pause_at_s)
-        elif command.kind == "cv":
-            steps = self._constant_voltage(command, start, limits, pause_at_s)
-        elif command.kind == "cccv":
-            steps = self._cccv(command, start, limits, pause_at_s)
-        elif command.kind == "sweep":
-            steps = self._sweep(command, start, limits)
-        else:
-            raise NotSupported(self.name, f"{command.kind} is not a streamed step; use impedance()")
+        steps: AsyncGenerator[Batch | StepEnd, None]
+        match command:
+            case RestCommand():
+                steps = self._constant_current(command, 0.0, start, limits, pause_at_s)
+            case CurrentCommand():
+                steps = self._constant_current(command, command.current_A, start, limits, pause_at_s)
+            case VoltageCommand():
+                hold = (command.voltage_V, command.current_limit_A)
+                steps = self._constant_voltage(command, *hold, start, limits, pause_at_s)
+            case CurrentVoltageCommand():
+                steps = self._cccv(command, start, limits, pause_at_s)
+            case SweepCommand():
+                steps = self._sweep(command, start, limits)
+            case ImpedanceCommand():
+                raise NotSupported(self.name, f"{command.kind} is not a streamed step; use impedance()")
+            case _:
+                assert_never(command)
         ended = False
         device_t = start.t_s  # the device times the step; a virtual run clock follows it
         try:
@@ -207,12 +224,16 @@ class MethodScriptChannel:
             yield item
 
     async def _constant_voltage(
-        self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
+        self,
+        command: StepCommand,
+        voltage_V: float,
+        ceiling_A: float | None,
+        start: StepProgress,
+        limits: SafetyLimits,
+        pause_at_s: float | None,
     ) -> AsyncGenerator[Batch | StepEnd, None]:
         """Potentiostatic hold (cv, CV phase of cccv); current_below is the host's to see."""
-        assert command.voltage_V is not None
-        voltage_V = command.voltage_V
-        currents = (CURRENT_MIN_A, command.current_limit_A or self.capabilities.current_max_A)
+        currents = (CURRENT_MIN_A, ceiling_A or self.capabilities.current_max_A)
 
         def plan(interval_s: float, loop_s: float, on_end: str) -> Plan:
             return Plan(ms.potentiostatic(voltage_V, interval_s, loop_s, currents), interval_s, on_end)
@@ -222,22 +243,24 @@ class MethodScriptChannel:
             yield item
 
     def _cccv(
-        self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
+        self,
+        command: CurrentVoltageCommand,
+        start: StepProgress,
+        limits: SafetyLimits,
+        pause_at_s: float | None,
     ) -> AsyncGenerator[Batch | StepEnd, None]:
         """Two scripts: constant current until the hold voltage, then the hold (as the simulator)."""
-        assert command.voltage_V is not None
-        assert command.current_A is not None
+        voltage_V = command.voltage_V
         return hold_after_switch(
-            self._constant_current(command, command.current_A, start, limits, pause_at_s, command.voltage_V),
-            lambda progress: self._constant_voltage(command, progress, limits, pause_at_s),
+            self._constant_current(command, command.current_A, start, limits, pause_at_s, voltage_V),
+            lambda progress: self._constant_voltage(command, voltage_V, None, progress, limits, pause_at_s),
         )
 
     async def _sweep(
-        self, command: StepCommand, start: StepProgress, limits: SafetyLimits
+        self, command: SweepCommand, start: StepProgress, limits: SafetyLimits
     ) -> AsyncGenerator[Batch | StepEnd, None]:
         """Cyclic voltammetry: meas_loop_cv, a closed path per scan; safety is the host's to check."""
-        spec = command.sweep
-        assert spec is not None
+        spec = command.spec
         turns = spec.vertices_V[:-1]
         if not math.isclose(spec.vertices_V[-1], spec.start_V, abs_tol=1e-9) or not 1 <= len(turns) <= 2:
             raise NotSupported(

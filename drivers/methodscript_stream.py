@@ -18,7 +18,7 @@ from cyclerd.drivers.methodscript_link import Link
 from cyclerd.drivers.methodscript_scripts import Break
 from cyclerd.drivers.record import RecordState
 from cyclerd.drivers.record import select as logged
-from cyclerd.protocols.compiler import SafetyLimits, StepCommand
+from cyclerd.protocols.program import SafetyLimits, StepCommand
 
 MAX_SCRIPT_S = 7 * 86400.0  # one script's loop time at most; a longer step goes on in a new script
 INTERVAL_MIN_S = 1e-3  # finest sampling a script is asked for

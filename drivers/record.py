@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from cyclerd.protocols.compiler import RecordRule
+from cyclerd.protocols.program import RecordRule
 
 BoolArray = NDArray[np.bool_]
 FloatArray = NDArray[np.float64]

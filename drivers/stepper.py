@@ -14,6 +14,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
+from typing import assert_never
 
 import numpy as np
 
@@ -31,7 +32,17 @@ from cyclerd.drivers.base import (
 from cyclerd.drivers.clock import Clock
 from cyclerd.drivers.conditions import Counter, EndWatch
 from cyclerd.drivers.record import RecordState, select_one
-from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
+from cyclerd.protocols.program import (
+    CurrentCommand,
+    CurrentVoltageCommand,
+    ImpedanceCommand,
+    ImpedanceSpec,
+    RestCommand,
+    SafetyLimits,
+    StepCommand,
+    SweepCommand,
+    VoltageCommand,
+)
 
 COMPLIANCE_MARGIN_V = 0.5  # the voltage limit sits this far beyond anything the step may reach
 DEFAULT_VOLTAGE_LIMIT_V = 5.0
@@ -47,6 +58,10 @@ class SteppedChannel:
         self.instrument = instrument
         self.clock = clock
         self.poll_interval_s = poll_interval_s
+
+    @property
+    def name(self) -> str:
+        return self.instrument.name
 
     @property
     def capabilities(self) -> Capabilities:
@@ -71,7 +86,7 @@ class SteppedChannel:
         limits: SafetyLimits,
         pause_at_s: float | None = None,
     ) -> AsyncGenerator[Batch | StepEnd, None]:
-        if command.kind in ("eis", "sweep"):
+        if isinstance(command, SweepCommand | ImpedanceCommand):
             raise NotImplementedError(f"{self.instrument.name} cannot run {command.kind} steps")
         try:
             await self._source(command, limits)
@@ -85,15 +100,20 @@ class SteppedChannel:
             raise
 
     async def _source(self, command: StepCommand, limits: SafetyLimits) -> None:
-        if command.kind in ("cv",):
-            assert command.voltage_V is not None
-            ceiling = command.current_limit_A or limits.current_max_A or DEFAULT_CURRENT_LIMIT_A
-            await self.instrument.source_voltage(command.voltage_V, ceiling)
-        elif command.kind == "cccv":
-            assert command.voltage_V is not None
-            await self.instrument.source_current(command.current_A or 0.0, abs(command.voltage_V))
-        else:
-            await self.instrument.source_current(command.current_A or 0.0, _voltage_limit(command, limits))
+        match command:
+            case RestCommand():
+                await self.instrument.source_current(0.0, _voltage_limit(command, limits))
+            case CurrentCommand():
+                await self.instrument.source_current(command.current_A, _voltage_limit(command, limits))
+            case VoltageCommand():
+                ceiling = command.current_limit_A or limits.current_max_A or DEFAULT_CURRENT_LIMIT_A
+                await self.instrument.source_voltage(command.voltage_V, ceiling)
+            case CurrentVoltageCommand():
+                await self.instrument.source_current(command.current_A, abs(command.voltage_V))
+            case SweepCommand() | ImpedanceCommand():
+                raise NotImplementedError(f"{self.instrument.name} cannot run {command.kind} steps")
+            case _:
+                assert_never(command)
 
     async def _poll(
         self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
@@ -170,7 +190,7 @@ class SteppedChannel:
                         self.instrument.output_off_now()
                 post(StepEnd(reason, StepProgress(t, counter.charge_As, counter.energy_J), detail))
                 return
-            self.clock.sleep_blocking(self.poll_interval_s)
+            self.clock.sleep_blocking(self.poll_interval_s, halt)
         # Halted (pause or stop): readings since the last batch are dropped. The runner resumes
         # from the last *stored* sample, so stored data and the step's charge stay consistent.
 

@@ -424,5 +424,3 @@ _FINISH: tuple[type[BaseModel], ...] = (
 )
 for _model in _RECURSIVE + _FINISH:
     _model.model_rebuild()
-
-SourcingStep = Rest | ConstantCurrent | Plate | Strip | ConstantVoltage | ConstantCurrentConstantVoltage

@@ -9,8 +9,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import assert_never
 
-from cyclerd.protocols.compiler import Loop, Node, Program, StepCommand
+from cyclerd.protocols.program import (
+    CurrentCommand,
+    CurrentVoltageCommand,
+    ImpedanceCommand,
+    Loop,
+    Node,
+    Program,
+    RestCommand,
+    StepCommand,
+    SweepCommand,
+    VoltageCommand,
+)
 from cyclerd.protocols.units import SECONDS_PER_HOUR, duration_text, engineering
 
 
@@ -170,11 +182,11 @@ def _runs(step_s: float, interval_s: float) -> int:
 
 def command_span(command: StepCommand) -> Span:
     """How long one step takes, from its end conditions."""
-    if command.deadline_s is not None and command.kind in ("eis", "sweep"):
+    if isinstance(command, SweepCommand | ImpedanceCommand):  # they run to their deadline
         return Span(command.deadline_s, command.deadline_s)
     end = command.end
     bounds = [end.duration_s] if end.duration_s is not None else []
-    if end.charge_As is not None and command.current_A and command.kind not in ("cv", "cccv"):
+    if end.charge_As is not None and isinstance(command, CurrentCommand) and command.current_A:
         bounds.append(end.charge_As / abs(command.current_A))
     if not bounds:
         return Span(0.0, None)
@@ -184,7 +196,7 @@ def command_span(command: StepCommand) -> Span:
         or end.voltage_below_V is not None
         or end.current_below_A is not None
         or end.dvdt_below_V_per_s is not None
-        or command.kind in ("cv", "cccv")
+        or isinstance(command, VoltageCommand | CurrentVoltageCommand)
     )
     return Span(0.0 if early else high, high)
 
@@ -192,34 +204,48 @@ def command_span(command: StepCommand) -> Span:
 def describe(command: StepCommand) -> str:
     """One line saying what the step does, in units a person reads."""
     parts = [command.label if command.label != command.kind else command.kind]
-    if command.impedance is not None:
-        spec = command.impedance
-        unit = "A" if spec.galvanostatic else "V"
-        dc = (
-            "at OCV"
-            if spec.dc_level is None
-            else f"at {engineering(spec.dc_level, 'A' if spec.dc_is_current else 'V')}"
-        )
-        mode = "galvanostatic" if spec.galvanostatic else "potentiostatic"
-        start, stop = (engineering(f, "Hz") for f in (spec.frequency_start_Hz, spec.frequency_stop_Hz))
-        points = len(spec.frequencies_Hz())
-        parts.append(f"{mode} {start} → {stop}, {points} points, {engineering(spec.amplitude, unit)} {dc}")
-        return " ".join(parts)
-    if command.sweep is not None:
-        sw = command.sweep
-        path = " → ".join(f"{v:g} V" for v in (sw.start_V, *sw.vertices_V))
-        parts.append(f"{path} at {engineering(sw.scan_rate_V_per_s, 'V/s')}, {sw.scans} scan(s)")
-        return " ".join(parts)
-    if command.kind == "rest":
-        parts.append("at open circuit")
-    if command.current_A and command.kind != "rest":
-        parts.append(f"at {engineering(command.current_A, 'A')}")
-    if command.voltage_V is not None:
-        parts.append(f"{'to' if command.kind == 'cccv' else 'at'} {command.voltage_V:g} V")
-    if command.current_limit_A is not None:
-        parts.append(f"(|I| ≤ {engineering(command.current_limit_A, 'A')})")
+    match command:
+        case ImpedanceCommand():
+            return " ".join([*parts, _spectrum(command)])
+        case SweepCommand():
+            return " ".join([*parts, _sweep(command)])
+        case RestCommand():
+            parts.append("at open circuit")
+        case CurrentCommand():
+            if command.current_A:
+                parts.append(f"at {engineering(command.current_A, 'A')}")
+        case VoltageCommand():
+            parts.append(f"at {command.voltage_V:g} V")
+            if command.current_limit_A is not None:
+                parts.append(f"(|I| ≤ {engineering(command.current_limit_A, 'A')})")
+        case CurrentVoltageCommand():
+            if command.current_A:
+                parts.append(f"at {engineering(command.current_A, 'A')}")
+            parts.append(f"to {command.voltage_V:g} V")
+        case _:
+            assert_never(command)
     parts.append("until " + " or ".join(_conditions(command)))
     return " ".join(parts)
+
+
+def _spectrum(command: ImpedanceCommand) -> str:
+    spec = command.spec
+    unit = "A" if spec.galvanostatic else "V"
+    dc = (
+        "at OCV"
+        if spec.dc_level is None
+        else f"at {engineering(spec.dc_level, 'A' if spec.dc_is_current else 'V')}"
+    )
+    mode = "galvanostatic" if spec.galvanostatic else "potentiostatic"
+    start, stop = (engineering(f, "Hz") for f in (spec.frequency_start_Hz, spec.frequency_stop_Hz))
+    points = len(spec.frequencies_Hz())
+    return f"{mode} {start} → {stop}, {points} points, {engineering(spec.amplitude, unit)} {dc}"
+
+
+def _sweep(command: SweepCommand) -> str:
+    sw = command.spec
+    path = " → ".join(f"{v:g} V" for v in (sw.start_V, *sw.vertices_V))
+    return f"{path} at {engineering(sw.scan_rate_V_per_s, 'V/s')}, {sw.scans} scan(s)"
 
 
 def _conditions(command: StepCommand) -> list[str]:
@@ -243,12 +269,12 @@ def _conditions(command: StepCommand) -> list[str]:
 def _cycle_charge(loop: Loop) -> CycleCharge:
     totals = {True: [0.0, 0.0], False: [0.0, 0.0]}  # positive? -> [least, most]
     for node in loop.body:
-        if not isinstance(node, StepCommand) or not node.current_A:
+        if not isinstance(node, CurrentCommand | CurrentVoltageCommand) or not node.current_A:
             continue
         span, total = command_span(node), totals[node.current_A > 0]
         total[0] += abs(node.current_A) * span.low
         total[1] = math.inf if span.high is None else total[1] + abs(node.current_A) * span.high
-    half_cell = any(isinstance(n, StepCommand) and n.kind in ("plate", "strip") for n in loop.body)
+    half_cell = any(isinstance(n, CurrentCommand) and n.kind in ("plate", "strip") for n in loop.body)
 
     def pair(total: list[float]) -> tuple[float, float | None]:
         return total[0], None if math.isinf(total[1]) else total[1]

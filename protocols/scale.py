@@ -7,10 +7,6 @@ from dataclasses import dataclass
 from cyclerd.protocols.units import SECONDS_PER_HOUR, Amount, Basis
 
 
-class MissingCellData(ValueError):
-    """A value cannot be resolved without the electrode area or the nominal capacity."""
-
-
 @dataclass(frozen=True)
 class CellScale:
     """What a cell contributes to units: its electrode area and nominal capacity (SI)."""
@@ -36,13 +32,6 @@ class CellScale:
     def resolve(self, amount: Amount) -> float | None:
         """Amperes (for a current) or A·s (for a charge), or None when the cell data is missing."""
         return self._absolute(amount)
-
-    def require(self, amount: Amount) -> float:
-        """Like `resolve`, but says what is missing."""
-        value = self._absolute(amount)
-        if value is None:
-            raise MissingCellData(self.needs(amount) or "cell data")
-        return value
 
     def needs(self, amount: Amount) -> str | None:
         """What the cell must state before `amount` can be resolved, or None."""

@@ -58,7 +58,7 @@ class Amount:
 
 @cache
 def registry() -> Any:
-    """One shared pint registry; building it costs ~0.1 s, so only once and only when needed."""
+    """One shared pint registry; building it is slow, so only once and only when needed."""
     ureg: Any = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
     ureg.define("Ohm = ohm")
     ureg.define("Ohms = ohm")
@@ -126,7 +126,7 @@ def _quantity(text: object, dims: tuple[Dimension, ...]) -> tuple[float, Dimensi
         raise _fail(f"{text!r} has no unit; write {wanted}")
     for dim in dims:
         if q.check(dim.dimensionality):
-            # Not `q.unitless`: pint counts '%' as unitless too, which refused every percentage.
+            # Not `q.unitless`: pint counts '%' as unitless too, and a percentage is a valid fraction.
             if dim is FRACTION and q.units == ureg.dimensionless:
                 raise _fail(f"{text!r} has no unit; write {wanted}")
             value = float(q.to(dim.si_unit).magnitude) if dim.si_unit else float(q.to("").magnitude)

@@ -9,13 +9,12 @@ are put on the grid exactly, so a plating step delivers exactly its charge.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import math
-import pickle
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any, assert_never
 
 import numpy as np
 
@@ -38,8 +37,19 @@ from cyclerd.drivers.conditions import (
     scheduled_end,
 )
 from cyclerd.drivers.record import RecordState, select, select_one
-from cyclerd.protocols.compiler import ImpedanceSpec, SafetyLimits, StepCommand
-from cyclerd.simulators.cell import CellModel, FloatArray
+from cyclerd.protocols.program import (
+    CurrentCommand,
+    CurrentVoltageCommand,
+    ImpedanceCommand,
+    ImpedanceSpec,
+    RestCommand,
+    SafetyLimits,
+    StepCommand,
+    SweepCommand,
+    SweepSpec,
+    VoltageCommand,
+)
+from cyclerd.simulators.cell import CellModel, FloatArray, Resumable
 
 CAPABILITIES = Capabilities(
     kinds=frozenset({"rest", "cc", "plate", "strip", "cv", "cccv", "eis", "sweep"}),
@@ -61,11 +71,11 @@ class _Segment:
 
 
 class SimulatedChannel:
-    """A simulated cell on a simulated instrument channel, in the time of `clock`."""
+    """A simulated cell on a simulated instrument channel, in the time of `clock`.
 
-    # The runner checkpoints the simulated cell with every batch: after a daemon restart the
-    # cell is as the crash left it, as a real cell would be.
-    snapshots = True
+    It is `Snapshotting`: the runner checkpoints the simulated cell with every batch, so after
+    a daemon restart the cell is as the crash left it, as a real cell would be.
+    """
 
     def __init__(
         self, cell: CellModel, clock: Clock, resolution_s: float = 1.0, chunk: int = 4096, name: str = "sim"
@@ -76,19 +86,34 @@ class SimulatedChannel:
         self.chunk = chunk
         self.name = name
         self.output_on = False
-        self._snapshot: str | None = None  # the cell pickled, until the cell moves on
+        self._snapshot: dict[str, Any] | None = None  # the cell's live state, until the cell moves on
 
-    def snapshot(self) -> str:
-        """The cell's state for a checkpoint (base64 pickle), pickled again only after a change.
+    def snapshot(self) -> dict[str, Any] | None:
+        """The cell's changing state for a checkpoint (JSON types), taken again only after a change.
 
         The runner checkpoints at every batch and at every step boundary; from a step's last
         batch through its end and the start of the next step nothing touches the cell, so two of
-        every three checkpoints reuse the previous snapshot. Whatever moves the cell or draws
-        from its noise generators calls `_touched` first.
+        every three checkpoints reuse the previous snapshot (the same dict: read it, never change
+        it). Whatever moves the cell or draws from its noise generators calls `_touched` first.
+        None for a cell model without such state (a test's stand-in): nothing of it travels
+        with the checkpoint.
         """
-        if self._snapshot is None:
-            self._snapshot = base64.b64encode(pickle.dumps(self.cell)).decode("ascii")
+        if self._snapshot is None and isinstance(self.cell, Resumable):
+            self._snapshot = self.cell.live_state()
         return self._snapshot
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Put the cell back as it was when `snapshot` was taken, to resume a run after a restart.
+
+        Only the changing part of a cell is in a snapshot: the channel's cell must be freshly
+        made with the preset, seed, area and overrides of the cell the snapshot came from.
+        Raises `LiveStateError` (the cell unchanged) if the snapshot is of another model.
+        """
+        cell = self.cell
+        if not isinstance(cell, Resumable):
+            raise TypeError(f"{self.name}: a {type(cell).__name__} keeps no state to restore")
+        self._snapshot = None
+        cell.restore_live_state(snapshot)
 
     def _touched(self) -> CellModel:
         """The cell, about to change (its state or its generators): the snapshot is stale."""
@@ -118,46 +143,51 @@ class SimulatedChannel:
         limits: SafetyLimits,
         pause_at_s: float | None = None,
     ) -> AsyncGenerator[Batch | StepEnd, None]:
-        self.output_on = command.kind != "rest"
-        if command.kind in ("rest", "cc", "plate", "strip"):
-            current = command.current_A or 0.0
-            steps = self._current_phase(command, current, start, limits, pause_at_s, final=True)
-        elif command.kind == "cv":
-            assert command.voltage_V is not None
-            steps = self._voltage_phase(command, command.voltage_V, start, limits, pause_at_s)
-        elif command.kind == "cccv":
-            steps = self._cccv(command, start, limits, pause_at_s)
-        elif command.kind == "sweep":
-            steps = self._sweep(command, limits)
-        else:
-            raise ValueError(f"the simulated channel cannot run a {command.kind} step as a stream")
+        steps: AsyncGenerator[Batch | StepEnd, None]
+        match command:
+            case RestCommand():
+                steps = self._current_phase(command, 0.0, start, limits, pause_at_s, final=True)
+            case CurrentCommand():
+                steps = self._current_phase(command, command.current_A, start, limits, pause_at_s, final=True)
+            case VoltageCommand():
+                voltage_V, ceiling_A = command.voltage_V, command.current_limit_A
+                steps = self._voltage_phase(command, voltage_V, ceiling_A, start, limits, pause_at_s)
+            case CurrentVoltageCommand():
+                steps = self._cccv(command, start, limits, pause_at_s)
+            case SweepCommand():
+                steps = self._sweep(command, command.spec, limits)
+            case ImpedanceCommand():
+                raise ValueError("the simulated channel measures a spectrum with impedance(), not run()")
+            case _:
+                assert_never(command)
+        self.output_on = not isinstance(command, RestCommand)
         async with contextlib.aclosing(steps):  # closed here, not by the loop's finalizer hook
             async for item in steps:
                 yield item
 
     def _cccv(
-        self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
+        self,
+        command: CurrentVoltageCommand,
+        start: StepProgress,
+        limits: SafetyLimits,
+        pause_at_s: float | None,
     ) -> AsyncGenerator[Batch | StepEnd, None]:
         voltage_V = command.voltage_V
-        assert voltage_V is not None
-        assert command.current_A is not None
         return hold_after_switch(
             self._current_phase(
                 command, command.current_A, start, limits, pause_at_s, final=False, switch_V=voltage_V
             ),
-            lambda progress: self._voltage_phase(command, voltage_V, progress, limits, pause_at_s),
+            lambda progress: self._voltage_phase(command, voltage_V, None, progress, limits, pause_at_s),
         )
 
     async def _sweep(
-        self, command: StepCommand, limits: SafetyLimits
+        self, command: StepCommand, sweep: SweepSpec, limits: SafetyLimits
     ) -> AsyncGenerator[Batch | StepEnd, None]:
         """Cyclic voltammetry as short potential holds on a grid of SWEEP_STEP_V steps.
 
         The same approximation a potentiostat's staircase makes (and the MethodSCRIPT emulator),
         one model call per step; a sweep runs to its end and is not interrupted by every-blocks.
         """
-        sweep = command.sweep
-        assert sweep is not None
         dt = SWEEP_STEP_V / sweep.scan_rate_V_per_s
         points = [sweep.start_V]
         for a, b in pairwise((sweep.start_V, *sweep.vertices_V)):
@@ -217,6 +247,7 @@ class SimulatedChannel:
         self,
         command: StepCommand,
         voltage_V: float,
+        ceiling_A: float | None,
         start: StepProgress,
         limits: SafetyLimits,
         pause_at_s: float | None,
@@ -225,8 +256,8 @@ class SimulatedChannel:
 
         def respond(rel: FloatArray) -> tuple[FloatArray, FloatArray]:
             current = self._touched().current_at_voltage(voltage_V, rel)
-            if command.current_limit_A is not None:
-                current = np.clip(current, -command.current_limit_A, command.current_limit_A)
+            if ceiling_A is not None:
+                current = np.clip(current, -ceiling_A, ceiling_A)
             return np.full(len(rel), voltage_V), current
 
         def commit(duration: float) -> None:
@@ -268,8 +299,8 @@ class SimulatedChannel:
                 rel = rel[: int(np.argmax(at_stop)) + 1]
                 rel[-1] = t_stop - t_now
             if at_start:
-                # One model call for the first sample and the first chunk: on its own, the
-                # one-sample call cost half as much as a whole chunk's.
+                # One model call for the first sample and the first chunk: a model call costs
+                # about as much for one sample as for a chunk, so the first sample rides along.
                 at_start = False
                 voltage, current = respond(np.concatenate(([0.0], rel)))
                 t0, v0, i0 = np.zeros(1), voltage[:1], current[:1]

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cyclerd.simulators.cell import ComplexArray, FloatArray, GeneratorsPickleAsState
+from cyclerd.simulators.cell import ComplexArray, FloatArray, LiveState
 from cyclerd.simulators.ocp import ncm811_ocv, seed_potential
 
 MAH_PER_CM2 = 10.0  # Ah/m² in one mAh/cm²
@@ -116,7 +116,7 @@ class _Node(NamedTuple):
     charge_As: float  # how much charge it may pass
 
 
-class FullCell(GeneratorsPickleAsState):
+class FullCell(LiveState):
     """Anode-less NCM811 full cell. Positive current charges (plates Li on the collector).
 
     EMF = U_NCM811(SOC) - U_neg. U_neg is the seed staircase while the seeds fill and 0 V on

@@ -14,7 +14,7 @@ from enum import Enum
 
 import numpy as np
 
-from cyclerd.simulators.cell import ComplexArray, FloatArray, GeneratorsPickleAsState
+from cyclerd.simulators.cell import ComplexArray, FloatArray, LiveState
 from cyclerd.simulators.impedance import CircuitParams, circuit_impedance
 from cyclerd.simulators.presets_halfcell import HalfCellParams, ShortSchedule, preset
 
@@ -119,7 +119,7 @@ def _add_edges_in_order(
             out[a:b] += step * ((1.0 + np.tanh((u[a:b] - edge) / width)) / 2.0)
 
 
-class HalfCell(GeneratorsPickleAsState):
+class HalfCell(LiveState):
     """A seeded current collector vs Li on LPSCl; implements `CellModel`.
 
     Positive current strips Li off the working electrode; the voltage is WE vs Li.

@@ -8,8 +8,16 @@ from itertools import pairwise
 import pytest
 
 from cyclerd.protocols import loads
-from cyclerd.protocols.compiler import CellDataMissing, Loop, StepCommand, compile_protocol
+from cyclerd.protocols.compiler import CellDataMissing, compile_protocol
 from cyclerd.protocols.plan import command_span, plan
+from cyclerd.protocols.program import (
+    CurrentCommand,
+    CurrentVoltageCommand,
+    ImpedanceCommand,
+    Loop,
+    RestCommand,
+    SweepCommand,
+)
 from cyclerd.protocols.units import Amount, Basis
 
 AREA_M2 = 0.785e-4
@@ -40,14 +48,14 @@ steps:
 def test_half_cell_values_are_si_and_signed_by_convention() -> None:
     program = compile_protocol(loads(HALF_CELL))
     rest, loop = program.body
-    assert isinstance(rest, StepCommand)
+    assert isinstance(rest, RestCommand)
     assert isinstance(loop, Loop)
     assert rest.kind == "rest"
-    assert rest.current_A == 0.0
     assert rest.end.duration_s == 600.0
     plate, strip = loop.body
-    assert isinstance(plate, StepCommand)
-    assert isinstance(strip, StepCommand)
+    assert isinstance(plate, CurrentCommand)
+    assert isinstance(strip, CurrentCommand)
+    assert (plate.kind, strip.kind) == ("plate", "strip")
     # 1 mA/cm² on 0.785 cm² is 0.785 mA; plating is negative, stripping positive.
     assert plate.current_A == pytest.approx(-0.785e-3)
     assert strip.current_A == pytest.approx(+0.785e-3)
@@ -79,15 +87,16 @@ def test_every_block_is_explicit_and_its_spectra_are_log_spaced() -> None:
     assert plate.periodic.at_end
     assert not plate.periodic.at_start
     (eis,) = plate.periodic.body
-    assert eis.impedance is not None
-    freqs = eis.impedance.frequencies_Hz()
+    assert isinstance(eis, ImpedanceCommand)
+    assert eis.kind == "eis"
+    freqs = eis.spec.frequencies_Hz()
     assert len(freqs) == 61  # 6 decades x 10 points + 1
     assert freqs[0] == pytest.approx(1e6)
     assert freqs[-1] == pytest.approx(1.0)
     ratios = [a / b for a, b in pairwise(freqs)]
     assert all(r == pytest.approx(10**0.1) for r in ratios)
-    assert eis.impedance.dc_level is None
-    assert not eis.impedance.galvanostatic
+    assert eis.spec.dc_level is None
+    assert not eis.spec.galvanostatic
 
 
 def test_indices_are_unique_and_in_file_order() -> None:
@@ -122,8 +131,9 @@ steps:
     assert "steps[1].cc.current" in message
     program = compile_protocol(protocol, capacity=Amount(1.57e-3 * 3600, Basis.ABSOLUTE))
     cccv, discharge = program.body
-    assert isinstance(cccv, StepCommand)
-    assert isinstance(discharge, StepCommand)
+    assert isinstance(cccv, CurrentVoltageCommand)
+    assert isinstance(discharge, CurrentCommand)
+    assert (cccv.kind, discharge.kind) == ("cccv", "cc")
     assert cccv.current_A == pytest.approx(0.785e-3)
     assert cccv.voltage_V == 4.25
     assert cccv.end.current_below_A == pytest.approx(1.57e-3 / 20)
@@ -137,7 +147,7 @@ def test_areal_capacity_needs_the_area_too() -> None:
         compile_protocol(loads(text))
     program = compile_protocol(loads(text), area_m2=AREA_M2)
     (charge,) = program.body
-    assert isinstance(charge, StepCommand)
+    assert isinstance(charge, CurrentCommand)
     # 1C of 2 mAh/cm² on 0.785 cm² is 1.57 mA.
     assert charge.current_A == pytest.approx(1.57e-3)
 
@@ -158,8 +168,8 @@ steps:
   - sweep: {start: 1 V, vertices: [0 V, 1 V], scan_rate: 1 mV/s, scans: 2}
 """
     (sweep,) = compile_protocol(loads(text)).body
-    assert isinstance(sweep, StepCommand)
-    assert sweep.sweep is not None
+    assert isinstance(sweep, SweepCommand)
+    assert sweep.kind == "sweep"
     # 1 V down and 1 V up at 1 mV/s is 2000 s per scan.
     assert sweep.deadline_s == pytest.approx(4000.0)
     assert math.isclose(command_span(sweep).high or 0.0, 4000.0)

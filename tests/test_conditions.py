@@ -9,11 +9,14 @@ from hypothesis import strategies as st
 
 from cyclerd.drivers.base import SAFETY, StepProgress
 from cyclerd.drivers.conditions import Counter, EndWatch, safety_end, safety_end_one
-from cyclerd.protocols.compiler import EndConditions, RecordRule, SafetyLimits, StepCommand
+from cyclerd.protocols.program import CurrentCommand, EndConditions, RecordRule, SafetyLimits
 
 
-def _command(**end: float) -> StepCommand:
-    return StepCommand(1, "cc", "cc", "steps[0].cc", EndConditions(**end), RecordRule(), current_A=1e-3)
+def _command(**end: float) -> CurrentCommand:
+    return CurrentCommand(
+        index=1, kind="cc", label="cc", source="steps[0].cc", end=EndConditions(**end), record=RecordRule(),
+        current_A=1e-3,
+    )  # fmt: skip
 
 
 def test_counter_carries_charge_over_a_resumed_step() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import signal
 import sqlite3
@@ -83,6 +84,7 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_ends_like_an_unbroken_ru
     moments = sorted(random.Random(20261122).sample(range(1, int(0.95 * total)), KILLS))
     db = sqlite3.connect(db_path, timeout=10)
     snapshots = []
+    checkpoints: list[str] = []  # the checkpoint column as each kill left it
     history: list[tuple[int, int, Any, int]] = []  # after each kill: k, gaps, run state, last seq
     for k, moment in enumerate(moments):
         daemon = _serve(config)
@@ -96,6 +98,7 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_ends_like_an_unbroken_ru
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
         snapshots.append(_committed(db_path))
+        checkpoints.extend(row[0] for row in db.execute("SELECT state FROM checkpoints"))
         history.append(
             (
                 k,
@@ -105,6 +108,12 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_ends_like_an_unbroken_ru
             )
         )
     db.close()
+    # The simulated cell travels in the checkpoint as plain data: a database holds no code.
+    assert checkpoints
+    for text in checkpoints:
+        cell = json.loads(text)["cell"]
+        assert isinstance(cell, dict), text[:200]
+        assert all(isinstance(key, str) for key in cell)
 
     last = _serve(config)
     assert last.wait(120) == 0, last.stderr.read() if last.stderr else ""
@@ -122,7 +131,7 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_ends_like_an_unbroken_ru
         assert len(gaps) == len(interrupted), (history, [e["message"] for e in store.events()])
         assert len(interrupted) >= KILLS - 2, history
         assert all("resumed after a restart" in e["message"] for e in gaps)
-        assert [job["state"] for job in store.jobs()] == ["done"]
+        assert [job["state"] for job in store.jobs.list()] == ["done"]
 
 
 def test_sigterm_makes_the_cell_safe_exits_cleanly_and_the_run_resumes(tmp_path: Path) -> None:
@@ -160,7 +169,7 @@ async def test_a_spectrum_cut_off_by_a_crash_is_measured_again(
         {"lab": "eis", "database": tmp_path / "lab.db", "channels": [{"name": "ch1", "sim": "mgagsn-pvdf"}]}
     )
     with Store(lab.database) as store:
-        store.submit_job("ch1", "E5", text, "insitu_eis.yaml", {})
+        store.jobs.submit("ch1", "E5", text, "insitu_eis.yaml", {})
     measured = SimulatedChannel.impedance
     calls = 0
     hanging = asyncio.Event()
@@ -212,7 +221,7 @@ async def test_the_resume_policy_can_stop_an_interrupted_run_safely(
     text = (files("cyclerd.protocols") / "library" / "plating_stripping.yaml").read_text()
     config = {"lab": "p", "database": tmp_path / "lab.db", "channels": [{"name": "ch1", "sim": "mgagsn"}]}
     with Store(config["database"]) as store:
-        store.submit_job("ch1", "E1", text, "plating_stripping.yaml", {})
+        store.jobs.submit("ch1", "E1", text, "plating_stripping.yaml", {})
         daemon = asyncio.create_task(Daemon(Lab.model_validate(config)).run(until_idle=True))
         while not store.runs() or len(store.samples(1, limit=2000)["seq"]) < 2000:
             await asyncio.sleep(0.01)
@@ -227,4 +236,4 @@ async def test_the_resume_policy_can_stop_an_interrupted_run_safely(
         (gap,) = [e for e in store.events(1) if e["kind"] == "gap"]
         assert "stopped safely after a restart" in gap["message"]
         assert why in gap["message"]
-        assert [job["state"] for job in store.jobs()] == ["stopped"]
+        assert [job["state"] for job in store.jobs.list()] == ["stopped"]

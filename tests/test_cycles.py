@@ -138,7 +138,7 @@ def test_the_ledger_summarises_a_cycle_whose_batches_differ_in_temperature() -> 
     """Only some instruments report temperature, and a channel may lose its sensor mid-cycle:
     the summary reads neither temperature nor seq, so a batch without them is no error."""
     from cyclerd.engine.ledger import CycleLedger
-    from cyclerd.protocols.compiler import CycleLimits
+    from cyclerd.protocols.program import CycleLimits
 
     samples = _half_cell([0.98])
     half = len(samples["t"]) // 2

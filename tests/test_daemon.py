@@ -51,7 +51,7 @@ def test_serve_runs_every_queued_job_and_a_dead_instrument_spares_the_others(tmp
     served = cli.invoke(app, ["serve", "--config", str(tmp_path / "lab.toml"), "--until-idle"])
     assert served.exit_code == 0, served.output
     store = Store(db)
-    jobs = {job["id"]: job for job in store.jobs()}
+    jobs = {job["id"]: job for job in store.jobs.list()}
     assert [jobs[i]["state"] for i in (1, 2, 3)] == ["done", "done", "done"]
     assert jobs[4]["state"] == "failed"  # nothing listens on port 1: that channel's job fails alone
     runs = store.runs()
@@ -129,7 +129,7 @@ async def test_an_instrument_that_comes_back_is_reconnected_and_the_job_runs(tmp
     )
     store = Store(lab.database)
     for channel in ("k", "s"):
-        store.submit_job(channel, "E1", E1_TWO_CYCLES, "e1.yaml", {})
+        store.jobs.submit(channel, "E1", E1_TWO_CYCLES, "e1.yaml", {})
     daemon = asyncio.create_task(Daemon(lab).run(until_idle=True))
     for _ in range(200):
         await asyncio.sleep(0.05)
@@ -137,16 +137,36 @@ async def test_an_instrument_that_comes_back_is_reconnected_and_the_job_runs(tmp
             break
     assert any("cannot reach smu" in e["message"] for e in store.events())
     for _ in range(200):  # meanwhile the simulated channel finishes its job
-        if store.jobs()[1]["state"] == "done":
+        if store.jobs.list()[1]["state"] == "done":
             break
         await asyncio.sleep(0.05)
-    assert store.jobs()[1]["state"] == "done"
-    assert store.jobs()[0]["state"] == "running"
+    assert store.jobs.list()[1]["state"] == "done"
+    assert store.jobs.list()[0]["state"] == "running"
     with running(Keithley2450Emulator(make_cell("mgagsn", seed=1), speed=speed, port=port)):
         await asyncio.wait_for(daemon, 60)
-    assert [job["state"] for job in store.jobs()] == ["done", "done"]
+    assert [job["state"] for job in store.jobs.list()] == ["done", "done"]
     (smu_run,) = [r for r in store.runs() if r.channel == "k"]
     assert smu_run.state == "completed"
     assert len(store.cycles(smu_run.id)["cycle"]) == 2
     assert any("smu reached after" in e["message"] for e in store.events())
     store.close()
+
+
+def test_the_service_log_tells_each_runs_story(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """What an operator reads first (journalctl): each run's state changes, by channel and run."""
+    import asyncio
+    import logging
+
+    from cyclerd.daemon.config import Lab
+    from cyclerd.daemon.service import Daemon
+
+    lab = Lab.model_validate(
+        {"lab": "lab", "database": tmp_path / "lab.db", "channels": [{"name": "ch1", "sim": "mgagsn"}]}
+    )
+    with Store(lab.database) as store:
+        store.jobs.submit("ch1", "E1", E1_TWO_CYCLES, "e1.yaml", {})
+    with caplog.at_level(logging.INFO, logger="cyclerd.daemon.service"):
+        asyncio.run(Daemon(lab).run(until_idle=True))
+    lines = [r.getMessage() for r in caplog.records if r.name == "cyclerd.daemon.service"]
+    assert lines[0] == "ch1, run 1: run started"
+    assert lines[-1] == "ch1, run 1: run completed"

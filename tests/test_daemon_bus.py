@@ -144,7 +144,7 @@ async def test_four_emulated_channels_every_sample_once_in_order_through_a_broke
         store = Store(lab.database)
         for channel, text in PROTOCOLS.items():
             (tmp_path / f"{channel}.yaml").write_text(text)
-            store.submit_job(channel, channel, text, str(tmp_path / f"{channel}.yaml"), {})
+            store.jobs.submit(channel, channel, text, str(tmp_path / f"{channel}.yaml"), {})
         # The viewer keeps a persistent session: what the broker acknowledged to the daemon but
         # had not handed to the viewer when it stopped is handed over after the restart.
         viewing = collecting(broker, f"cyclerd/{LAB}/+/data", session="viewer-outage")
@@ -245,7 +245,7 @@ async def test_commands_obey_the_acl_and_malformed_ones_change_nothing(
                 run_id = store.runs()[0].id
 
                 # Malformed commands: an error reply naming the problem, and nothing changes.
-                requests_before = store._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+                requests_before = len(store.read("SELECT id FROM requests"))
                 for bad, expected in (
                     (b"{not json", "not JSON"),
                     (b"[1, 2]", "JSON object"),
@@ -261,8 +261,8 @@ async def test_commands_obey_the_acl_and_malformed_ones_change_nothing(
                 reply = await operator("nowhere", json.dumps({"action": "status"}))
                 assert reply is not None
                 assert "no channel 'nowhere'" in reply["error"]
-                assert store._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == requests_before
-                assert len(store.jobs()) == 1
+                assert len(store.read("SELECT id FROM requests")) == requests_before
+                assert len(store.jobs.list()) == 1
 
                 # A viewer may read but not command: the broker drops its stop and its submit, no
                 # reply comes, and nothing changes.
@@ -271,8 +271,8 @@ async def test_commands_obey_the_acl_and_malformed_ones_change_nothing(
                     started = json.dumps({"action": "submit", "protocol": SLOW})
                     assert await viewer("sim1", started, timeout_s=1.5) is None
                 assert store.run(run_id).state == "running"
-                assert len(store.jobs()) == 1
-                assert store._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == requests_before
+                assert len(store.jobs.list()) == 1
+                assert len(store.read("SELECT id FROM requests")) == requests_before
 
                 # An outsider cannot read the data a viewer receives in the same second.
                 async with (

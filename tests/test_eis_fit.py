@@ -28,6 +28,7 @@ from cyclerd.analysis.eisfit import (
 )
 from cyclerd.drivers.clock import VirtualClock
 from cyclerd.engine.runner import Runner
+from cyclerd.engine.sinks import StoreSink
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
@@ -241,7 +242,9 @@ def simulate(db: Path, protocol: str, preset: str, seed: int = 1) -> EisTrends:
     run_id = store.create_run(program.name, "sim", text, {}, {"preset": preset, "seed": seed})
     clock = VirtualClock()
     asyncio.run(
-        Runner(program, SimulatedChannel(make_cell(preset, seed=seed), clock), store, run_id, clock).run()
+        Runner(
+            program, SimulatedChannel(make_cell(preset, seed=seed), clock), clock, StoreSink(store, run_id)
+        ).run()
     )
     return spectrum_trends(store, run_id)
 

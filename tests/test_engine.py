@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
-import pickle
+import json
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from linear_cell import LinearCell
+from watch import stored_and_watched
 
 from cyclerd.drivers.base import Batch, StepEnd, StepProgress, hold_after_switch
 from cyclerd.drivers.clock import VirtualClock
+from cyclerd.engine.cursor import Cursor
 from cyclerd.engine.runner import Runner
+from cyclerd.engine.sinks import Columns, Sink, Sinks, StepEnded, StepStarted, StoreSink
 from cyclerd.engine.states import RunState, TransitionError
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
+from cyclerd.simulators.presets import make_cell
 from cyclerd.store.database import Store
 
 
@@ -30,7 +34,7 @@ def _run(tmp_path: Path, text: str, cell: LinearCell | None = None, resolution_s
     run_id = store.create_run(program.name, "sim", text, {}, {"model": "linear"})
     clock = VirtualClock()
     channel = SimulatedChannel(cell or LinearCell(), clock, resolution_s=resolution_s)
-    runner = Runner(program, channel, store, run_id, clock)
+    runner = Runner(program, channel, clock, StoreSink(store, run_id))
     result = asyncio.run(runner.run())
     return result, store, run_id, channel, clock
 
@@ -167,7 +171,7 @@ def test_pause_resume_and_stop_are_state_transitions(tmp_path: Path) -> None:
     run_id = store.create_run("long", "sim", text, {}, {})
     clock = VirtualClock()
     channel = SimulatedChannel(LinearCell(capacitance_F=1e9), clock, chunk=256)
-    runner = Runner(program, channel, store, run_id, clock)
+    runner = Runner(program, channel, clock, StoreSink(store, run_id))
 
     async def drive() -> RunState:
         task = asyncio.create_task(runner.run())
@@ -207,49 +211,71 @@ def test_a_step_shorter_than_a_chunk_is_one_batch_with_its_first_sample(tmp_path
     clock = VirtualClock()
     batches: list[np.ndarray] = []
     channel = SimulatedChannel(LinearCell(), clock)
-    runner = Runner(program, channel, store, run_id, clock, on_batch=lambda c: batches.append(c["t"]))
+    runner = Runner(
+        program, channel, clock, stored_and_watched(store, run_id, lambda c: batches.append(c["t"]))
+    )
     asyncio.run(runner.run())
     assert len(batches) == 1  # a 1 h step on a 4096-point chunk
     assert batches[0][0] == 0.0
     assert len(batches[0]) == len(store.samples(run_id)["t"]) == 361  # every 10 s over 1 h, both ends
 
 
-class CountedCell(LinearCell):
-    """A linear cell that counts how often it is pickled."""
+class Checking(Sink):
+    """After the store: is each checkpoint's cell the channel's cell as it is at that moment?"""
 
-    pickled = 0
+    def __init__(self, live_state: Callable[[], dict[str, Any]]) -> None:
+        self.live_state = live_state
+        self.checked: list[bool] = []
+        self.batches = 0
 
-    def __getstate__(self) -> dict[str, object]:
-        CountedCell.pickled += 1
-        return dict(self.__dict__)
+    def _check(self, cursor: Cursor | None) -> None:
+        if cursor is not None:
+            self.checked.append(
+                json.loads(json.dumps(cursor.cell)) == json.loads(json.dumps(self.live_state()))
+            )
+
+    def step_started(self, step: StepStarted, cursor: Cursor | None) -> None:
+        self._check(cursor)
+
+    def batch(self, columns: Columns, cursor: Cursor | None, final: bool) -> None:
+        self.batches += 1
+        self._check(cursor)
+
+    def step_ended(self, step: StepEnded, cursor: Cursor | None) -> None:
+        self._check(cursor)
 
 
-def test_every_checkpoint_holds_the_cell_as_it_is_and_pickles_it_only_after_it_moved(
+def test_every_checkpoint_holds_the_cell_as_it_is_and_reads_it_only_after_it_moved(
     tmp_path: Path,
 ) -> None:
     """A stale snapshot would resume a run from a cell that is not the one its samples came
-    from; a fresh pickle at every checkpoint costs the daemon a third of its snapshots."""
-    checked: list[bool] = []
-
-    class Checking(Store):
-        def _write_checkpoint(self, db, run_id, t, state):  # type: ignore[no-untyped-def, override]
-            checked.append(state["cell"] == base64.b64encode(pickle.dumps(channel.cell)).decode("ascii"))
-            super()._write_checkpoint(db, run_id, t, state)
-
+    from; reading the cell's state again for every checkpoint would be wasted work."""
     program = compile_protocol(loads(INSITU))
-    store = Checking(tmp_path / "runs.db")
-    run_id = store.create_run(program.name, "sim", INSITU, {}, {"model": "linear"})
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run(program.name, "sim", INSITU, {}, {"preset": "mgagsn"})
     clock = VirtualClock()
-    channel = SimulatedChannel(CountedCell(v0=1.0, noise_V=1e-3, seed=7), clock)
-    batches: list[int] = []
-    CountedCell.pickled = 0
-    runner = Runner(program, channel, store, run_id, clock, on_batch=lambda c: batches.append(len(c["t"])))
+    cell = make_cell("mgagsn", seed=7, area_m2=1e-4)
+    read_state = cell.live_state
+    reads = 0
+
+    def counted() -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        return read_state()
+
+    cell.live_state = counted  # type: ignore[method-assign]
+    checking = Checking(read_state)
+    runner = Runner(
+        program, SimulatedChannel(cell, clock), clock, Sinks([StoreSink(store, run_id), checking])
+    )
     asyncio.run(runner.run())
-    assert checked
-    assert all(checked)
-    snapshots = CountedCell.pickled - len(checked)  # each check pickled the cell once more
-    # Once as the run starts, then once per move (a batch, a spectrum), not per checkpoint.
-    assert snapshots == 1 + len(batches) + len(store.spectra(run_id))
+    assert checking.checked
+    assert all(checking.checked)
+    # Once at the start, then once after each batch and each spectrum moved the cell.
+    assert reads == 1 + checking.batches + len(store.spectra(run_id))
+    state = store.checkpoint(run_id)
+    assert state is not None
+    assert isinstance(state[1]["cell"], dict)
 
 
 def test_a_steps_generators_are_closed_by_the_runner_not_left_to_the_garbage_collector(
@@ -274,7 +300,7 @@ def test_a_steps_generators_are_closed_by_the_runner_not_left_to_the_garbage_col
         try:
             clock = VirtualClock()
             channel = SimulatedChannel(LinearCell(v0=1.0, noise_V=1e-3, seed=7), clock)
-            await Runner(program, channel, store, run_id, clock).run()
+            await Runner(program, channel, clock, StoreSink(store, run_id)).run()
             gc.collect()
         finally:
             sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=finalizer)
@@ -348,7 +374,9 @@ def test_a_stream_that_ends_without_ending_the_step_is_a_fault_not_a_loop(tmp_pa
     run_id = store.create_run(program.name, "sim", CHARGE_STEP, {}, {"model": "linear"})
     clock = VirtualClock()
     channel = EndlessChannel(LinearCell(), clock, chunk=64, name="endless")
-    result = asyncio.run(asyncio.wait_for(Runner(program, channel, store, run_id, clock).run(), 10.0))
+    result = asyncio.run(
+        asyncio.wait_for(Runner(program, channel, clock, StoreSink(store, run_id)).run(), 10.0)
+    )
     assert result.state is RunState.STOPPED
     assert not channel.output_on
     faults = [e for e in store.events(run_id) if e["kind"] == "fault"]
@@ -385,7 +413,7 @@ def test_a_step_of_one_batch_costs_one_commit_its_start_batch_and_end_together(t
 
     store._db.set_trace_callback(trace)
     clock = VirtualClock()
-    runner = Runner(program, SimulatedChannel(LinearCell(), clock), store, run_id, clock)
+    runner = Runner(program, SimulatedChannel(LinearCell(), clock), clock, StoreSink(store, run_id))
     assert asyncio.run(runner.run()).state is RunState.COMPLETED
 
     def count(kind: str, statements: list[str]) -> int:

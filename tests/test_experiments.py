@@ -16,6 +16,7 @@ import pytest
 from cyclerd.analysis.cycles import average_ce
 from cyclerd.drivers.clock import VirtualClock
 from cyclerd.engine.runner import Runner, RunResult
+from cyclerd.engine.sinks import StoreSink
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.simulators.channel import SimulatedChannel
@@ -42,7 +43,7 @@ def run_experiment(tmp_path: Path, protocol: str, preset: str, seed: int = 1, **
     run_id = store.create_run(program.name, "sim", text, {}, {"preset": preset, "seed": seed})
     clock = VirtualClock()
     channel = SimulatedChannel(make_cell(preset, seed=seed), clock)
-    result = asyncio.run(Runner(program, channel, store, run_id, clock).run())
+    result = asyncio.run(Runner(program, channel, clock, StoreSink(store, run_id)).run())
     return Finished(result, store, run_id, clock.now() / 3600)
 
 

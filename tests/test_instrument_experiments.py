@@ -15,6 +15,7 @@ from cyclerd.drivers.base import unmet_needs
 from cyclerd.drivers.clock import VirtualClock
 from cyclerd.drivers.methodscript import open_methodscript
 from cyclerd.engine.runner import Runner
+from cyclerd.engine.sinks import StoreSink
 from cyclerd.engine.states import RunState
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
@@ -62,7 +63,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, Store]:
                 assert "200000 Hz" in " ".join(unmet_needs(paper.needs(), channel.capabilities, "EmStat4"))
                 store = Store(tmp / "device.db")
                 run_id = store.create_run(program.name, "methodscript", text, {}, {})
-                result = await Runner(program, channel, store, run_id, clock).run()
+                result = await Runner(program, channel, clock, StoreSink(store, run_id)).run()
                 return result.state
         finally:
             await emulator.stop()
@@ -72,7 +73,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, Store]:
     store = Store(tmp / "sim.db")
     run_id = store.create_run(program.name, "sim", text, {}, {})
     channel = SimulatedChannel(make_cell(PRESET, seed=SEED), clock)
-    assert asyncio.run(Runner(program, channel, store, run_id, clock).run()).state is RunState.COMPLETED
+    assert (
+        asyncio.run(Runner(program, channel, clock, StoreSink(store, run_id)).run()).state
+        is RunState.COMPLETED
+    )
     return Store(tmp / "device.db"), store
 
 
@@ -127,7 +131,7 @@ def test_e10_voltammogram_on_the_device_matches_the_simulator(tmp_path: Path) ->
                 store = Store(tmp_path / "device.db")
                 run_id = store.create_run(program.name, "methodscript", CV, {}, {})
                 assert (
-                    await Runner(program, channel, store, run_id, clock).run()
+                    await Runner(program, channel, clock, StoreSink(store, run_id)).run()
                 ).state is RunState.COMPLETED
         finally:
             await emulator.stop()
@@ -137,7 +141,10 @@ def test_e10_voltammogram_on_the_device_matches_the_simulator(tmp_path: Path) ->
     store = Store(tmp_path / "sim.db")
     run_id = store.create_run(program.name, "sim", CV, {}, {})
     channel = SimulatedChannel(make_cell("mgagsn", seed=SEED), clock)
-    assert asyncio.run(Runner(program, channel, store, run_id, clock).run()).state is RunState.COMPLETED
+    assert (
+        asyncio.run(Runner(program, channel, clock, StoreSink(store, run_id)).run()).state
+        is RunState.COMPLETED
+    )
     device, simulated = Store(tmp_path / "device.db").samples(1), store.samples(1)
     # Both sweep 0.6 V -> 0 V -> 0.6 V; compare the current at the same potentials, cathodic branch.
     for samples in (device, simulated):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from watch import stored_and_watched
 
 from cyclerd.analysis.cycles import summarise
 from cyclerd.drivers.base import InstrumentError, InstrumentTimeout, unmet_needs
@@ -15,6 +16,7 @@ from cyclerd.drivers.clock import VirtualClock
 from cyclerd.drivers.keithley2450 import Keithley2450
 from cyclerd.drivers.stepper import SteppedChannel
 from cyclerd.engine.runner import Runner
+from cyclerd.engine.sinks import Columns, StoreSink
 from cyclerd.engine.states import RunState
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
@@ -52,7 +54,7 @@ def _run(program_text: str, channel: object, clock: VirtualClock, db: Path) -> t
     program = compile_protocol(loads(program_text))
     store = Store(db)
     run_id = store.create_run(program.name, "test", program_text, {}, {})
-    runner = Runner(program, channel, store, run_id, clock)  # type: ignore[arg-type]
+    runner = Runner(program, channel, clock, StoreSink(store, run_id))  # type: ignore[arg-type]
     asyncio.run(runner.run())
     return runner, store, run_id
 
@@ -89,7 +91,7 @@ def test_e1_on_the_emulator_matches_the_in_process_simulator(
         assert unmet_needs(program.needs(), channel.capabilities, smu.name) == []
         store = Store(tmp_path / "instrument.db")
         run_id = store.create_run(program.name, "k2450", E1_FEW, {}, {})
-        result = await Runner(program, channel, store, run_id, clock).run()
+        result = await Runner(program, channel, clock, StoreSink(store, run_id)).run()
         await smu.close()
         return result.state
 
@@ -142,17 +144,15 @@ def test_a_persistent_timeout_stops_the_run_safely_and_keeps_the_data(
         run_id = store.create_run("rest", "k2450", long_rest, {}, {})
         program = compile_protocol(loads(long_rest))
 
-        def stall_after_some_samples(columns: dict[str, object]) -> None:
+        def stall_after_some_samples(columns: Columns) -> None:
             if clock.now() > 600:
                 device.faults.delay_s = 1.0  # every reply now comes too late: a stalled instrument
 
         runner = Runner(
             program,
             SteppedChannel(smu, clock, STEP_S),
-            store,
-            run_id,
             clock,
-            on_batch=stall_after_some_samples,
+            stored_and_watched(store, run_id, stall_after_some_samples),
         )
         runner.retries = 1
         result = await runner.run()
@@ -207,7 +207,7 @@ def test_a_transient_fault_is_retried_and_the_run_completes(
         run_id = store.create_run("rest", "k2450", text, {}, {})
         injected = False
 
-        def once(columns: dict[str, object]) -> None:
+        def once(columns: Columns) -> None:
             nonlocal injected
             if not injected and clock.now() > 1800:
                 injected = True
@@ -218,7 +218,7 @@ def test_a_transient_fault_is_retried_and_the_run_completes(
 
         channel = SteppedChannel(smu, clock, STEP_S)
         result = await Runner(
-            compile_protocol(loads(text)), channel, store, run_id, clock, on_batch=once
+            compile_protocol(loads(text)), channel, clock, stored_and_watched(store, run_id, once)
         ).run()
         await smu.close()
         return result.state, store
@@ -249,17 +249,15 @@ def test_a_shorted_cell_is_detected_and_ends_the_loop(
         store = Store(tmp_path / "short.db")
         run_id = store.create_run("E1", "k2450", E1_FEW, {}, {})
 
-        def short_in_cycle_two(columns: dict[str, object]) -> None:
+        def short_in_cycle_two(columns: Columns) -> None:
             if runner.cycle >= 2:
                 device.faults.short_cell = True
 
         runner = Runner(
             compile_protocol(loads(E1_FEW)),
             SteppedChannel(smu, clock, STEP_S),
-            store,
-            run_id,
             clock,
-            on_batch=short_in_cycle_two,
+            stored_and_watched(store, run_id, short_in_cycle_two),
         )
         await runner.run()
         await smu.close()

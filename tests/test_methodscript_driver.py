@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
+from typing import Literal, assert_never
 
 import numpy as np
 import pytest
@@ -29,14 +30,18 @@ from cyclerd.drivers.base import (
 from cyclerd.drivers.methodscript import BAUDRATE, SWEEP_DONE, MethodScriptChannel, NotSupported
 from cyclerd.drivers.methodscript_link import Link, Package
 from cyclerd.drivers.methodscript_packages import LineKind, decode_package, device_error, kind_of
-from cyclerd.protocols.compiler import (
+from cyclerd.protocols.program import (
+    CurrentCommand,
+    CurrentVoltageCommand,
     EndConditions,
     ImpedanceSpec,
     RecordRule,
+    RestCommand,
     SafetyLimits,
     StepCommand,
-    StepKind,
+    SweepCommand,
     SweepSpec,
+    VoltageCommand,
 )
 from cyclerd.simulators.methodscript_emulator import MethodScriptEmulator
 
@@ -109,16 +114,27 @@ def _url(emulator: MethodScriptEmulator, like: str) -> str:
 
 
 def _command(
-    kind: StepKind = "cc",
+    kind: Literal["rest", "cc", "cv", "cccv"] = "cc",
     record: RecordRule | None = None,
-    current_A: float | None = None,
-    voltage_V: float | None = None,
+    current_A: float = 0.0,
+    voltage_V: float = 0.0,
     **end: float,
 ) -> StepCommand:
-    return StepCommand(
-        1, kind, kind, f"steps[0].{kind}", EndConditions(**end), record or RecordRule(),
-        current_A=current_A, voltage_V=voltage_V,
-    )  # fmt: skip
+    common = {"index": 1, "label": kind, "source": f"steps[0].{kind}"}
+    conditions, rule = EndConditions(**end), record or RecordRule()
+    match kind:
+        case "rest":
+            return RestCommand(**common, end=conditions, record=rule)
+        case "cc":
+            return CurrentCommand(**common, end=conditions, record=rule, kind="cc", current_A=current_A)
+        case "cv":
+            return VoltageCommand(**common, end=conditions, record=rule, voltage_V=voltage_V)
+        case "cccv":
+            return CurrentVoltageCommand(
+                **common, end=conditions, record=rule, current_A=current_A, voltage_V=voltage_V
+            )
+        case _:
+            assert_never(kind)
 
 
 async def _run(
@@ -302,9 +318,9 @@ async def test_a_spectrum_matches_the_cells_impedance(
 
 async def test_a_sweep_streams_to_its_end(bench: Bench) -> None:
     _, _, url = bench
-    command = StepCommand(
-        1, "sweep", "cv", "steps[0].sweep", EndConditions(), RecordRule(every_s=5.0),
-        sweep=SweepSpec(3.0, (3.1, 2.9, 3.0), 1e-3, 2),
+    command = SweepCommand(
+        index=1, label="cv", source="steps[0].sweep", end=EndConditions(), record=RecordRule(every_s=5.0),
+        spec=SweepSpec(3.0, (3.1, 2.9, 3.0), 1e-3, 2),
     )  # fmt: skip
     async with MethodScriptChannel(url, sweep_step_V=5e-3) as channel:
         samples, end = await _run(channel, command)

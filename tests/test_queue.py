@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from linear_cell import LinearCell
 from typer.testing import CliRunner
 
 from cyclerd.cli.main import app
 from cyclerd.drivers.clock import VirtualClock
-from cyclerd.engine.control import follow_requests
 from cyclerd.engine.runner import Runner
+from cyclerd.engine.session import Controls, forward_requests
+from cyclerd.engine.sinks import StoreSink
 from cyclerd.engine.states import RunState
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
@@ -45,14 +47,42 @@ def test_submit_checks_the_protocol_and_queues_it(tmp_path: Path) -> None:
 
 def test_a_job_is_claimed_once(tmp_path: Path) -> None:
     first, second = Store(tmp_path / "lab.db"), Store(tmp_path / "lab.db")
-    job = first.submit_job("ch1", "x", LONG, "x.yaml", {})
-    claimed = first.claim_job("ch1")
+    job = first.jobs.submit("ch1", "x", LONG, "x.yaml", {})
+    claimed = first.jobs.claim("ch1")
     assert claimed is not None
     assert claimed["id"] == job
-    assert second.claim_job("ch1") is None  # a second daemon (or a retry) gets nothing
-    assert second.job_protocol(job) == LONG
-    first.finish_job(job, "done", run_id=7)
-    assert second.jobs()[0]["state"] == "done"
+    assert second.jobs.claim("ch1") is None  # a second daemon (or a retry) gets nothing
+    assert second.jobs.protocol(job) == LONG
+    first.jobs.finish(job, "done", run_id=7)
+    assert second.jobs.list()[0]["state"] == "done"
+    assert second.jobs.list()[0]["run_id"] == 7
+
+
+def test_jobs_left_running_by_a_crash_are_the_channels_orphans(tmp_path: Path) -> None:
+    store = Store(tmp_path / "lab.db")
+    a = store.jobs.submit("ch1", "a", LONG, "a.yaml", {"cell": "MgAgSn-07"})
+    b = store.jobs.submit("ch1", "b", LONG, "b.yaml", {})
+    other = store.jobs.submit("ch2", "c", LONG, "c.yaml", {})
+    assert [job["id"] for job in store.jobs.list("queued")] == [a, b, other]
+    for channel in ("ch1", "ch1", "ch2"):
+        store.jobs.claim(channel)
+    assert store.jobs.claim("ch1") is None
+    store.close()  # the daemon dies with three jobs running
+
+    with Store(tmp_path / "lab.db") as store:
+        orphans = store.jobs.orphans("ch1")
+        assert [job["id"] for job in orphans] == [a, b]
+        assert orphans[0]["cell"] == {"cell": "MgAgSn-07"}
+        store.jobs.finish(a, "done", run_id=1)
+        store.jobs.requeue(b)
+        assert store.jobs.orphans("ch1") == []
+        assert [job["id"] for job in store.jobs.list("queued")] == [b]
+        claimed = store.jobs.claim("ch1")
+        assert claimed is not None
+        assert claimed["id"] == b
+        assert [job["state"] for job in store.jobs.list()] == ["done", "running", "running"]
+    with Store(tmp_path / "lab.db") as store, pytest.raises(KeyError, match="no job 99"):
+        store.jobs.protocol(99)
 
 
 def test_requests_from_the_store_pause_resume_and_stop_a_run(tmp_path: Path) -> None:
@@ -61,29 +91,38 @@ def test_requests_from_the_store_pause_resume_and_stop_a_run(tmp_path: Path) -> 
     run_id = store.create_run(program.name, "sim", LONG, {}, {})
     clock = VirtualClock()
     channel = SimulatedChannel(LinearCell(capacitance_F=1e9), clock, chunk=256)
-    runner = Runner(program, channel, store, run_id, clock)
+    runner = Runner(program, channel, clock, StoreSink(store, run_id))
 
     async def drive() -> RunState:
+        controls = Controls()
+        async with controls.registered(run_id, runner):
+            return await _drive(controls)
+
+    async def _drive(controls: Controls) -> RunState:
         task = asyncio.create_task(runner.run())
-        follower = asyncio.create_task(follow_requests(store, run_id, runner, interval_s=0))
+        follower = asyncio.create_task(forward_requests(store, controls, interval_s=0))
         while clock.now() < 3600 and not task.done():
             await asyncio.sleep(0)
-        store.request(run_id, "pause")
+        asked.append(store.requests.add(run_id, "pause"))
+        assert store.requests.result(asked[0]) is None  # waits for the follower
         while runner.state is not RunState.PAUSED and not task.done():
             await asyncio.sleep(0)
-        store.request(run_id, "pause")  # again: refused, the run is already paused
-        store.request(run_id, "resume")
-        store.request(run_id, "stop")
+        asked.append(store.requests.add(run_id, "pause"))  # again: refused, the run is already paused
+        asked.append(store.requests.add(run_id, "resume"))
+        asked.append(store.requests.add(run_id, "stop"))
+        assert [action for _, action in store.requests.pending(run_id)] == ["pause", "resume", "stop"]
         result = await task
-        await follower
+        follower.cancel()
         return result.state
 
+    asked: list[int] = []
     assert asyncio.run(drive()) is RunState.STOPPED
-    handled = store._db.execute("SELECT action, result FROM requests ORDER BY id").fetchall()
-    assert [action for action, _ in handled] == ["pause", "pause", "resume", "stop"]
-    assert handled[0][1] == "done"
-    assert handled[1][1].startswith("refused: a paused run cannot become paused")
-    assert handled[3][1] == "done"
+    assert store.requests.pending(run_id) == []
+    results = [store.requests.result(request) for request in asked]
+    assert results[0] == "done"
+    assert results[1] is not None
+    assert results[1].startswith("refused: a paused run cannot become paused")
+    assert results[2:] == ["done", "done"]
     over = cli.invoke(app, ["stop", str(run_id), "--db", str(tmp_path / "lab.db")])
     assert over.exit_code == 2
     assert "is stopped; it cannot stop" in over.output

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cyclerd.drivers.record import FloatArray, RecordState, select, select_one
-from cyclerd.protocols.compiler import RecordRule
+from cyclerd.protocols.program import RecordRule
 
 
 def test_time_rule_keeps_one_sample_per_interval_across_chunks() -> None:

@@ -223,66 +223,24 @@ def _reader(store: Store) -> sqlite3.Connection:
     return sqlite3.connect(store.path)
 
 
-async def test_writes_queued_for_later_commit_first_with_the_same_tasks_next_transaction(
-    store: Store,
-) -> None:
-    """A step's start waits for its first batch; whatever commits it must keep the order of the
-    run's writes, and another channel's commit must not carry it."""
-    run_a = store.create_run("E1", "ch1", "name: x\n", {}, {})
-    run_b = store.create_run("E1", "ch2", "name: x\n", {}, {})
+def test_a_runs_checkpoint_commits_with_the_transaction_the_latest_winning(tmp_path: Path) -> None:
+    store = Store(tmp_path / "lab.db")
     reader = _reader(store)
-    queued = asyncio.Event()
-    others_done = asyncio.Event()
-
-    async def channel_a() -> None:
-        store.later(lambda: store.begin_step(run_a, 1, 0, "plate", "plate", 1, 0.0))
-        store.later(lambda: store.record_event(run_a, "note", "queued"))
-        queued.set()
-        await others_done.wait()
-        assert reader.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 0  # not committed yet
-        store.record_event(run_a, "note", "next")
-
-    async def channel_b() -> None:
-        await queued.wait()
-        store.record_event(run_b, "note", "other channel")
-        others_done.set()
-
-    await asyncio.gather(channel_a(), channel_b())
-    assert reader.execute("SELECT run_id, number FROM steps").fetchall() == [(run_a, 1)]
-    assert [e["message"] for e in store.events(run_a)] == ["queued", "next"]
-
-
-def test_a_failed_transaction_takes_the_writes_queued_for_it_along(store: Store) -> None:
-    """All or nothing, as ever: what was queued is part of the transaction that failed."""
-    run = store.create_run("E1", "ch1", "name: x\n", {}, {})
-    store.begin_step(run, 1, 0, "plate", "plate", 1, 0.0)
-    store.later(lambda: store.begin_step(run, 2, 0, "strip", "strip", 1, 1.0))
-    with pytest.raises(sqlite3.IntegrityError):
-        store.begin_step(run, 1, 0, "plate", "plate", 1, 0.0)  # step 1 exists
-    store.record_event(run, "note", "the next transaction")
-    assert [s["number"] for s in store.steps(run)] == [1]
-    assert [e["message"] for e in store.events(run)] == ["the next transaction"]
-
-
-def test_a_runs_checkpoint_is_written_once_per_commit_the_latest_winning(tmp_path: Path) -> None:
-    written: list[float] = []
-
-    class Counting(Store):
-        def _write_checkpoint(self, db, run_id, t, state):  # type: ignore[no-untyped-def, override]
-            written.append(t)
-            super()._write_checkpoint(db, run_id, t, state)
-
-    store = Counting(tmp_path / "lab.db")
     run = store.create_run("E1", "ch1", "name: x\n", {}, {})
     with store.transaction():
         store.save_checkpoint(run, 1.0, {"step": 1})
+        assert reader.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0  # not committed yet
         store.append_samples(run, _batch(0, 10), checkpoint=(4.5, {"step": 1, "batch": 1}))
-    assert written == [4.5]
     assert store.checkpoint(run) == (4.5, {"step": 1, "batch": 1})
-    store.later(lambda: store.save_checkpoint(run, 9.0, {"step": 2}))
+    assert reader.execute("SELECT t FROM checkpoints").fetchall() == [(4.5,)]
+
+    def overlapping() -> None:  # after a checkpoint, a batch that overlaps what is stored
+        with store.transaction():
+            store.save_checkpoint(run, 9.0, {"step": 2})
+            store.append_samples(run, _batch(5, 10))
+
     with pytest.raises(sqlite3.IntegrityError):  # a failed transaction writes none
-        store.append_samples(run, _batch(5, 10))  # overlaps what is stored
-    assert written == [4.5]
+        overlapping()
     assert store.checkpoint(run) == (4.5, {"step": 1, "batch": 1})
 
 

@@ -49,10 +49,6 @@ class CycleSummary:
         return {**dataclasses.asdict(self), "coulombic_efficiency": self.coulombic_efficiency}
 
     @property
-    def energy_efficiency(self) -> float:
-        return abs(self.reverse_J / self.forward_J) if self.forward_J else float("nan")
-
-    @property
     def charge_As(self) -> float:
         """Charge into the cell (positive current) in this cycle."""
         return self.forward_As if self.forward_sign > 0 else self.reverse_As
@@ -199,8 +195,8 @@ def short_in_cycle(
 
 
 def median(values: Sequence[float] | FloatArray) -> float:
-    """np.median's value without its overhead (a third of closing a cycle): the middle value,
-    or the mean of the two middle ones; NaN when empty or when a value is NaN."""
+    """np.median's value without its overhead (it runs on short lists each time a cycle closes):
+    the middle value, or the mean of the two middle ones; NaN when empty or when a value is NaN."""
     x = np.sort(np.asarray(values, dtype=np.float64))  # NaNs sort last
     n = len(x)
     if n == 0 or math.isnan(x[-1]):

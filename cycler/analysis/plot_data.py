@@ -1,7 +1,7 @@
 """What a figure needs from the store, read once per run, and the errors a plot request can meet.
 
-A report draws many figures of the same runs; reading each run's samples once (a 500 h run is
-~270 000 rows) keeps it quick. Figures are pure functions of these objects.
+A report draws many figures of the same runs; reading each run's samples once (a 500 h run has
+hundreds of thousands of rows) keeps it quick. Figures are pure functions of these objects.
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cyclerd.engine.session import CellSpec, Controls, prepare
 from cyclerd.engine.states import FINAL
-from cyclerd.protocols import ProtocolError, loads
-from cyclerd.protocols.compiler import CellDataMissing, compile_protocol
-from cyclerd.protocols.units import AREA, parse_charge, parse_positive
+from cyclerd.protocols import ProtocolError
+from cyclerd.protocols.compiler import CellDataMissing
 from cyclerd.store.database import Store
 
 RESULT_WAIT_S = 5.0  # a running daemon acts on requests within about a second
@@ -56,17 +56,28 @@ def parse_command(payload: bytes) -> Command:
         raise CommandError(problems) from None
 
 
-async def execute(store: Store, channel: str, command: Command) -> dict[str, Any]:
-    """Carry out `command` on `channel`; the reply's fields, without `ok`."""
+async def execute(
+    store: Store, channel: str, command: Command, controls: Controls | None = None
+) -> dict[str, Any]:
+    """Carry out `command` on `channel`; the reply's fields, without `ok`.
+
+    Pause, resume and stop of a run in `controls` (this process's) act at once; for a run that
+    another process runs, the request waits in the store for that process to act on it.
+    """
     if command.action == "status":
         return _status(store, channel)
     if command.action == "submit":
         return _submit(store, channel, command)
     run_id = _target_run(store, channel, command.run)
-    request = store.request(run_id, command.action)
+    if controls is not None and run_id in controls:
+        done = controls.act(run_id, command.action)
+        if done.startswith("refused"):
+            raise CommandError(done)
+        return {"run": run_id, "result": done}
+    request = store.requests.add(run_id, command.action)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RESULT_WAIT_S
-    while (result := store.request_result(request)) is None and loop.time() < deadline:
+    while (result := store.requests.result(request)) is None and loop.time() < deadline:
         await asyncio.sleep(0.05)
     if result is not None and result.startswith("refused"):
         raise CommandError(result)
@@ -76,7 +87,7 @@ async def execute(store: Store, channel: str, command: Command) -> dict[str, Any
 def _status(store: Store, channel: str) -> dict[str, Any]:
     runs = [r for r in store.runs() if r.channel == channel]
     active = next((r for r in reversed(runs) if r.state not in FINAL), None)
-    queued = [job["id"] for job in store.jobs("queued") if job["channel"] == channel]
+    queued = [job["id"] for job in store.jobs.list("queued") if job["channel"] == channel]
     return {
         "channel": channel,
         "run": None if active is None else active.id,
@@ -108,12 +119,10 @@ def _submit(store: Store, channel: str, command: Command) -> dict[str, Any]:
     if unknown:
         raise CommandError(f"cell: unknown keys {', '.join(unknown)}; use cell, area, capacity")
     try:
-        area = parse_positive(command.cell["area"], AREA) if "area" in command.cell else None
-        capacity = parse_charge(command.cell["capacity"]) if "capacity" in command.cell else None
-        program = compile_protocol(loads(command.protocol, source), area, capacity)
+        program = prepare(command.protocol, source, CellSpec.of_job(command.cell)).program
     except ProtocolError as exc:
         raise CommandError(str(exc)) from None
     except (CellDataMissing, ValueError) as exc:
         raise CommandError(str(exc)) from None
-    job = store.submit_job(channel, program.name, command.protocol, source, dict(command.cell))
+    job = store.jobs.submit(channel, program.name, command.protocol, source, dict(command.cell))
     return {"job": job, "name": program.name}

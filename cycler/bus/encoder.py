@@ -1,23 +1,21 @@
 """The bus's encoder: a child process that turns batches of samples into `data` JSON.
 
-Encoding a sample as JSON costs more than simulating, checking and storing it, so the bus
-does it on the lab PC's other core. The child is `python -m cyclerd.bus.encoder`, started by
+Encoding samples as JSON is the heaviest per-sample work of the daemon, so the bus does it
+on the lab PC's other core. The child is `python -m cyclerd.bus.encoder`, started by
 the bus and talking over its stdin/stdout: frames in, payloads out, in the same order, so a
 batch's payload is matched to it by position. The child imports json and numpy only, and
 never the daemon's sockets, database or threads.
 
 The daemon's side of the pipes is non-blocking and driven by its event loop: a frame is
 written as it is queued, and payloads are read whenever the loop polls, between channels'
-turns (a chunk of a step, about a millisecond). Both pipes are enlarged to 1 MiB, some
-thirty frames or fifteen payloads, so neither side waits for the other in practice. An
-earlier version moved the pipes with two threads; every frame and payload then made the
-threads and the event loop hand the GIL to each other: with 32 channels of E1 the main
-thread made 2919 voluntary and 996 forced context switches (504 and 321 without the threads),
-and its CPU time was 13 % higher.
+turns. Both pipes are enlarged to 1 MiB, room for many frames and payloads, so neither side
+waits for the other in practice. No threads move the pipes: each frame and payload would
+make them and the event loop hand the GIL to each other, costing the daemon's main thread
+context switches and CPU time.
 
 Frames are a 4-byte big-endian length and a body: in, a pickle of (run_id, columns), each
 column as its dtype and raw bytes (the child is ours, started from our own interpreter; raw
-bytes pickle at memcpy speed, numpy arrays at a third of it); out, the UTF-8 payload. A child
+bytes pickle much faster than numpy arrays); out, the UTF-8 payload. A child
 that dies fails its pending batches with EncoderGone, and the bus encodes in the daemon from
 then on.
 """

@@ -1,8 +1,8 @@
 """The bus: a live view of one lab's runs over MQTT 5 (state, data, events, daemon status).
 
 Publishing never blocks acquisition: the runner only enqueues and a background task sends.
-Turning samples into JSON costs about as much as everything else the daemon does with them,
-so it runs in an encoder process (cyclerd.bus.encoder) on the lab PC's other core, ahead of the
+Turning samples into JSON is a large part of what the daemon does with them, so it runs in
+an encoder process (cyclerd.bus.encoder) on the lab PC's other core, ahead of the
 sender (cyclerd.bus.sender), which keeps many messages awaiting their acknowledgement at once.
 The store is the source of truth, so whatever the bus misses while the broker is away is
 replayed from the store afterwards, by sequence number, without gaps: from the first sample

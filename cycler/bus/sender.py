@@ -1,8 +1,8 @@
 """The bus's sender: one broker connection's messages, in order, many acknowledgements awaited at once.
 
 The daemon's event loop also runs every channel, so a sender that waited for each PUBACK
-before the next publish would get one message out per turn of a loop that is busy for tens of
-milliseconds at a time, and fall ever further behind. This one starts each publish as soon as
+before the next publish would get one message out per turn of a loop that is busy with the
+channels between turns, and fall ever further behind. This one starts each publish as soon as
 its payload is ready, keeps up to `window` unacknowledged, and settles acknowledgements in the
 order the messages were sent: a run's `delivered` mark moves only past messages that were
 acknowledged together with every message before them. After the first failure nothing moves

@@ -17,7 +17,7 @@ KIND_NAMES = ("voltage", "first-cycle", "ce", "cumulative-ce", "retention", "nyq
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)  # one problem, one line
 
-# The same options as cli.py's (which imports this module, so it cannot be imported from here).
+# The same options as cyclerd.cli.main's (which imports this module, so it cannot be imported from here).
 DbOption = Annotated[Path, typer.Option("--db", help="The SQLite store holding the runs.")]
 DEFAULT_DB = Path("cyclerd.db")
 RunsArgument = Annotated[

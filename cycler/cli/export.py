@@ -12,8 +12,9 @@ from rich.markup import escape
 
 from cyclerd.store.database import Store
 
-# cyclerd.analysis.bdf and bdf_import (and pyarrow with them) load only when a file is written or read, so
-# the daemon and every other command start fast. The same conventions as cli.py, which imports this module.
+# cyclerd.analysis.bdf and bdf_import (and pyarrow with them) load only when a file is written or read,
+# so the daemon and every other command start fast. The same conventions as cyclerd.cli.main, which
+# imports this module.
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)  # one problem, one line
 DbOption = Annotated[Path, typer.Option("--db", help="The SQLite store (created if missing).")]

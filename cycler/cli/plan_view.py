@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from cyclerd.protocols.compiler import Program
 from cyclerd.protocols.plan import plan
+from cyclerd.protocols.program import Program
 from cyclerd.protocols.units import SECONDS_PER_HOUR, duration_text, engineering
 
 

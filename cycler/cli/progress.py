@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from types import TracebackType
 
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cyclerd.drivers.clock import Clock
-from cyclerd.engine.runner import Runner
+from cyclerd.engine.cursor import Cursor
+from cyclerd.engine.sinks import Columns, Sink
+from cyclerd.engine.states import RunState
 
 HOUR = 3600.0
 
 
-class RunProgress:
-    """Shows how far a run is; updates at most every `every_s` of test time to stay cheap."""
+class RunProgress(Sink):
+    """Shows how far a run is; redrawn at most every `every_s` of test time to stay cheap."""
 
     def __init__(self, console: Console, expected_s: float | None, every_s: float = 600.0) -> None:
         self.progress = Progress(
@@ -30,28 +30,26 @@ class RunProgress:
         total = expected_s / HOUR if expected_s else None
         self.task = self.progress.add_task("running", total=total, status="")
         self.every_s = every_s
-        self.runner: Runner | None = None
         self._next = 0.0
+        self._t = 0.0
+        self._ce = ""
 
-    def batch_callback(self, clock: Clock) -> Callable[[dict[str, np.ndarray]], None]:
-        start = clock.now()
+    def batch(self, columns: Columns, cursor: Cursor | None, final: bool) -> None:
+        self._t = t = float(columns["t"][-1])
+        if t < self._next:
+            return
+        self._next = t + self.every_s
+        cycle = int(columns["cycle"][-1])
+        status = f"{t / HOUR:7.1f} h test time, cycle {cycle}{self._ce}"
+        self.progress.update(self.task, completed=t / HOUR, status=status)
 
-        def update(columns: dict[str, np.ndarray]) -> None:
-            t = clock.now() - start
-            if t < self._next:
-                return
-            self._next = t + self.every_s
-            runner = self.runner
-            cycle = runner.cycle if runner else 0
-            ce = (
-                f", last CE {100 * runner.cycles[-1].coulombic_efficiency:.2f} %"
-                if runner and runner.cycles
-                else ""
-            )
-            status = f"{t / HOUR:7.1f} h test time, cycle {cycle}{ce}"
-            self.progress.update(self.task, completed=t / HOUR, status=status)
+    def cycle_closed(self, summary: Mapping[str, float]) -> None:
+        forward, reverse = summary["forward_As"], summary["reverse_As"]
+        if forward > 0:
+            self._ce = f", last CE {100 * reverse / forward:.2f} %"
 
-        return update
+    def state_changed(self, state: RunState, cycle: int) -> None:
+        self.progress.update(self.task, completed=self._t / HOUR, description=str(state))
 
     def __enter__(self) -> RunProgress:
         self.progress.start()
@@ -60,7 +58,4 @@ class RunProgress:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.runner is not None:
-            t = self.runner.test_time_s
-            self.progress.update(self.task, completed=t / HOUR, description=str(self.runner.state))
         self.progress.stop()

@@ -4,8 +4,8 @@ instrument are checked concurrently with short timeouts, and each verdict says w
 Instruments are only asked who they are (no reset, no output change, no abort), and not even
 that while a daemon holds them (a serve process here with the same config, or the daemon's
 status on the broker): doctor must be safe to run beside a months-long run. This module runs
-the checks and decides who holds the instruments; the checks themselves live in doctor_config,
-doctor_store, doctor_broker and doctor_instruments, and the report's model in doctor_verdict.
+the checks and decides who holds the instruments; the checks themselves live in cyclerd.doctor's
+config, store, broker and instruments modules, and the report's model in its verdict module.
 """
 
 from __future__ import annotations

@@ -1,30 +1,67 @@
-"""Acting on pause/resume/stop requests that people left in the store for a running run.
+"""The run's control: whether it may go on, whether it must stop, and what a request cancels.
 
-The CLI only writes requests (it works with or without a daemon); whoever runs the run — the
-daemon, or `cyclerd run` in a terminal — follows them with this loop, about once a second.
+Pause and stop must take effect at once whatever the run is waiting for — the next sample of a
+step logged every 5 minutes, a spectrum, a retry's backoff — so the runner awaits such things
+through `interruptible`, and a request cancels the wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-from cyclerd.engine.runner import Runner
-from cyclerd.engine.states import FINAL, TransitionError
-from cyclerd.store.database import Store
-
-ACTIONS = ("pause", "resume", "stop")
+T = TypeVar("T")
 
 
-async def follow_requests(store: Store, run_id: int, runner: Runner, interval_s: float = 1.0) -> None:
-    """Apply the run's pending requests in order until the run is over; each gets its result."""
-    while runner.state not in FINAL:
-        for request_id, action in store.pending_requests(run_id):
-            try:
-                if action not in ACTIONS:
-                    raise TransitionError(f"unknown action {action!r}; actions: {', '.join(ACTIONS)}")
-                getattr(runner, action)()
-                result = "done"
-            except TransitionError as exc:
-                result = f"refused: {exc}"
-            store.handle_request(request_id, result)
-        await asyncio.sleep(interval_s)
+class Interrupted(Exception):
+    """A pause or stop cancelled what the run was waiting for."""
+
+
+class RunControl:
+    def __init__(self) -> None:
+        self._go = asyncio.Event()
+        self._go.set()
+        self.stop_requested = False
+        self._waiting: asyncio.Future[Any] | None = None
+
+    @property
+    def paused(self) -> bool:
+        return not self._go.is_set()
+
+    def pause(self) -> None:
+        self._go.clear()
+        self._interrupt()
+
+    def resume(self) -> None:
+        self._go.set()
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        self._go.set()
+        self._interrupt()
+
+    async def wait_until_resumed(self) -> None:
+        await self._go.wait()
+
+    def _interrupt(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def interruptible(self, work: Awaitable[T]) -> T:
+        """Await `work` in a task that a pause or stop cancels, and then raise Interrupted.
+
+        Cancelling the run's own task still cancels it: only a cancellation that came from a
+        request becomes Interrupted.
+        """
+        task = asyncio.ensure_future(work)
+        self._waiting = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                raise Interrupted from None
+            raise
+        finally:
+            self._waiting = None

@@ -7,6 +7,7 @@ logged; summaries are computed from the logged samples, as `cyclerd show` comput
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ from cyclerd.analysis.cycles import (
     short_in_cycle,
     summarise,
 )
-from cyclerd.protocols.compiler import CycleLimits
+from cyclerd.protocols.program import CycleLimits
 
 # What the summaries read: not seq, nor temperature, which only some batches carry.
 SUMMARISED_COLUMNS = ("t", "step", "cycle", "voltage", "current", "charge", "energy")
@@ -32,12 +33,12 @@ class CycleLedger:
     cutoff_missed: dict[int, bool] = field(default_factory=dict)
     short: ShortCircuit | None = None
     # The logged samples of the cycle in progress (one cycle, never the whole run).
-    parts: list[dict[str, np.ndarray]] = field(default_factory=list)
+    parts: list[Mapping[str, np.ndarray]] = field(default_factory=list)
 
     def start_cycle(self) -> None:
         self.parts = []
 
-    def log(self, columns: dict[str, np.ndarray]) -> None:
+    def log(self, columns: Mapping[str, np.ndarray]) -> None:
         self.parts.append(columns)
 
     def missed_cutoff(self, cycle: int) -> None:

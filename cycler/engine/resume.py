@@ -9,68 +9,14 @@ source of truth.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from cyclerd.analysis.cycles import CycleSummary, ShortCircuit, forward_voltage_stats
-from cyclerd.drivers.base import StepProgress
+from cyclerd.analysis.cycles import CycleSummary, forward_voltage_stats
+from cyclerd.engine.cursor import Cursor
 from cyclerd.store.database import CYCLE_COLUMNS, Store
-
-# Phases of one step command, in order. A checkpoint names the phase the run was in:
-# an every-block ("at_start", "interrupt", "at_end") is run again whole on resuming, so an
-# impedance spectrum cut off by the crash is measured again rather than continued halfway.
-PHASES = ("at_start", "step", "interrupt", "at_end", "done")
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """A run's position: the step command, its phase and progress, and the loops around it."""
-
-    command: int
-    phase: str
-    step_number: int
-    progress: StepProgress
-    pause_at_s: float | None
-    loops: Mapping[int, tuple[int, float, int]]  # loop index -> (iteration, start t, first cycle)
-    cycle: int
-    t_s: float
-    cutoff_missed: frozenset[int] = frozenset()
-    short: ShortCircuit | None = None
-    cell: str | None = None  # a simulated cell's own state (the physical cell keeps its state too)
-
-    def as_state(self) -> dict[str, Any]:
-        return {
-            "command": self.command,
-            "phase": self.phase,
-            "step_number": self.step_number,
-            "progress": [self.progress.t_s, self.progress.charge_As, self.progress.energy_J],
-            "pause_at": self.pause_at_s,
-            "loops": {str(k): list(v) for k, v in self.loops.items()},
-            "cycle": self.cycle,
-            "cutoff_missed": sorted(self.cutoff_missed),
-            "short": None if self.short is None else [self.short.cycle, self.short.reason],
-            "cell": self.cell,
-        }
-
-    @classmethod
-    def from_state(cls, t_s: float, state: Mapping[str, Any]) -> ResumePoint:
-        short = state.get("short")
-        return cls(
-            command=int(state["command"]),
-            phase=str(state["phase"]),
-            step_number=int(state["step_number"]),
-            progress=StepProgress(*(float(x) for x in state["progress"])),
-            pause_at_s=None if state["pause_at"] is None else float(state["pause_at"]),
-            loops={int(k): (int(v[0]), float(v[1]), int(v[2])) for k, v in state["loops"].items()},
-            cycle=int(state["cycle"]),
-            t_s=t_s,
-            cutoff_missed=frozenset(int(c) for c in state.get("cutoff_missed", [])),
-            short=None if short is None else ShortCircuit(int(short[0]), str(short[1])),
-            cell=state.get("cell"),
-        )
 
 
 @dataclass
@@ -86,12 +32,35 @@ class History:
     open_steps: list[int] = field(default_factory=list)
 
 
-def load_point(store: Store, run_id: int) -> ResumePoint | None:
+def load_cursor(store: Store, run_id: int) -> Cursor | None:
     """The run's last checkpoint, or None when it never got as far as one."""
     found = store.checkpoint(run_id)
     if found is None or "phase" not in found[1]:
         return None
-    return ResumePoint.from_state(*found)
+    return Cursor.from_state(*found)
+
+
+def gap_event(cursor: Cursor, outage_s: float, next_seq: int) -> tuple[str, dict[str, Any]]:
+    """The audit event of a resumed run: where it took up, and what the gap may hide."""
+    message = (
+        f"resumed after a restart: step {cursor.step_number} ({cursor.phase}) at"
+        f" {cursor.progress.t_s:.1f} s of step time, {cursor.progress.charge_As * 1e3 / 3.6:.4g} mAh"
+        f" carried over; {outage_s:.1f} s of test time without the daemon, first new sample seq {next_seq}"
+    )
+    if outage_s > 0:
+        message += (
+            "; the output was switched off at the restart: what the instrument did while the"
+            " daemon was away is not recorded"
+        )
+    data = {
+        "step": cursor.step_number,
+        "phase": cursor.phase.value,
+        "step_time": cursor.progress.t_s,
+        "charge_As": cursor.progress.charge_As,
+        "outage_s": outage_s,
+        "next_seq": next_seq,
+    }
+    return message, data
 
 
 def load_history(store: Store, run_id: int, cycle: int) -> History:

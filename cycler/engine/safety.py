@@ -1,12 +1,15 @@
-"""The run's safety limits, checked on every logged sample of every batch."""
+"""The run's safety limits, checked on every logged sample of every batch, and the batch as stored."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from cyclerd.protocols.compiler import SafetyLimits
+from cyclerd.drivers.base import Batch
+from cyclerd.protocols.program import SafetyLimits
 
 
 def first_violation(limits: SafetyLimits, columns: Mapping[str, np.ndarray]) -> tuple[int, str] | None:
@@ -34,3 +37,38 @@ def first_violation(limits: SafetyLimits, columns: Mapping[str, np.ndarray]) -> 
         k = int(np.argmax(t > limits.duration_max_s))
         found.append((k, f"run time {t[k] / 3600:.2f} h beyond duration_max"))
     return min(found) if found else None
+
+
+def stored_columns(
+    batch: Batch, first_seq: int, step: int, cycle: int, segment_start_s: float
+) -> dict[str, NDArray[Any]]:
+    """A channel's batch as the store's columns: numbered from `first_seq`, in test time."""
+    n = len(batch)
+    columns: dict[str, NDArray[Any]] = {
+        "seq": np.arange(first_seq, first_seq + n),
+        "t": segment_start_s + batch.t_s,
+        "step": np.full(n, step),
+        "cycle": np.full(n, cycle),
+        "voltage": batch.voltage_V,
+        "current": batch.current_A,
+        "charge": batch.charge_As,
+        "energy": batch.energy_J,
+    }
+    if batch.temperature_K is not None:
+        columns["temperature"] = batch.temperature_K
+    return columns
+
+
+def clipped_at_violation(
+    limits: SafetyLimits, columns: dict[str, NDArray[Any]]
+) -> tuple[dict[str, NDArray[Any]], str | None]:
+    """The columns up to and including the first sample that crosses a limit, and what it crossed.
+
+    Samples after the crossing are not stored: the run stops there, and the record ends on the
+    sample that made it stop.
+    """
+    violation = first_violation(limits, columns)
+    if violation is None:
+        return columns, None
+    end = violation[0] + 1
+    return {key: value[:end] for key, value in columns.items()}, violation[1]

@@ -11,7 +11,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from cyclerd.store.blocks import INSERT, SELECT, block_rows, read_blocks
 from cyclerd.store.migrate import migrate
-from cyclerd.store.queue import JobQueue
+from cyclerd.store.queue import JobQueue, Requests
 from cyclerd.store.schema import CYCLE_COLUMNS, SAMPLE_COLUMNS, SCHEMA
 from cyclerd.store.wal import WRITER_FALLBACK_PAGES, WalCheckpointer
 
@@ -54,10 +54,11 @@ class Run:
     source: dict[str, Any]
 
 
-class Store(JobQueue):
+class Store:
     """One SQLite database; not shared between threads (open one Store per writer).
 
-    The job queue and the pause/resume/stop requests come from `JobQueue` (cyclerd.store.queue).
+    `jobs` is the job queue and `requests` the pause/resume/stop requests
+    (cyclerd.store.queue); they use only this class's public `transaction` and `read`.
     """
 
     def __init__(self, path: str | Path, wal_thread: bool = False) -> None:
@@ -67,7 +68,6 @@ class Store(JobQueue):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         self._owner: asyncio.Task[Any] | None = None  # the task whose transaction is open
-        self._later: dict[asyncio.Task[Any] | None, list[Callable[[], None]]] = {}  # by task, in order
         self._due: dict[int, tuple[float, Mapping[str, Any]]] = {}  # the open transaction's checkpoints
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a power cut may lose the last transactions, never corrupt the file.
@@ -79,6 +79,8 @@ class Store(JobQueue):
         if wal_thread:
             self._db.execute(f"PRAGMA wal_autocheckpoint={WRITER_FALLBACK_PAGES}")
             self._wal = WalCheckpointer(self.path)
+        self.jobs = JobQueue(self)
+        self.requests = Requests(self)
 
     def close(self) -> None:
         if self._wal is not None:
@@ -96,9 +98,8 @@ class Store(JobQueue):
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One transaction; nested in another, it is part of that one (one commit, all or nothing).
 
-        The task's writes queued with `later` go first, so the task's commits keep the order of
-        its writes. A run's checkpoint is written once, as the transaction commits: the latest
-        one given wins, and an earlier one in the same commit costs nothing.
+        A run's checkpoint is written once, as the transaction commits: the latest one given wins,
+        and an earlier one in the same commit costs nothing.
 
         The daemon's channel tasks share one Store, so a transaction must not span an await:
         another task would write into it unseen. One that does is refused when that other task
@@ -113,8 +114,6 @@ class Store(JobQueue):
         self._db.execute("BEGIN IMMEDIATE")
         self._owner = task
         try:
-            for write in self._later.pop(task, ()):
-                write()
             yield self._db
             for run_id, (t, state) in self._due.items():
                 self._write_checkpoint(self._db, run_id, t, state)
@@ -125,16 +124,6 @@ class Store(JobQueue):
             self._owner = None
             self._due.clear()
         self._db.execute("COMMIT")
-
-    def later(self, write: Callable[[], None]) -> None:
-        """Queue a write (a call of this Store's methods) for the current task's next transaction.
-
-        For what a crash may lose without harm, because the run would redo it from the commit
-        before: a step's start, a cycle's summary. It then shares the commit of what follows,
-        typically the step's first batch, instead of costing one of its own. Whatever the task
-        commits next commits it too, first.
-        """
-        self._later.setdefault(_current_task(), []).append(write)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -293,21 +282,14 @@ class Store(JobQueue):
 
     # -- reading -------------------------------------------------------------------------
 
-    def _rows(
-        self, query: str, where: str | None, value: Any, order: str, json_column: str | None = None
-    ) -> list[dict[str, Any]]:
-        """Rows as dicts, optionally filtered on one column, with one JSON column decoded."""
-        args: tuple[Any, ...] = ()
-        if where is not None and value is not None:
-            query += f" WHERE {where} = ?"
-            args = (value,)
-        cursor = self._db.execute(f"{query} ORDER BY {order}", args)
+    def read(self, query: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """The rows of one SELECT as dicts keyed by column name.
+
+        Outside a transaction it sees what is committed; inside one, that transaction's writes too.
+        """
+        cursor = self._db.execute(query, args)
         names = [d[0] for d in cursor.description]
-        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        if json_column is not None:
-            for row in rows:
-                row[json_column] = json.loads(row[json_column])
-        return rows
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def runs(self) -> list[Run]:
         rows = self._db.execute(
@@ -364,13 +346,19 @@ class Store(JobQueue):
     def steps(self, run_id: int) -> list[dict[str, Any]]:
         query = (
             "SELECT number, command, kind, label, cycle, t_start, t_end, end_reason, charge_As, energy_J"
-            " FROM steps"
+            " FROM steps WHERE run_id = ? ORDER BY number"
         )
-        return self._rows(query, "run_id", run_id, "number")
+        return self.read(query, (run_id,))
 
     def events(self, run_id: int | None = None) -> list[dict[str, Any]]:
         query = "SELECT id, run_id, t, unix, kind, message, data FROM events"
-        return self._rows(query, "run_id", run_id, "id", json_column="data")
+        if run_id is None:
+            events = self.read(f"{query} ORDER BY id")
+        else:
+            events = self.read(f"{query} WHERE run_id = ? ORDER BY id", (run_id,))
+        for event in events:
+            event["data"] = json.loads(event["data"])
+        return events
 
     def cycles(self, run_id: int) -> dict[str, FloatArray]:
         """The stored cycle summaries of a run as columns (CYCLE_COLUMNS), in cycle order."""

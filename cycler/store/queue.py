@@ -1,8 +1,9 @@
-"""The job queue and the pause/resume/stop requests: the store's half that the daemon polls.
+"""The job queue and the pause/resume/stop requests: the part of the store the daemon polls.
 
-A mixin of `cyclerd.store.database.Store`, which owns the connection; callers only ever see `Store`.
 Both tables live in the same SQLite file as the runs, so the CLI of one process and the
-daemon of another meet in it without any other channel between them.
+daemon of another meet in it without any other channel between them. The Store creates one
+`JobQueue` and one `Requests` (`store.jobs`, `store.requests`); they reach the file only
+through the Store's public `transaction` and `read`, so they cannot disturb its state.
 """
 
 from __future__ import annotations
@@ -10,32 +11,44 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+Job = dict[str, Any]
+"""A job as a dict: id, channel, name, source, cell (decoded), state, submitted_unix, run_id."""
+Jobs = list[Job]  # named outside JobQueue, whose method `list` would shadow the builtin there
+
+JOB_COLUMNS = "id, channel, name, source, cell, state, submitted_unix, run_id"
+
+
+class Database(Protocol):
+    """What the queue needs of the Store: one writer's transactions and plain reads."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+    def read(self, query: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
 
 
 class JobQueue:
-    """Jobs waiting for a channel, and requests waiting for the daemon, as methods of the Store."""
+    """Protocols submitted for a channel, each waiting until the channel's daemon claims it.
 
-    path: Path
-    _db: sqlite3.Connection
+    A job's state goes queued -> running -> done, failed or stopped; a daemon that crashed
+    finds its running jobs again with `orphans` and resumes their runs or queues them again.
+    """
 
-    if TYPE_CHECKING:  # provided by Store, which owns the connection
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
-        def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-        def _rows(
-            self, query: str, where: str | None, value: Any, order: str, json_column: str | None = None
-        ) -> list[dict[str, Any]]: ...
-
-    # -- jobs ----------------------------------------------------------------------------
-
-    def submit_job(
+    def submit(
         self, channel: str, name: str, protocol_text: str, source: str, cell: Mapping[str, Any]
     ) -> int:
-        with self.transaction() as db:
+        """Queue a protocol for `channel`; the job's id."""
+        with self._db.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO jobs (channel, name, protocol, source, cell, state, submitted_unix)"
                 " VALUES (?, ?, ?, ?, ?, 'queued', ?)",
@@ -44,47 +57,64 @@ class JobQueue:
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
-    def claim_job(self, channel: str) -> dict[str, Any] | None:
+    def claim(self, channel: str) -> Job | None:
         """The oldest queued job of `channel`, marked running (atomic: one claimant wins)."""
-        with self.transaction() as db:
+        with self._db.transaction() as db:
             row = db.execute(
                 "SELECT id FROM jobs WHERE channel = ? AND state = 'queued' ORDER BY id LIMIT 1", (channel,)
             ).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (row[0],))
-        return next(job for job in self.jobs() if job["id"] == row[0])
+        return self._select("WHERE id = ?", (row[0],))[0]
 
-    def finish_job(self, job_id: int, state: str, run_id: int | None = None) -> None:
-        with self.transaction() as db:
+    def finish(self, job_id: int, state: str, run_id: int | None = None) -> None:
+        """Record how a job ended and, once known, the run it became."""
+        with self._db.transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = ?, run_id = COALESCE(?, run_id) WHERE id = ?",
                 (state, run_id, job_id),
             )
 
-    def requeue_job(self, job_id: int) -> None:
-        with self.transaction() as db:
+    def requeue(self, job_id: int) -> None:
+        """Put a job back in the queue: it never became a run, so it starts afresh."""
+        with self._db.transaction() as db:
             db.execute("UPDATE jobs SET state = 'queued' WHERE id = ?", (job_id,))
 
-    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
-        query = "SELECT id, channel, name, source, cell, state, submitted_unix, run_id FROM jobs"
-        return self._rows(query, "state", state, "id", json_column="cell")
+    def list(self, state: str | None = None) -> Jobs:
+        """Every job, or those in `state`, oldest first."""
+        if state is None:
+            return self._select("", ())
+        return self._select("WHERE state = ?", (state,))
 
-    def job_protocol(self, job_id: int) -> str:
-        row = self._db.execute("SELECT protocol FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise KeyError(f"no job {job_id} in {self.path}")
-        return str(row[0])
-
-    def orphan_jobs(self, channel: str) -> list[dict[str, Any]]:
+    def orphans(self, channel: str) -> Jobs:
         """Jobs marked running on `channel`: after a crash, their runs resume or they queue again."""
-        return [job for job in self.jobs("running") if job["channel"] == channel]
+        return self._select("WHERE state = 'running' AND channel = ?", (channel,))
 
-    # -- requests ------------------------------------------------------------------------
+    def protocol(self, job_id: int) -> str:
+        """The protocol text of a job, as submitted."""
+        rows = self._db.read("SELECT protocol FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise KeyError(f"no job {job_id} in {self._db.path}")
+        return str(rows[0]["protocol"])
 
-    def request(self, run_id: int, action: str) -> int:
-        """Record that someone asked a run to pause, resume or stop; the daemon acts on it."""
-        with self.transaction() as db:
+    def _select(self, where: str, args: Sequence[Any]) -> Jobs:
+        jobs = self._db.read(f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id", args)
+        for job in jobs:
+            job["cell"] = json.loads(job["cell"])
+        return jobs
+
+
+class Requests:
+    """Asks to pause, resume or stop a run, from anyone who can open the file; the daemon
+    running the run acts on them and writes back what became of each."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def add(self, run_id: int, action: str) -> int:
+        """Record that someone asked a run to pause, resume or stop; the request's id."""
+        with self._db.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO requests (run_id, action, requested_unix) VALUES (?, ?, ?)",
                 (run_id, action, time.time()),
@@ -92,20 +122,22 @@ class JobQueue:
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
-    def pending_requests(self, run_id: int) -> list[tuple[int, str]]:
-        rows = self._db.execute(
+    def pending(self, run_id: int) -> list[tuple[int, str]]:
+        """The run's requests not yet handled, oldest first, as (id, action)."""
+        rows = self._db.read(
             "SELECT id, action FROM requests WHERE run_id = ? AND handled_unix IS NULL ORDER BY id", (run_id,)
-        ).fetchall()
-        return [(int(r[0]), str(r[1])) for r in rows]
+        )
+        return [(int(row["id"]), str(row["action"])) for row in rows]
 
-    def handle_request(self, request_id: int, result: str) -> None:
-        with self.transaction() as db:
+    def handle(self, request_id: int, result: str) -> None:
+        """Mark a request handled, with its result ('done' or 'refused: ...')."""
+        with self._db.transaction() as db:
             db.execute(
                 "UPDATE requests SET handled_unix = ?, result = ? WHERE id = ?",
                 (time.time(), result, request_id),
             )
 
-    def request_result(self, request_id: int) -> str | None:
+    def result(self, request_id: int) -> str | None:
         """What became of a request: 'done', 'refused: ...', or None while it waits."""
-        row = self._db.execute("SELECT result FROM requests WHERE id = ?", (request_id,)).fetchone()
-        return None if row is None or row[0] is None else str(row[0])
+        rows = self._db.read("SELECT result FROM requests WHERE id = ?", (request_id,))
+        return None if not rows or rows[0]["result"] is None else str(rows[0]["result"])

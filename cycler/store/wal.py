@@ -2,9 +2,8 @@
 
 In WAL mode SQLite appends every commit to the `-wal` file, and a checkpoint copies those
 pages back into the database and fsyncs it. By default the committing connection does that
-itself whenever the WAL passes 1000 pages: one commit in a hundred then stalls the event
-loop, and every channel with it, for 5 to 10 ms. With 64 simulated channels of E1 these
-stalls were half the daemon's commit time (0.26 of 0.51 s). Python's sqlite3 lets go of the
+itself whenever the WAL passes 1000 pages: that commit then stalls the event loop, and
+every channel with it, while the pages are copied and synced. Python's sqlite3 lets go of the
 GIL while SQLite works, so here a thread with its own connection checkpoints every fraction
 of a second and the copying and the fsync overlap the loop's work. A PASSIVE checkpoint never
 waits for a writer or blocks one.
@@ -23,7 +22,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-INTERVAL_S = 0.25  # at the daemon's fastest (64 simulated channels) about 1000 pages of WAL
+INTERVAL_S = 0.25  # keeps the WAL near SQLite's default 1000 pages even at the daemon's fastest
 WRITER_FALLBACK_PAGES = 20_000  # the writer's own checkpoint (80 MB of WAL): only if we fall behind
 
 

@@ -1,0 +1,204 @@
+"""The executor: drives the channel through a step, one stretch at a time, and keeps the cell safe.
+
+The runner (cyclerd.engine.runner) decides which step comes next; the executor runs it on the
+channel until it ends or an every-block interrupts it, numbers and safety-checks every batch,
+and handles what happens on the way: a pause or stop (acted on at once, the cell made safe), an
+instrument fault (recorded, the cell made safe, retried with backoff when it may pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any
+
+from cyclerd.drivers.base import (
+    Batch,
+    Channel,
+    InstrumentDisconnected,
+    InstrumentFault,
+    InstrumentGarbled,
+    InstrumentTimeout,
+    Named,
+    Reconnectable,
+    Spectrum,
+    StepEnd,
+    StepProgress,
+)
+from cyclerd.drivers.clock import Clock
+from cyclerd.engine.control import Interrupted, RunControl
+from cyclerd.engine.safety import clipped_at_violation, stored_columns
+from cyclerd.engine.sinks import Columns, RunEvent, Sink
+from cyclerd.protocols.program import ImpedanceSpec, SafetyLimits, StepCommand
+
+RETRY_BACKOFF_S = 2.0  # run-clock seconds before the first retry after a transient fault
+RETRY_BACKOFF_MAX_S = 60.0  # the backoff doubles per attempt up to this
+
+# What the runner does with a stored batch: (columns, progress of its last sample, final).
+BatchStored = Callable[[Columns, StepProgress, bool], None]
+
+
+class SafetyStop(Exception):
+    """A safety limit was crossed; the run ends with the cell made safe."""
+
+
+class StopRequested(Exception):
+    """Someone asked the run to stop."""
+
+
+class FaultStop(Exception):
+    """An instrument fault that retrying did not cure; the run ends with the cell made safe."""
+
+
+class _Reading:
+    """The progress of the last batch a stretch stored: where the step resumes after a fault."""
+
+    __slots__ = ("progress",)
+
+    def __init__(self, progress: StepProgress) -> None:
+        self.progress = progress
+
+
+class Executor:
+    """One channel's hands: `segment` and `impedance` run a step, `make_safe` ends anything."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        clock: Clock,
+        safety: SafetyLimits,
+        sinks: Sink,
+        control: RunControl,
+        test_time: Callable[[], float],
+        retries: int = 3,
+    ) -> None:
+        self.channel = channel
+        self.clock = clock
+        self.safety = safety
+        self.sinks = sinks
+        self.control = control
+        self.test_time = test_time
+        self.retries = retries
+        self.next_seq = 0  # the sequence number of the run's next stored sample
+
+    @property
+    def name(self) -> str:
+        return self.channel.name if isinstance(self.channel, Named) else "the channel"
+
+    def event(self, kind: str, message: str, data: Mapping[str, Any] | None = None) -> None:
+        self.sinks.event(RunEvent(self.test_time(), kind, message, data or {}))
+
+    async def make_safe(self) -> None:
+        """Tell the channel to go safe; if it cannot even answer that, say so in the record."""
+        try:
+            await self.channel.safe_state()
+        except InstrumentFault as exc:
+            self.event("fault", f"could not confirm the cell is safe: {exc}")
+
+    async def hold(self, number: int, progress: StepProgress) -> None:
+        """Paused: the cell is held safe until someone resumes or stops the run."""
+        await self.make_safe()
+        self.event("pause", f"paused in step {number} at {progress.t_s:.1f} s of step time")
+        await self.control.wait_until_resumed()
+        if self.control.stop_requested:
+            raise StopRequested
+
+    async def segment(
+        self,
+        command: StepCommand,
+        number: int,
+        cycle: int,
+        progress: StepProgress,
+        pause_at: float | None,
+        stored: BatchStored,
+    ) -> StepEnd:
+        """Run the step from `progress` until it ends or reaches step time `pause_at`; a pause or
+        a fault that may pass resumes it from the last stored sample."""
+        faults = 0
+        while True:
+            if self.control.paused:  # paused before the step began, or taken up paused
+                await self.hold(number, progress)
+            reading = _Reading(progress)
+            stream = self.channel.run(command, progress, self.safety, pause_at)
+            start = self.test_time() - progress.t_s  # test time at this stretch's step time 0
+            try:
+                return await self.control.interruptible(
+                    self._consume(stream, number, cycle, start, reading, stored)
+                )
+            except Interrupted:
+                progress = reading.progress
+                if self.control.stop_requested:
+                    raise StopRequested from None
+                await self.hold(number, progress)
+            except InstrumentFault as exc:
+                progress = reading.progress
+                faults += 1
+                await self._recover(exc, faults, number, progress)
+            finally:
+                await stream.aclose()
+
+    async def _consume(
+        self,
+        stream: AsyncGenerator[Batch | StepEnd, None],
+        number: int,
+        cycle: int,
+        start: float,
+        reading: _Reading,
+        stored: BatchStored,
+    ) -> StepEnd:
+        async for item in stream:
+            if isinstance(item, StepEnd):
+                return item
+            progress = StepProgress(float(item.t_s[-1]), float(item.charge_As[-1]), float(item.energy_J[-1]))
+            columns, crossed = clipped_at_violation(
+                self.safety, stored_columns(item, self.next_seq, number, cycle, start)
+            )
+            reading.progress = progress
+            stored(columns, progress, item.final)
+            self.next_seq += len(columns["seq"])
+            if crossed is not None:
+                raise SafetyStop(crossed)
+            if self.control.stop_requested:
+                raise StopRequested
+            if self.control.paused:
+                raise Interrupted
+        # Asking again would get the same: a fault, not a loop without end.
+        raise InstrumentFault(self.name, f"its data for step {number} ended before the step did")
+
+    async def _recover(
+        self, fault: InstrumentFault, attempt: int, number: int, progress: StepProgress
+    ) -> None:
+        """Record the fault in the instrument's words, make the cell safe, retry or give up."""
+        transient = isinstance(fault, InstrumentTimeout | InstrumentDisconnected | InstrumentGarbled)
+        self.event(
+            "fault",
+            f"step {number}: {fault}; cell made safe",
+            {"step": number, "step_time": progress.t_s, "attempt": attempt, "transient": transient},
+        )
+        await self.make_safe()
+        if not transient or attempt > self.retries:
+            raise FaultStop(str(fault)) from fault
+        backoff = min(RETRY_BACKOFF_S * 2 ** (attempt - 1), RETRY_BACKOFF_MAX_S)
+        try:
+            await self.control.interruptible(self.clock.sleep(backoff))
+        except Interrupted:
+            if self.control.stop_requested:
+                raise StopRequested from None
+        if isinstance(self.channel, Reconnectable):
+            try:
+                await self.channel.reconnect()
+            except InstrumentFault as exc:
+                self.event("fault", f"reconnecting failed: {exc}")
+
+    async def impedance(self, spec: ImpedanceSpec, number: int) -> Spectrum:
+        """One spectrum; a pause measures it again whole afterwards (a spectrum has no middle)."""
+        while True:
+            if self.control.paused:
+                await self.hold(number, StepProgress())
+            try:
+                return await self.control.interruptible(self.channel.impedance(spec))
+            except Interrupted:
+                if self.control.stop_requested:
+                    raise StopRequested from None
+            except InstrumentFault as exc:
+                self.event("fault", f"spectrum in step {number}: {exc}")
+                raise FaultStop(str(exc)) from exc

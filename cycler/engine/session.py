@@ -1,0 +1,311 @@
+"""One run session, the same for `cyclerd run` in a terminal and for the daemon's channels.
+
+prepare (read the protocol, compile it, resolve the cell once) -> open the device (a simulated
+cell in virtual time, or an instrument, reached with backoff) -> execute (a Runner with its
+sinks, registered where pause/resume/stop requests find it). A new run and a run taken up
+after a crash differ only in where the cursor starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from cyclerd.drivers.base import Channel, InstrumentFault, Snapshotting, unmet_needs
+from cyclerd.drivers.clock import AcceleratedClock, Clock, RealClock, VirtualClock
+from cyclerd.engine.cursor import Cursor
+from cyclerd.engine.instruments import open_channel
+from cyclerd.engine.resume import History
+from cyclerd.engine.runner import Runner, RunResult
+from cyclerd.engine.sinks import Sink, Sinks, StoreSink
+from cyclerd.engine.states import RunState, TransitionError
+from cyclerd.protocols import Protocol, ProtocolError, loads
+from cyclerd.protocols.compiler import compile_protocol
+from cyclerd.protocols.errors import Problem
+from cyclerd.protocols.program import Program
+from cyclerd.protocols.units import AREA, Amount, Basis, parse_charge, parse_positive
+from cyclerd.simulators.channel import SimulatedChannel
+from cyclerd.simulators.presets import make_cell
+from cyclerd.store.database import Store
+
+ACTIONS = ("pause", "resume", "stop")
+
+
+class CannotTakeUp(Exception):
+    """A run's checkpoint cannot be continued (the message says why); it is stopped safely."""
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """The cell's area and capacity as a person gave them (CLI option, job, MQTT command)."""
+
+    area_m2: float | None = None
+    capacity: Amount | None = None
+
+    @classmethod
+    def parse(cls, area: str | None, capacity: str | None) -> CellSpec:
+        """Raises ValueError naming the value and the unit it wants."""
+        return cls(
+            None if area is None else parse_positive(area, AREA),
+            None if capacity is None else parse_charge(capacity),
+        )
+
+    @classmethod
+    def of_job(cls, cell: Mapping[str, Any]) -> CellSpec:
+        return cls.parse(cell.get("area"), cell.get("capacity"))
+
+
+@lru_cache(maxsize=64)
+def _parsed(text: str, source: str) -> Protocol:
+    """A protocol text parsed once however many channels run it (protocols are frozen)."""
+    return loads(text, source)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A protocol read and compiled for one cell: everything a run needs before a device."""
+
+    program: Program
+    text: str
+    source: str
+
+    def cell_info(self, *extra: Mapping[str, Any]) -> dict[str, Any]:
+        """What the run's record says of its cell: the resolved values, then what was given."""
+        info: dict[str, Any] = {"area_m2": self.program.area_m2, "capacity_As": self.program.capacity_As}
+        info.update(self.program.metadata)
+        for more in extra:
+            info.update(more)
+        return info
+
+
+def prepare(text: str, source: str, cell: CellSpec) -> Prepared:
+    """Raises ProtocolError (file:line:column) or CellDataMissing (what to give)."""
+    return Prepared(compile_protocol(_parsed(text, source), cell.area_m2, cell.capacity), text, source)
+
+
+def prepare_file(path: Path, cell: CellSpec) -> Prepared:
+    """The protocol file `path`, read and prepared; an unreadable file is a ProtocolError too."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError([Problem(str(path), 1, 1, f"cannot read the file: {exc}")]) from None
+    return prepare(text, str(path), cell)
+
+
+def prepare_stored(text: str, cell: Mapping[str, Any], source: str) -> Prepared:
+    """A stored run's protocol, compiled again with the cell values it was resolved with."""
+    area, capacity_As = cell.get("area_m2"), cell.get("capacity_As")
+    capacity = None if capacity_As is None else Amount(float(capacity_As), Basis.ABSOLUTE)
+    return prepare(text, source or "<stored protocol>", CellSpec(area, capacity))
+
+
+@dataclass(frozen=True)
+class SimulatedCell:
+    """A simulated cell (a preset of cyclerd.simulators) run in virtual time."""
+
+    preset: str
+    seed: int = 0
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """A real or emulated instrument; unreachable, it is tried again with a doubling wait."""
+
+    driver: str
+    resource: str
+    poll_s: float = 1.0
+    speed: float = 1.0  # >1 only against an emulator running accelerated
+    reconnect_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    give_up_s: float | None = 0.0  # 0: fail at once; None: wait for it however long
+    label: str = ""  # what the lab calls it (lab.toml's instrument name); else its resource
+
+    @property
+    def called(self) -> str:
+        return self.label or self.resource
+
+
+Device = SimulatedCell | Instrument
+
+
+@asynccontextmanager
+async def open_device(
+    device: Device, program: Program, name: str, cursor: Cursor | None, note: Callable[[str], None]
+) -> AsyncIterator[tuple[Channel, Clock]]:
+    """The channel and the clock its run keeps time by; `cursor`: restore a simulated cell's
+    state from it. `note` records what a person should know (an instrument that kept us waiting)."""
+    if isinstance(device, SimulatedCell):
+        clock = VirtualClock()
+        cell = make_cell(device.preset, seed=device.seed, area_m2=program.area_m2, overrides=device.overrides)
+        channel = SimulatedChannel(cell, clock, name=name)
+        if cursor is not None:
+            if cursor.cell_unreadable:
+                raise CannotTakeUp("its checkpoint holds the simulated cell as a pickle, which is never read")
+            if cursor.cell is not None:
+                channel.restore(cursor.cell)
+        yield channel, clock
+        return
+    real: Clock = RealClock() if device.speed == 1.0 else AcceleratedClock(device.speed)
+    async with AsyncExitStack() as stack:
+        instrument: Channel
+        delay, waited, attempt = device.reconnect_s, 0.0, 0
+        while True:
+            attempt += 1
+            try:
+                instrument = await stack.enter_async_context(
+                    open_channel(device.driver, device.resource, real, device.poll_s)
+                )
+                break
+            except (InstrumentFault, OSError) as exc:
+                if device.give_up_s is not None and waited >= device.give_up_s:
+                    raise
+                if attempt == 1:
+                    waits = "retrying with backoff while the channel waits"
+                    note(f"{name}: cannot reach {device.called} ({exc}); {waits}")
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(2 * delay, device.reconnect_max_s)
+        if attempt > 1:
+            note(f"{name}: {device.called} reached after {attempt} attempts")
+        yield instrument, real
+
+
+class Controls:
+    """The runs this process is running, by run id: where pause, resume and stop go at once."""
+
+    def __init__(self) -> None:
+        self._runners: dict[int, Runner] = {}
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._runners
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self._runners))
+
+    def act(self, run_id: int, action: str) -> str:
+        """Carry out `action` on run `run_id`: 'done', or 'refused: why'. KeyError: not here."""
+        runner = self._runners[run_id]
+        try:
+            if action == "pause":
+                runner.pause()
+            elif action == "resume":
+                runner.resume()
+            elif action == "stop":
+                runner.stop()
+            else:
+                raise TransitionError(f"unknown action {action!r}; actions: {', '.join(ACTIONS)}")
+        except TransitionError as exc:
+            return f"refused: {exc}"
+        return "done"
+
+    def state(self, run_id: int) -> RunState:
+        return self._runners[run_id].state
+
+    @asynccontextmanager
+    async def registered(self, run_id: int, runner: Runner) -> AsyncIterator[None]:
+        self._runners[run_id] = runner
+        try:
+            yield
+        finally:
+            del self._runners[run_id]
+
+
+async def forward_requests(store: Store, controls: Controls, interval_s: float = 0.5) -> None:
+    """Act on requests another process (the CLI) left in the store for this process's runs.
+
+    One poller per process; a request for a run this process does not run stays for whoever does.
+    """
+    while True:
+        for run_id in controls:
+            for request_id, action in store.requests.pending(run_id):
+                store.requests.handle(request_id, controls.act(run_id, action))
+        await asyncio.sleep(interval_s)
+
+
+Views = Callable[[int], Sequence[Sink]]  # the live views of run `run_id`, besides the store
+
+
+def no_views(run_id: int) -> Sequence[Sink]:
+    return ()
+
+
+@dataclass
+class Session:
+    """Runs on one channel, recorded in `store`, shown by `views`, controlled through `controls`."""
+
+    store: Store
+    channel: str
+    device: Device
+    controls: Controls
+    views: Views = no_views
+    resumable: bool = False  # a cancelled run keeps its state for the next start to take up
+
+    def note(self, run_id: int | None) -> Callable[[str], None]:
+        return lambda message: self.store.record_event(run_id, "instrument", message)
+
+    async def start(
+        self, prepared: Prepared, cell: Mapping[str, Any], source: Mapping[str, Any]
+    ) -> tuple[int, RunResult] | list[str]:
+        """A new run: its result, or what the device cannot do (then no run is created)."""
+        async with open_device(self.device, prepared.program, self.channel, None, self.note(None)) as (
+            channel,
+            clock,
+        ):
+            problems = unmet_needs(prepared.program.needs(), channel.capabilities, self.channel)
+            if problems:
+                return problems
+            name = prepared.program.name
+            run_id = self.store.create_run(name, self.channel, prepared.text, cell, source)
+            return run_id, await self._execute(run_id, prepared.program, channel, clock, None)
+
+    async def take_up(
+        self,
+        run_id: int,
+        prepared: Prepared,
+        cursor: Cursor,
+        history: History,
+        state: RunState,
+        outage_s: float,
+    ) -> RunResult:
+        """Continue run `run_id` from its checkpoint. A simulated cell's test time did not run
+        while the daemon was away; a real cell's did (`outage_s` is then added to test time)."""
+        async with open_device(self.device, prepared.program, self.channel, cursor, self.note(run_id)) as (
+            channel,
+            clock,
+        ):
+            gap = 0.0 if isinstance(channel, Snapshotting) else outage_s
+            restore = (cursor, history, state, gap)
+            return await self._execute(run_id, prepared.program, channel, clock, restore)
+
+    async def stop_safely(self, run_id: int, prepared: Prepared, why: str, outage_s: float) -> None:
+        """End a run that will not be taken up, its cell made safe first."""
+        async with open_device(self.device, prepared.program, self.channel, None, self.note(run_id)) as (
+            channel,
+            _,
+        ):
+            await channel.safe_state()
+        self.store.record_event(
+            run_id, "gap", f"stopped safely after a restart: {why}", data={"outage_s": outage_s}
+        )
+
+    async def _execute(
+        self,
+        run_id: int,
+        program: Program,
+        channel: Channel,
+        clock: Clock,
+        restore: tuple[Cursor, History, RunState, float] | None,
+    ) -> RunResult:
+        sinks = Sinks([StoreSink(self.store, run_id), *self.views(run_id)])
+        runner = Runner(program, channel, clock, sinks)
+        runner.resumable = self.resumable
+        if restore is not None:
+            runner.restore(*restore)
+        async with self.controls.registered(run_id, runner):
+            return await runner.run()

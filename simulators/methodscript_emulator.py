@@ -6,7 +6,8 @@ recovery are tested byte for byte (instrument-protocols.md §3, §6). The emulat
 cell's time: accelerated real time (`speed`), or virtual time (`speed=None`), where output
 streams as fast as the client reads and every sample moves the cell by its own interval.
 Faults (slow replies, hang-ups, garbled packages, device errors, a shorted cell) are injected
-from any thread.
+from any thread. Here: the online-command session; the links are in `methodscript_transport`,
+the scripts run in `methodscript_interp` on `methodscript_frontend`.
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ import concurrent.futures
 import contextlib
 import logging
 import math
-import os
 import threading
-import tty
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from cyclerd.drivers.clock import AcceleratedClock, Clock, VirtualClock
 from cyclerd.simulators import methodscript_packages as pk
 from cyclerd.simulators.cell import CellModel
 from cyclerd.simulators.methodscript_frontend import AnalogFrontend
 from cyclerd.simulators.methodscript_interp import Interpreter
+from cyclerd.simulators.methodscript_transport import Transport
 from cyclerd.simulators.presets import make_cell
 
 log = logging.getLogger(__name__)
@@ -59,68 +58,6 @@ class Faults:
     error_after_packages: int = 0  # ... this many more packages went out
 
 
-class _Link(Protocol):
-    closed: bool
-    partial: bytes  # received after the last newline
-
-    async def write(self, data: bytes) -> None: ...
-    def close(self) -> None: ...
-
-
-class _TcpLink:
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer, self.closed, self.partial = writer, False, b""
-
-    async def write(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    def close(self) -> None:
-        self.closed = True
-        self.writer.close()
-
-
-class _PtyLink:
-    """The master side of a pseudo-terminal; clients open the slave path like a COM port."""
-
-    def __init__(self, on_data: Callable[[_PtyLink, bytes], None]) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)  # before any client opens it: nothing is echoed or translated
-        os.set_blocking(self.master, False)
-        self.path, self.closed, self.partial = os.ttyname(self.slave), False, b""
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.master, self._readable, on_data)
-
-    def _readable(self, on_data: Callable[[_PtyLink, bytes], None]) -> None:
-        with contextlib.suppress(OSError):  # EAGAIN, or EIO with no slave (we hold it open)
-            on_data(self, os.read(self.master, 4096))
-
-    async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view and not self.closed:
-            try:
-                view = view[os.write(self.master, view) :]
-            except BlockingIOError:  # the client is not reading: stall as a UART would
-                ready = self._loop.create_future()
-                self._loop.add_writer(self.master, _resolve, ready)
-                try:
-                    await ready
-                finally:
-                    self._loop.remove_writer(self.master)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._loop.remove_reader(self.master)
-            os.close(self.master)  # the client's next read fails, as with a pulled USB cable
-            os.close(self.slave)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 class MethodScriptEmulator:
     """One EmStat4 channel on a pty and/or TCP. Its session is the scripts' `Runtime`."""
 
@@ -143,35 +80,29 @@ class MethodScriptEmulator:
         self.firmware = f"{variant}1100#{BUILD}"
         self.serial_number = serial_number
         self.faults = Faults()
-        self.pty_path: str | None = None
-        self.port: int | None = None
-        self._options = (pty, tcp, port)
+        self.transport = Transport(pty=pty, tcp=tcp, port=port, wait_for_reader=self.speed is None)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.Server | None = None
-        self._pty: _PtyLink | None = None
-        self._tcp: _TcpLink | None = None
-        self._link: _Link | None = None  # output goes where the last command came from
-        self._lines: asyncio.Queue[tuple[str, _Link]] = asyncio.Queue()
-        self._write_lock = asyncio.Lock()
-        self._new_link = asyncio.Event()
         self._abort_event = asyncio.Event()
         self._consumer: asyncio.Task[None] | None = None
-        self._handlers: set[asyncio.Task[Any]] = set()  # one per TCP connection
         self._capturing: tuple[str, list[str]] | None = None  # ("e" | "l", lines so far)
         self._loaded: pk.Script | None = None
         self._script: asyncio.Task[None] | None = None
+
+    @property
+    def pty_path(self) -> str | None:
+        """The slave side of the pty, for `serial.Serial(...)`; a new one after a dropped connection."""
+        return self.transport.pty_path
+
+    @property
+    def port(self) -> int | None:
+        return self.transport.port
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the pty and/or the TCP listener on 127.0.0.1 (`pty_path`, `port`)."""
         self._loop = asyncio.get_running_loop()
-        pty, tcp, port = self._options
-        if pty:
-            self._open_pty()
-        if tcp:
-            self._server = await asyncio.start_server(self._serve_tcp, "127.0.0.1", port)
-            self.port = int(self._server.sockets[0].getsockname()[1])
+        await self.transport.start()
         self._consumer = asyncio.create_task(self._consume())
         log.info("MethodSCRIPT emulator on pty %s, tcp port %s", self.pty_path, self.port)
 
@@ -181,14 +112,7 @@ class MethodScriptEmulator:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._server is not None:
-            self._server.close()
-        for link in (self._tcp, self._pty):
-            if link is not None:
-                link.close()  # TCP handlers see the end of their stream and return
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await self.transport.stop()
         self.frontend.finish()
 
     @contextlib.contextmanager
@@ -228,15 +152,7 @@ class MethodScriptEmulator:
 
     def drop_connection(self, tcp: bool = True, pty: bool = True) -> None:
         """Hang up: close the TCP client's socket; close the pty and open a new one (new path)."""
-
-        def drop() -> None:
-            if tcp and self._tcp is not None:
-                self._tcp.close()
-            if pty and self._pty is not None:
-                self._pty.close()
-                self._open_pty()
-
-        self._in_loop(drop)
+        self._in_loop(lambda: self.transport.drop(tcp, pty))
 
     def short_cell(self, resistance_ohm: float = 1e-3) -> None:
         """Put `resistance_ohm` across the cell terminals (a Li filament through the separator)."""
@@ -262,57 +178,11 @@ class MethodScriptEmulator:
         loop.call_soon_threadsafe(call)
         done.result(10.0)
 
-    # -- links --------------------------------------------------------------------------------
-
-    def _open_pty(self) -> None:
-        self._pty = _PtyLink(self._feed)
-        self.pty_path = self._pty.path
-
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link = _TcpLink(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        if self._tcp is not None:  # [U] one client at a time: the newest connection wins
-            self._tcp.close()
-        self._tcp = link
-        try:
-            while data := await reader.read(4096):
-                self._feed(link, data)
-        except ConnectionError:
-            pass
-        finally:
-            link.close()
-            self._handlers.discard(task)
-
-    def _feed(self, link: _Link, data: bytes) -> None:
-        *lines, link.partial = (link.partial + data).split(b"\n")
-        for raw in lines:
-            self._lines.put_nowait((raw.decode("ascii", errors="replace").rstrip("\r"), link))
-
-    async def _write(self, line: str) -> None:
-        """One line to the active link. Virtual time waits for a reader; real time does not."""
-        data = line.encode("ascii", errors="replace") + b"\n"
-        async with self._write_lock:
-            while True:
-                link = self._link
-                if link is not None and not link.closed:
-                    try:
-                        await link.write(data)
-                        return
-                    except OSError:  # includes ConnectionError: the client went away
-                        link.close()
-                if self.speed is not None:
-                    return  # a real device's output to an absent host is lost
-                self._new_link.clear()
-                await self._new_link.wait()
-
     # -- the session: online commands, and the `Runtime` of running scripts ---------------
 
     async def _consume(self) -> None:
         while True:
-            line, self._link = await self._lines.get()
-            self._new_link.set()
+            line = await self.transport.next_line()
             if self._capturing is not None:
                 if line:
                     self._capturing[1].append(line)
@@ -327,22 +197,22 @@ class MethodScriptEmulator:
         letter, argument = line[0], line[1:]
         entry = ONLINE_COMMANDS.get(letter)
         if entry is None:
-            await self._write(pk.error_line(pk.ERR_UNKNOWN_ONLINE, letter=letter))
+            await self.transport.write(pk.error_line(pk.ERR_UNKNOWN_ONLINE, letter=letter))
         elif self._script is not None and not self._script.done() and letter != "Z":
-            await self._write(pk.error_line(pk.ERR_NOT_NOW, letter=letter))  # [U] busy
+            await self.transport.write(pk.error_line(pk.ERR_NOT_NOW, letter=letter))  # [U] busy
         elif argument and letter != "G":
-            await self._write(pk.error_line(pk.ERR_BAD_ARGUMENT, letter=letter))  # [U]
+            await self.transport.write(pk.error_line(pk.ERR_BAD_ARGUMENT, letter=letter))  # [U]
         else:
             await getattr(self, entry[0])(letter, argument)
 
     async def _identify(self, letter: str, argument: str) -> None:
         replies = {"t": ("t" + self.firmware, "R*"), "v": ("v" + METHODSCRIPT_VERSION,)}
         for reply in replies.get(letter, ("i" + self.serial_number,)):
-            await self._write(reply)
+            await self.transport.write(reply)
 
     async def _register(self, letter: str, argument: str) -> None:
         valid = len(argument) == 2 and all(c in "0123456789abcdefABCDEF" for c in argument)
-        await self._write("G00000000" if valid else pk.error_line(pk.ERR_BAD_ARGUMENT, letter="G"))
+        await self.transport.write("G00000000" if valid else pk.error_line(pk.ERR_BAD_ARGUMENT, letter="G"))
 
     async def _capture(self, letter: str, argument: str) -> None:
         self._capturing = (letter, [])
@@ -353,29 +223,29 @@ class MethodScriptEmulator:
         except pk.ScriptError as exc:
             where = pk.error_line(exc.code, exc.line, exc.col)
             for out in ("e", where, "") if letter == "e" else ("l" + where,):  # P2 for `e`
-                await self._write(out)
+                await self.transport.write(out)
             return
         if letter == "l":
             self._loaded = script
-            await self._write("l")
+            await self.transport.write("l")
         else:
             await self._start_script(script, "e")
 
     async def _run_loaded(self, letter: str, argument: str) -> None:
         if self._loaded is None:
-            await self._write(pk.error_line(pk.ERR_NO_SCRIPT, letter="r"))
+            await self.transport.write(pk.error_line(pk.ERR_NO_SCRIPT, letter="r"))
         else:
             await self._start_script(self._loaded, "r")
 
     async def _abort(self, letter: str, argument: str) -> None:
         if self._script is None or self._script.done():
-            await self._write(pk.error_line(pk.ERR_NOT_NOW, letter="Z"))
+            await self.transport.write(pk.error_line(pk.ERR_NOT_NOW, letter="Z"))
         else:
-            await self._write("Z")
+            await self.transport.write("Z")
             self._abort_event.set()
 
     async def _start_script(self, script: pk.Script, ack: str) -> None:
-        await self._write(ack)
+        await self.transport.write(ack)
         self._abort_event = asyncio.Event()
         self._script = asyncio.create_task(Interpreter(script, self, self.frontend).run())
 
@@ -405,7 +275,7 @@ class MethodScriptEmulator:
         if line.startswith("P") and faults.garble_packages > 0:
             faults.garble_packages -= 1
             line = line[:3] + line[3:10].translate(_GARBLE) + line[10:]
-        await self._write(line)
+        await self.transport.write(line)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

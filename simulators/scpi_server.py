@@ -33,6 +33,10 @@ class Faults:
         if self._drop is not None:
             self._drop()
 
+    def on_drop(self, drop: Callable[[], None]) -> None:
+        """What `drop_connection` does: the server closes its client (thread-safe)."""
+        self._drop = drop
+
 
 def garble(reply: str) -> str:
     """The reply with digits and signs replaced: same length, printable, not a number."""
@@ -60,7 +64,7 @@ class ScpiServer:
         def drop() -> None:
             loop.call_soon_threadsafe(self._close_client)
 
-        self.faults._drop = drop
+        self.faults.on_drop(drop)
         return self.port
 
     async def stop(self) -> None:

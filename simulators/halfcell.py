@@ -9,114 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 
 from cyclerd.simulators.cell import ComplexArray, FloatArray, LiveState
+from cyclerd.simulators.halfcell_state import Direction, HalfCellState, Segment
 from cyclerd.simulators.impedance import CircuitParams, circuit_impedance
 from cyclerd.simulators.presets_halfcell import HalfCellParams, ShortSchedule, preset
+from cyclerd.simulators.seed_electrode import SeedElectrode
 
-AS_PER_AH = 3600.0
 _GRID = 8192  # points of the charge grid when the cell current must be integrated
 _RATE_FLOOR_A = 1e-15  # below this the cell is at equilibrium: the time to move is ~forever
 _MIN_RCT_FACTOR = 0.2  # keeps R_ct(n) positive for the fast-growing seeds before cycle 5
-
-
-class Direction(Enum):
-    """Which way Li moves in the working electrode (chooses the plateau branch)."""
-
-    PLATE = "plate"
-    STRIP = "strip"
-    REST = "rest"
-
-
-@dataclass(frozen=True)
-class HalfCellState:
-    """What the electrode remembers between steps.
-
-    `x_As` is the Li the electrode can still give back: reversible seed alloy and plated Li.
-    Below zero it is blocking charge drawn after both ran out, refilled first on plating.
-    """
-
-    x_As: float
-    seed_filled_As: float = 0.0  # progress of the first (partly irreversible) seed lithiation
-    cycle: int = 0  # 0 until the first plating; +1 whenever plating follows a strip
-    in_strip_phase: bool = True  # a driven strip happened since the last cycle began
-    last_direction: Direction = Direction.STRIP
-    li_peak_As: float = 0.0  # plated Li when the present strip began (void term)
-
-
-@dataclass(frozen=True)
-class _Segment:
-    """The cell under one constant drive: the direction Li moves and this cycle's values."""
-
-    direction: Direction
-    cycle: int
-    new_cycle: bool
-    loss_fraction: float  # of the Li plated in this cycle (SEI, dead Li)
-    r_b_ohm: float
-    r_sei_ohm: float
-    r_ct_ohm: float  # of the Li-free electrode
-    r_ss_ohm: float  # parallel leakage; inf for a healthy cell
-    li_peak_As: float
-
-
-def _steps(
-    plateaus: list[tuple[float, float]],
-) -> tuple[FloatArray, FloatArray]:
-    """(potential, width) plateaus -> levels (ending at Li, 0 V) and the edges between them."""
-    levels = np.array([v for v, _ in plateaus] + [0.0])
-    edges = np.cumsum([w for _, w in plateaus]) / sum(w for _, w in plateaus)
-    return levels, edges
-
-
-SATURATED = 20.0  # tanh(x) is exactly ±1.0 in float64 beyond |x| = 19.1
-
-
-def _staircase(u: FloatArray, levels: FloatArray, edges: FloatArray, width: float) -> FloatArray:
-    """Plateaus along the seed-filling fraction u, each edge smoothed with tanh(Δu/width).
-
-    Only the edges within reach of this stretch of u are evaluated: past SATURATED widths an
-    edge has fully risen (or not at all) for every sample, exactly so in floating point. Once
-    the seed is filled, that is every edge, and a cycle costs no tanh at all.
-    """
-    steps = np.diff(levels)
-    risen = (u.min() - edges) / width > SATURATED
-    near = ~risen & ((u.max() - edges) / width >= -SATURATED)
-    out: FloatArray = np.full(len(u), levels[0] + steps[risen].sum())
-    if not near.any():
-        return out
-    rising = np.diff(u)
-    if (rising >= 0).all():
-        _add_edges_in_order(out, u, edges[near], steps[near], width)
-    elif (rising <= 0).all():
-        _add_edges_in_order(out[::-1], u[::-1], edges[near], steps[near], width)
-    else:
-        rise = (1.0 + np.tanh((u[:, None] - edges[None, near]) / width)) / 2.0
-        out += rise @ steps[near]
-    return out
-
-
-def _add_edges_in_order(
-    out: FloatArray, u: FloatArray, edges: FloatArray, steps: FloatArray, width: float
-) -> None:
-    """Add the edges to `out` along a rising u: tanh only where an edge is not yet saturated.
-
-    A step under constant current moves u one way, so the samples within SATURATED widths of
-    an edge are one slice; beyond it the edge adds exactly 0 or its whole step. tanh over
-    every sample times every edge was the largest part of the half-cell's voltage; on a
-    plating step that crosses the seed's plateaus this halves it.
-    """
-    lo = np.searchsorted(u, edges - SATURATED * width, side="left")
-    hi = np.searchsorted(u, edges + SATURATED * width, side="right")
-    beyond = np.zeros(len(u) + 1)
-    np.add.at(beyond, hi, steps)  # from hi on the edge has risen fully
-    out += np.cumsum(beyond[:-1])
-    for a, b, edge, step in zip(lo.tolist(), hi.tolist(), edges.tolist(), steps.tolist(), strict=True):
-        if b > a:
-            out[a:b] += step * ((1.0 + np.tanh((u[a:b] - edge) / width)) / 2.0)
 
 
 class HalfCell(LiveState):
@@ -134,30 +38,12 @@ class HalfCell(LiveState):
         self.params = preset(params) if isinstance(params, str) else params
         p = self.params
         self._area_m2 = area_m2
-        per_m2 = AS_PER_AH * area_m2  # A·h/m² -> A·s on this electrode
-        self._q_seed_As = p.q_seed_Ah_per_m2 * per_m2
-        self._cap_As = p.f_rev * self._q_seed_As  # reversible seed Li
-        self._q_cover_As = p.q_cover_Ah_per_m2 * per_m2
-        self._q_nuc_As = p.q_nucleation_Ah_per_m2 * per_m2
-        self._w_block_As = p.blocking_width_Ah_per_m2 * per_m2
-        self._w_u = p.plateau_width_Ah_per_m2 / p.q_seed_Ah_per_m2
-        self._r_void_ohm = p.r_void_ohm_m2 / area_m2
-        lith = [
-            (v, share * w / sum(seed.lithiation_weights))
-            for seed, share in p.seeds
-            for v, w in zip(seed.lithiation_V, seed.lithiation_weights, strict=True)
-        ]
-        delith = [
-            (v, share / len(seed.delithiation_V)) for seed, share in p.seeds for v in seed.delithiation_V
-        ]
-        self._lith = _steps(lith)  # in the order the first lithiation meets them
-        self._delith = _steps(sorted(delith, reverse=True))  # last to empty sits highest
-        self._u_top = float(_staircase(np.zeros(1), *self._delith, self._w_u)[0])
+        self.electrode = SeedElectrode.for_area(p, area_m2)
         # Separate streams: cycle outcomes must not depend on how often the voltage is read.
         short_rng, self._cycle_rng, self._noise_rng = np.random.default_rng(seed).spawn(3)
         self.short = ShortSchedule.draw(p, short_rng)
         self._ce_jitter: list[float] = []
-        self._state = HalfCellState(x_As=-p.pristine_blocking_Ah_per_m2 * per_m2)
+        self._state = HalfCellState(x_As=self.electrode.pristine_x_As)
 
     @property
     def area_m2(self) -> float:
@@ -226,14 +112,14 @@ class HalfCell(LiveState):
 
     # --- which way, and with which cycle's values --------------------------------------------
 
-    def _segment(self, direction: Direction, new_cycle: bool) -> _Segment:
+    def _segment(self, direction: Direction, new_cycle: bool) -> Segment:
         st, p, a = self._state, self.params, self._area_m2
         n = st.cycle + 1 if new_cycle else st.cycle
         growth = max(1.0 + p.r_ct_growth_per_cycle * (n - 5), _MIN_RCT_FACTOR)
         li_peak = st.li_peak_As
         if direction is Direction.STRIP and st.last_direction is not Direction.STRIP:
-            li_peak = max(st.x_As - self._cap_As, 0.0)
-        return _Segment(
+            li_peak = max(st.x_As - self.electrode.cap_As, 0.0)
+        return Segment(
             direction=direction,
             cycle=n,
             new_cycle=new_cycle,
@@ -245,7 +131,7 @@ class HalfCell(LiveState):
             li_peak_As=li_peak,
         )
 
-    def _segment_at_current(self, current_A: float) -> _Segment:
+    def _segment_at_current(self, current_A: float) -> Segment:
         """Li moves with the current, except a shorted cell may sit still or self-discharge."""
         new_cycle = current_A < 0 and self._state.in_strip_phase
         trial = self._segment(Direction.PLATE, new_cycle)
@@ -261,7 +147,7 @@ class HalfCell(LiveState):
             return trial
         return self._segment(Direction.REST, new_cycle)
 
-    def _segment_at_voltage(self, voltage_V: float) -> _Segment:
+    def _segment_at_voltage(self, voltage_V: float) -> Segment:
         """Plate below the lithiation branch, strip above the delithiation one, else hold."""
         x0 = np.array([self._state.x_As])
         if voltage_V < self._potential(Direction.PLATE, x0)[0]:
@@ -270,13 +156,12 @@ class HalfCell(LiveState):
             return self._segment(Direction.STRIP, False)
         return self._segment(Direction.REST, False)
 
-    def _commit(self, seg: _Segment, p_end_As: float, driven_strip: bool) -> None:
+    def _commit(self, seg: Segment, p_end_As: float, driven_strip: bool) -> None:
         st = self._state
         x_end = float(self._path(seg, np.array([p_end_As]))[0])
         filled = st.seed_filled_As
         if seg.direction is Direction.PLATE:
-            into_seed = max(p_end_As - max(self.params.f_rev * filled - st.x_As, 0.0), 0.0)
-            filled = min(filled + into_seed, self._q_seed_As)
+            filled = self.electrode.seed_filled_after(st, p_end_As)
         moved = seg.direction is not Direction.REST
         self._state = HalfCellState(
             x_As=x_end,
@@ -310,65 +195,28 @@ class HalfCell(LiveState):
             kept = (ce * q_ref - p.f_rev * q_seed) / (q_ref - p.f_rev * q_seed)
         return min(max(1.0 - kept, 0.0), 1.0)
 
-    def _path(self, seg: _Segment, p_As: FloatArray) -> FloatArray:
-        """x after the cell passed charge p: stripping takes 1:1; plating first refills blocking
-        charge and reversible seed Li, then finishes the first seed fill (only f_rev of it stays
-        recoverable), then plates Li of which `loss_fraction` is lost."""
-        st = self._state
-        x0 = st.x_As
-        if seg.direction is Direction.STRIP:
-            return x0 - p_As
-        if seg.direction is Direction.REST:
-            return np.full(p_As.shape, x0)
-        f = self.params.f_rev
-        x_a = max(x0, f * st.seed_filled_As)
-        p_a = x_a - x0
-        fill = self._q_seed_As - st.seed_filled_As
-        p_b, x_b = p_a + fill, x_a + f * fill
-        kept = 1.0 - seg.loss_fraction
-        first_fill = np.where(p_As < p_b, x_a + f * (p_As - p_a), x_b + kept * (p_As - p_b))
-        return np.where(p_As < p_a, x0 + p_As, first_fill)
-
     # --- potentials and resistances ----------------------------------------------------------
 
-    def _potential(self, direction: Direction, x: FloatArray, dip: bool = True) -> FloatArray:
-        """Equilibrium-ish potential of the WE: lithiation branch while plating (with the
-        nucleation dip), delithiation branch while stripping, the last branch at rest."""
-        p = self.params
+    def _potential(self, direction: Direction, x: FloatArray) -> FloatArray:
+        """The WE's potential on the branch Li moves along; at rest, the last one moved along."""
         if direction is Direction.REST:
             rest_dir = self._state.last_direction
-            return self._potential(
-                rest_dir if rest_dir is not Direction.REST else Direction.STRIP, x, dip=False
-            )
-        levels, edges = self._lith if direction is Direction.PLATE else self._delith
-        u = _staircase(x / self._cap_As, levels, edges, self._w_u)
-        if direction is Direction.PLATE and dip:
-            li = np.maximum(x - self._cap_As, 0.0) / self._q_nuc_As
-            u = u - p.nucleation_V * li * np.exp(1.0 - li)
-        blocked = x < 0  # only a pristine seed has blocking charge left: its tanh only there
-        if blocked.any():  # u is this call's own array (the staircase's, or after the dip)
-            below = x[blocked]
-            u[blocked] = self._u_top + (p.blocking_V - self._u_top) * np.tanh(-below / self._w_block_As)
-        out: FloatArray = u
-        return out
+            branch = rest_dir if rest_dir is not Direction.REST else Direction.STRIP
+            return self.electrode.potential(branch, x, dip=False)
+        return self.electrode.potential(direction, x)
 
     def _rest_V(self) -> float:
         return float(self._potential(Direction.REST, np.array([self._state.x_As]))[0])
 
-    def _r_int(self, seg: _Segment, direction: Direction, x: FloatArray) -> FloatArray:
-        """R_b + R_SEI + R_ct(n, covering Li) (+ void constriction while stripping), in Ω."""
-        f = self.params.r_ct_li_fraction
-        li = np.maximum(x - self._cap_As, 0.0)
-        r = seg.r_b_ohm + seg.r_sei_ohm + seg.r_ct_ohm * (f + (1 - f) * np.exp(-li / self._q_cover_As))
-        if direction is Direction.STRIP:
-            gone = 1.0 - li / seg.li_peak_As if seg.li_peak_As > 0 else np.ones_like(li)
-            r = r + self._r_void_ohm * np.clip(gone, 0.0, 1.0) ** 4
-        out: FloatArray = r
-        return out
+    def _r_int(self, seg: Segment, direction: Direction, x: FloatArray) -> FloatArray:
+        return self.electrode.r_interface_ohm(seg, direction, x)
+
+    def _path(self, seg: Segment, p_As: FloatArray) -> FloatArray:
+        return self.electrode.path(self._state, seg, p_As)
 
     # --- currents and charge -------------------------------------------------------------------
 
-    def _signed(self, seg: _Segment, i_cell: FloatArray) -> FloatArray:
+    def _signed(self, seg: Segment, i_cell: FloatArray) -> FloatArray:
         """Li moves one way within a segment; at equilibrium the cell current stops."""
         if seg.direction is Direction.PLATE:
             return np.minimum(i_cell, 0.0)
@@ -376,7 +224,7 @@ class HalfCell(LiveState):
             return np.maximum(i_cell, 0.0)
         return np.zeros_like(i_cell)
 
-    def _cell_current_cc(self, seg: _Segment, current_A: float, x: FloatArray) -> FloatArray:
+    def _cell_current_cc(self, seg: Segment, current_A: float, x: FloatArray) -> FloatArray:
         """Share of a constant current that goes through the electrode (not the short)."""
         if not math.isfinite(seg.r_ss_ohm):
             return self._signed(seg, np.full(x.shape, current_A))
@@ -384,11 +232,11 @@ class HalfCell(LiveState):
         r = self._r_int(seg, seg.direction, x)
         return self._signed(seg, (current_A * seg.r_ss_ohm - u) / (seg.r_ss_ohm + r))
 
-    def _cell_current_cv(self, seg: _Segment, voltage_V: float, x: FloatArray) -> FloatArray:
+    def _cell_current_cv(self, seg: Segment, voltage_V: float, x: FloatArray) -> FloatArray:
         u = self._potential(seg.direction, x)
         return self._signed(seg, (voltage_V - u) / self._r_int(seg, seg.direction, x))
 
-    def _charge_at_current(self, seg: _Segment, current_A: float, t: FloatArray) -> FloatArray:
+    def _charge_at_current(self, seg: Segment, current_A: float, t: FloatArray) -> FloatArray:
         if seg.direction is Direction.REST:
             return np.zeros(t.shape)
         if not math.isfinite(seg.r_ss_ohm):
@@ -399,7 +247,7 @@ class HalfCell(LiveState):
         return charge_As
 
     def _charge_at_voltage(
-        self, seg: _Segment, voltage_V: float, t: FloatArray
+        self, seg: Segment, voltage_V: float, t: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
         if seg.direction is Direction.REST:
             return np.zeros(t.shape), np.zeros(t.shape)
@@ -408,7 +256,7 @@ class HalfCell(LiveState):
 
     def _integrate(
         self,
-        seg: _Segment,
+        seg: Segment,
         cell_current: Callable[[FloatArray], FloatArray],
         t: FloatArray,
         bound_A: float,

@@ -270,7 +270,7 @@ def test_the_staircase_skipping_saturated_edges_equals_every_edge_evaluated(
 ) -> None:
     """Plating moves u up, stripping down (tanh only near the edges); anything else takes the
     plain path. Each agrees with every edge evaluated everywhere, to float round-off."""
-    from cyclerd.simulators.halfcell import _staircase
+    from cyclerd.simulators.seed_electrode import staircase
 
     levels = np.array([0.8, 0.72, 0.59, 0.45, 0.27, 0.18, 0.15, 0.12, 0.0])
     edges = np.array([0.083, 0.167, 0.25, 0.333, 0.444, 0.556, 0.889, 1.0])
@@ -281,5 +281,5 @@ def test_the_staircase_skipping_saturated_edges_equals_every_edge_evaluated(
         u = np.random.default_rng(seed).permutation(u)
     every_edge = levels[0] + ((1.0 + np.tanh((u[:, None] - edges[None, :]) / width)) / 2.0) @ np.diff(levels)
     np.testing.assert_allclose(
-        _staircase(u, levels, edges, width), every_edge, rtol=0, atol=4e-16 * len(edges)
+        staircase(u, levels, edges, width), every_edge, rtol=0, atol=4e-16 * len(edges)
     )

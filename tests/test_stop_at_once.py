@@ -1,4 +1,4 @@
-"""Stop takes effect within a second of wall time, whatever the record interval.
+"""Stop (and pause) take effect within a second of wall time, whatever the record interval.
 
 A daemon runs a real-time emulated Keithley 2450 and a simulated channel, each plating with
 `record: {every: 5 min}`: the runner hears from the instrument only every five minutes, yet a stop
@@ -109,6 +109,21 @@ async def test_stop_from_the_cli_and_from_mqtt_switches_the_output_off_within_a_
                 second = running_on("k")
                 await asyncio.sleep(1.5)
                 async with ask(broker, "operator") as operator:
+                    # A pause holds the cell safe just as fast; a resume takes the step up again.
+                    asked = time.monotonic()
+                    reply = await operator("k", json.dumps({"action": "pause"}))
+                    await within(lambda: not emulator.s.output, 5.0)
+                    assert time.monotonic() - asked <= 1.0
+                    assert reply is not None
+                    assert reply["result"] == "done", reply
+                    assert second is not None
+                    assert store.run(second).state == "paused"
+                    reply = await operator("k", json.dumps({"action": "resume"}))
+                    assert reply is not None
+                    assert reply["result"] == "done", reply
+                    await within(lambda: bool(emulator.s.output), 5.0)
+                    await asyncio.sleep(1.0)
+
                     asked = time.monotonic()
                     reply = await operator("k", json.dumps({"action": "stop"}))
                     await within(lambda: not emulator.s.output, 5.0)
@@ -117,7 +132,6 @@ async def test_stop_from_the_cli_and_from_mqtt_switches_the_output_off_within_a_
                     assert reply["ok"], reply
                     assert reply["result"] == "done", reply
                     assert output_off_s <= 1.0, output_off_s
-                    assert second is not None
                     await within(lambda: store.run(second).state == "stopped", 2.0)
                     assert stop_events(store, second) == ["stop requested", "stopped on request"]
 

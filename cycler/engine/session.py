@@ -29,6 +29,7 @@ from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.protocols.errors import Problem
 from cyclerd.protocols.program import Program
 from cyclerd.protocols.units import AREA, Amount, Basis, parse_charge, parse_positive
+from cyclerd.simulators.cell import LiveStateError
 from cyclerd.simulators.channel import SimulatedChannel
 from cyclerd.simulators.presets import make_cell
 from cyclerd.store.database import Store
@@ -148,7 +149,10 @@ async def open_device(
             if cursor.cell_unreadable:
                 raise CannotTakeUp("its checkpoint holds the simulated cell as a pickle, which is never read")
             if cursor.cell is not None:
-                channel.restore(cursor.cell)
+                try:
+                    channel.restore(cursor.cell)
+                except LiveStateError as exc:
+                    raise CannotTakeUp(f"its simulated cell cannot be rebuilt: {exc}") from None
         yield channel, clock
         return
     real: Clock = RealClock() if device.speed == 1.0 else AcceleratedClock(device.speed)

@@ -1,0 +1,78 @@
+"""A daemon stopped mid-run (SIGTERM, a crash) takes the run up at its next start: on a full
+cell too, whose protocol is written in C-rates of a nominal capacity."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from importlib.resources import files
+from pathlib import Path
+
+from cyclerd.daemon.config import Lab
+from cyclerd.daemon.service import Daemon
+from cyclerd.store.database import Store
+
+
+async def test_a_full_cell_run_in_c_rates_is_taken_up_after_the_daemon_stopped(tmp_path: Path) -> None:
+    text = (files("cyclerd.protocols") / "library" / "cycling.yaml").read_text()
+    lab = Lab.model_validate(
+        {
+            "lab": "lab",
+            "database": tmp_path / "lab.db",
+            "channels": [{"name": "full", "sim": "ncm811-anodeless", "seed": 2}],
+        }
+    )
+    store = Store(lab.database)
+    store.jobs.submit("full", "E8", text, "cycling.yaml", {})
+    serving = asyncio.create_task(Daemon(lab).run())
+    while not store.runs() or len(store.cycles(1)["cycle"]) < 3:
+        await asyncio.sleep(0)
+    serving.cancel()  # what SIGTERM does: every cell made safe, the run kept resumable
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+    assert store.run(1).state == "running"
+    assert store.run(1).cell["capacity_As"] > 0
+
+    await Daemon(lab).run(until_idle=True)
+    run = store.run(1)
+    assert run.state == "completed", [e["message"] for e in store.events(1)]
+    gaps = [e["message"] for e in store.events(1) if e["kind"] == "gap"]
+    assert len(gaps) == 1
+    assert gaps[0].startswith("resumed after a restart")
+    store.close()
+
+
+async def test_a_checkpoint_holding_a_pickled_cell_is_never_read_and_the_run_stops_safely(
+    tmp_path: Path,
+) -> None:
+    """A database written before cells were stored as data (or by someone who means harm)
+    holds pickle text where the cell state belongs: the daemon does not decode it."""
+    import json
+    import sqlite3
+
+    text = (files("cyclerd.protocols") / "library" / "plating_stripping.yaml").read_text()
+    lab = Lab.model_validate(
+        {"lab": "lab", "database": tmp_path / "lab.db", "channels": [{"name": "half", "sim": "mgagsn"}]}
+    )
+    store = Store(lab.database)
+    store.jobs.submit("half", "E1", text, "plating_stripping.yaml", {})
+    serving = asyncio.create_task(Daemon(lab).run())
+    while not store.runs() or len(store.cycles(1)["cycle"]) < 2:
+        await asyncio.sleep(0)
+    serving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+    found = store.checkpoint(1)
+    assert found is not None
+    state = {**found[1], "cell": "gASVAAAAAAAAAAB9lC4="}  # base64 of a pickle
+    with sqlite3.connect(lab.database) as db:
+        db.execute("UPDATE checkpoints SET state = ? WHERE run_id = 1", (json.dumps(state),))
+
+    await Daemon(lab).run(until_idle=True)
+    assert store.run(1).state == "stopped"
+    gaps = [e["message"] for e in store.events(1) if e["kind"] == "gap"]
+    assert gaps == [
+        "stopped safely after a restart: its checkpoint holds the simulated cell as a pickle,"
+        " which is never read"
+    ]
+    store.close()

@@ -79,6 +79,8 @@ class Runner:
         self._spectrum = 0
         self._t0 = 0.0
         self.control = RunControl()
+        # A simulated cell's state travels with the cursor; a real cell keeps its own.
+        self._snapshots = channel if isinstance(channel, Snapshotting) else None
         self.executor = Executor(
             channel, clock, program.safety, sinks, self.control, lambda: self.test_time_s, retries
         )
@@ -209,7 +211,7 @@ class Runner:
             t_s=self.test_time_s if t_s is None else t_s,
             cutoff_missed=frozenset(c for c, missed in self.ledger.cutoff_missed.items() if missed),
             short=self.ledger.short,
-            cell=self.channel.snapshot() if isinstance(self.channel, Snapshotting) else None,
+            cell=None if self._snapshots is None else self._snapshots.snapshot(),
         )
 
     def _note(self, command: StepCommand, number: int, phase: Phase, pause_at: float | None) -> bool:

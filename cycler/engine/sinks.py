@@ -132,63 +132,62 @@ class StoreSink(Sink):
 
     What a crash may lose without harm, because the run would redo it from the commit before —
     a step's start, a cycle's summary, a step's last batch whose end follows at once — waits for
-    the run's next write and shares its commit. Everything else commits as it comes, with the
-    cursor that goes with it, so the last stored sample and the position a restart resumes from
-    always agree.
+    the run's next write and shares its commit. Everything else commits as it comes. Each commit
+    carries the latest cursor once, so the last stored sample and the position a restart
+    resumes from always agree, and a cursor that a later one in the same commit replaces is
+    never written.
     """
 
     def __init__(self, store: Store, run_id: int) -> None:
         self.store = store
         self.run_id = run_id
         self._waiting: list[Callable[[], None]] = []
+        self._cursor: tuple[float, Cursor] | None = None  # the latest, for the next commit
 
-    def _commit(self, write: Callable[[], None] | None, cursor: Cursor | None) -> None:
+    def _commit(self, write: Callable[[], None] | None) -> None:
+        """One transaction: what waited, `write`, the latest cursor. A failure takes all along."""
+        waiting, self._waiting = self._waiting, []
+        due, self._cursor = self._cursor, None
         with self.store.transaction():
-            for waiting in self._waiting:
-                waiting()
-            self._waiting.clear()
+            for done in waiting:
+                done()
             if write is not None:
                 write()
-            if cursor is not None:
-                self.store.save_checkpoint(self.run_id, cursor.t_s, cursor.as_state())
+            if due is not None:
+                self.store.save_checkpoint(self.run_id, due[0], due[1].as_state())
 
-    def _wait(self, write: Callable[[], None]) -> None:
-        self._waiting.append(write)
+    def _at(self, t: float, cursor: Cursor | None) -> None:
+        if cursor is not None:
+            self._cursor = (t, cursor)
 
     def step_started(self, step: StepStarted, cursor: Cursor | None) -> None:
         run = self.run_id
-
-        def begin() -> None:
-            self.store.begin_step(run, step.number, step.command, step.kind, step.label, step.cycle, step.t_s)
-            if cursor is not None:
-                self.store.save_checkpoint(run, cursor.t_s, cursor.as_state())
-
+        self._at(step.t_s if cursor is None else cursor.t_s, cursor)
+        self._waiting.append(
+            lambda: self.store.begin_step(
+                run, step.number, step.command, step.kind, step.label, step.cycle, step.t_s
+            )
+        )
         if step.kind == "eis":  # a spectrum may take minutes: `cyclerd status` shows it meanwhile
-            self._commit(begin, None)
-        else:
-            self._wait(begin)
+            self._commit(None)
 
     def batch(self, columns: Columns, cursor: Cursor | None, final: bool) -> None:
         run = self.run_id
-
-        def append() -> None:
-            self.store.append_samples(run, columns)
-            if cursor is not None:
-                self.store.save_checkpoint(run, float(columns["t"][-1]), cursor.as_state())
-
+        self._at(float(columns["t"][-1]), cursor)
         if final:
-            self._wait(append)
+            self._waiting.append(lambda: self.store.append_samples(run, columns))
         else:
-            self._commit(append, None)
+            self._commit(lambda: self.store.append_samples(run, columns))
 
     def step_ended(self, step: StepEnded, cursor: Cursor | None) -> None:
         run = self.run_id
-        self._commit(
-            lambda: self.store.end_step(
-                run, step.number, step.t_s, step.reason, step.charge_As, step.energy_J
-            ),
-            cursor,
-        )
+        if cursor is not None:
+            self._at(cursor.t_s, cursor)
+
+        def end() -> None:
+            self.store.end_step(run, step.number, step.t_s, step.reason, step.charge_As, step.energy_J)
+
+        self._commit(end)
 
     def spectrum(self, spectrum: SpectrumTaken) -> None:
         run = self.run_id
@@ -201,28 +200,27 @@ class StoreSink(Sink):
                 spectrum.cycle,
                 spectrum.frequency_Hz,
                 spectrum.impedance_ohm,
-            ),
-            None,
+            )
         )
 
     def cycle_closed(self, summary: Mapping[str, float]) -> None:
         run = self.run_id
-        self._wait(lambda: self.store.save_cycle(run, summary))
+        self._waiting.append(lambda: self.store.save_cycle(run, summary))
 
     def moved(self, cursor: Cursor) -> None:
-        self._commit(None, cursor)
+        self._at(cursor.t_s, cursor)
+        self._commit(None)
 
     def event(self, event: RunEvent) -> None:
         run = self.run_id
         self._commit(
-            lambda: self.store.record_event(run, event.kind, event.message, t=event.t_s, data=event.data),
-            None,
+            lambda: self.store.record_event(run, event.kind, event.message, t=event.t_s, data=event.data)
         )
 
     def state_changed(self, state: RunState, cycle: int) -> None:
         ended = time.time() if state in FINAL else None
         run = self.run_id
-        self._commit(lambda: self.store.set_state(run, state.value, ended_unix=ended), None)
+        self._commit(lambda: self.store.set_state(run, state.value, ended_unix=ended))
 
 
 class LogSink(Sink):

@@ -167,8 +167,8 @@ def test_same_seed_gives_the_same_stored_data_byte_for_byte(tmp_path: Path) -> N
     c = run_experiment(tmp_path / "c", "insitu_eis.yaml", "mgagsn-pvdf", seed=4, **edit)
     dump = "SELECT * FROM {} ORDER BY 1, 2, 3"
     for table in ("sample_blocks", "spectra", "steps"):
-        rows_a = a.store._db.execute(dump.format(table)).fetchall()
-        rows_b = b.store._db.execute(dump.format(table)).fetchall()
+        rows_a = a.store.read(dump.format(table))
+        rows_b = b.store.read(dump.format(table))
         assert repr(rows_a).encode() == repr(rows_b).encode()
     assert a.store.samples(1)["voltage"].tobytes() != c.store.samples(1)["voltage"].tobytes()
 

@@ -156,6 +156,13 @@ class Reconnectable(Protocol):
 
 
 @runtime_checkable
+class Reopenable(Protocol):
+    """An instrument whose driver can open its link again (a SourceMeasure over a socket)."""
+
+    async def reopen(self) -> None: ...
+
+
+@runtime_checkable
 class Snapshotting(Protocol):
     """A channel whose cell has a state to checkpoint (a simulated cell): after a restart the
     runner restores it, so the cell is as the crash left it, as a real cell would be."""

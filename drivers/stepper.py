@@ -24,6 +24,7 @@ from cyclerd.drivers.base import (
     Batch,
     Capabilities,
     InstrumentFault,
+    Reopenable,
     SourceMeasure,
     Spectrum,
     StepEnd,
@@ -72,9 +73,8 @@ class SteppedChannel:
 
     async def reconnect(self) -> None:
         """After a dropped link: reopen the instrument if its driver can."""
-        reopen = getattr(self.instrument, "reopen", None)
-        if reopen is not None:
-            await reopen()
+        if isinstance(self.instrument, Reopenable):
+            await self.instrument.reopen()
 
     async def impedance(self, spec: ImpedanceSpec) -> Spectrum:
         raise NotImplementedError(f"{self.instrument.name} cannot measure impedance spectra")

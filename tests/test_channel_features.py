@@ -56,3 +56,10 @@ def test_a_simulated_channel_snapshot_restores_into_a_fresh_channel() -> None:
     fresh = SimulatedChannel(make_cell("mgagsn", seed=1), VirtualClock())
     fresh.restore(state)
     assert fresh.snapshot() == state
+
+
+def test_the_stepper_reopens_only_an_instrument_that_can() -> None:
+    from cyclerd.drivers.base import Reopenable
+
+    assert isinstance(Keithley2450("TCPIP::127.0.0.1::5025::SOCKET"), Reopenable)
+    assert not isinstance(object(), Reopenable)

@@ -139,6 +139,32 @@ def capacity_retention(cycles: Sequence[CycleSummary], reference_cycle: int | No
     return capacities / ref.discharge_As
 
 
+def retention_against_references(
+    cycles: Sequence[CycleSummary], references: Mapping[int, int], reference_cycle: int | None = None
+) -> tuple[FloatArray, list[int]]:
+    """Each cycle's discharge capacity over its reference cycle's, and those references.
+
+    The reference is `reference_cycle` when a person names one; else the first cycle of the
+    cycle's own loop (`references`, as the engine stored it when the cycle closed), which is
+    what the loop's `capacity_retention_below` rule used; else the run's first cycle. So a
+    change of rate between loops (0.1C formation, then 0.5C) starts a loop's retention at
+    100 % instead of showing the rate step as a loss. A reference that is not among `cycles`
+    gives NaN.
+    """
+    if not cycles:
+        return np.array([], dtype=np.float64), []
+    by_number = {c.cycle: c for c in cycles}
+    chosen = [
+        reference_cycle if reference_cycle is not None else references.get(c.cycle, cycles[0].cycle)
+        for c in cycles
+    ]
+    retention = [
+        c.discharge_As / by_number[ref].discharge_As if ref in by_number else float("nan")
+        for c, ref in zip(cycles, chosen, strict=True)
+    ]
+    return np.array(retention, dtype=np.float64), chosen
+
+
 @dataclass(frozen=True)
 class ShortCircuit:
     cycle: int

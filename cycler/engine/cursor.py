@@ -54,8 +54,9 @@ class Cursor:
     progress: StepProgress
     pause_at_s: float | None
     loops: Mapping[int, LoopPosition]
-    cycle: int
+    cycle: int  # of the step the cursor is on: 0 outside an innermost loop
     t_s: float
+    cycles_begun: int = 0  # cycles numbered so far, whatever loop they belonged to
     cutoff_missed: frozenset[int] = frozenset()
     short: ShortCircuit | None = None
     cell: Mapping[str, Any] | None = field(default=None, compare=False)  # a simulated cell's state
@@ -73,6 +74,7 @@ class Cursor:
             "pause_at": self.pause_at_s,
             "loops": {str(k): [v.iteration, v.start_t_s, v.first_cycle] for k, v in self.loops.items()},
             "cycle": self.cycle,
+            "cycles_begun": self.cycles_begun,
             "cutoff_missed": sorted(self.cutoff_missed),
             "short": None if self.short is None else [self.short.cycle, self.short.reason],
             "cell": self.cell,
@@ -93,6 +95,7 @@ class Cursor:
             },
             cycle=int(state["cycle"]),
             t_s=t_s,
+            cycles_begun=int(state.get("cycles_begun", state["cycle"])),
             cutoff_missed=frozenset(int(c) for c in state.get("cutoff_missed", [])),
             short=None if short is None else ShortCircuit(int(short[0]), str(short[1])),
             cell=cell if isinstance(cell, Mapping) else None,

@@ -70,7 +70,7 @@ def load_history(store: Store, run_id: int, cycle: int) -> History:
     history = History()
     for k in range(len(stored["cycle"])):
         row = {name: stored[name][k] for name in CYCLE_COLUMNS}
-        if int(row["cycle"]) >= cycle:
+        if cycle > 0 and int(row["cycle"]) >= cycle:
             continue  # the cycle in progress is summarised again when it ends
         summary = CycleSummary(
             cycle=int(row["cycle"]),

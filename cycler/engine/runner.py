@@ -73,7 +73,8 @@ class Runner:
         # Cancelled by a stopping daemon: keep the run's state so the next start resumes it.
         self.resumable = False
         self.state = RunState.CREATED
-        self.cycle = 0
+        self.cycle = 0  # the cycle the current step belongs to: 0 outside an innermost loop
+        self._cycles_begun = 0  # cycles numbered so far: the next pass of a loop is this + 1
         self.ledger = CycleLedger()
         self._step_number = 0
         self._spectrum = 0
@@ -102,6 +103,7 @@ class Runner:
         self._resumed_state = state
         self._outage_s = outage_s
         self.cycle = cursor.cycle
+        self._cycles_begun = cursor.cycles_begun
         self.ledger = CycleLedger(
             cycles=list(history.cycles),
             voltage_stats=list(history.voltage_stats),
@@ -191,7 +193,7 @@ class Runner:
     def _transition(self, state: RunState, message: str) -> None:
         check_transition(self.state, state)
         self.state = state
-        self.sinks.state_changed(state, self.cycle)
+        self.sinks.state_changed(state, self._cycles_begun)
         self._event("state", message, {"state": state.value})
 
     def _event(self, kind: str, message: str, data: Mapping[str, Any] | None = None) -> None:
@@ -208,6 +210,7 @@ class Runner:
             pause_at_s=position.pause_at_s,
             loops=dict(self._loops),
             cycle=self.cycle,
+            cycles_begun=self._cycles_begun,
             t_s=self.test_time_s if t_s is None else t_s,
             cutoff_missed=frozenset(c for c, missed in self.ledger.cutoff_missed.items() if missed),
             short=self.ledger.short,
@@ -238,12 +241,13 @@ class Runner:
         if taken_up is not None:
             iteration, start, first_cycle = taken_up.iteration - 1, taken_up.start_t_s, taken_up.first_cycle
         else:
-            iteration, start, first_cycle = 0, self.test_time_s, self.cycle + 1
+            iteration, start, first_cycle = 0, self.test_time_s, self._cycles_begun + 1
         while loop.count is None or iteration < loop.count:
             iteration += 1
             self._loops[loop.index] = LoopPosition(iteration, start, first_cycle)
             if loop.innermost and taken_up is None:
-                self.cycle += 1
+                self._cycles_begun += 1
+                self.cycle = self._cycles_begun
                 self.ledger.start_cycle()
             taken_up = None
             await self._nodes(loop.body)
@@ -256,6 +260,8 @@ class Runner:
                 self._event("loop", f"{loop.label} ended: its duration has passed", {"cycle": self.cycle})
                 break
         self._loops.pop(loop.index, None)
+        if loop.innermost:  # steps after the loop belong to no cycle (design.md: Conventions)
+            self.cycle = 0
 
     def _end_of_cycle(self, loop: Loop, first_cycle: int) -> str:
         """Summarise the cycle just finished and record it; the reason the loop must end, or ''."""
@@ -263,7 +269,7 @@ class Runner:
         summary, why = self.ledger.close_cycle(loop.until, first_cycle)
         if summary is None:
             return ""
-        self.sinks.cycle_closed(summary.as_row())
+        self.sinks.cycle_closed({**summary.as_row(), "reference_cycle": first_cycle})
         short = self.ledger.short
         if short is not None and short_before is None:
             self._event(
@@ -333,7 +339,7 @@ class Runner:
             voltage_cutoff = (
                 command.end.voltage_above_V is not None or command.end.voltage_below_V is not None
             )
-            if voltage_cutoff and end.reason == "duration":
+            if voltage_cutoff and end.reason == "duration" and self.cycle > 0:
                 self.ledger.missed_cutoff(self.cycle)
             phase = after_segment(end.reason, periodic, pause_at)
             if phase is not Phase.INTERRUPT:

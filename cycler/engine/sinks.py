@@ -205,7 +205,10 @@ class StoreSink(Sink):
 
     def cycle_closed(self, summary: Mapping[str, float]) -> None:
         run = self.run_id
-        self._waiting.append(lambda: self.store.save_cycle(run, summary))
+        reference = summary.get("reference_cycle")
+        self._waiting.append(
+            lambda: self.store.save_cycle(run, summary, None if reference is None else int(reference))
+        )
 
     def moved(self, cursor: Cursor) -> None:
         self._at(cursor.t_s, cursor)

@@ -259,14 +259,23 @@ class Store:
                 ),
             )
 
-    def save_cycle(self, run_id: int, summary: Mapping[str, float]) -> None:
-        """Store one cycle's summary (keys as CYCLE_COLUMNS)."""
+    def save_cycle(
+        self, run_id: int, summary: Mapping[str, float], reference_cycle: int | None = None
+    ) -> None:
+        """Store one cycle's summary (keys as CYCLE_COLUMNS) and, when known, the cycle its
+        capacity retention is measured against."""
         with self.transaction() as db:
             db.execute(
                 f"INSERT OR REPLACE INTO cycles (run_id, {', '.join(CYCLE_COLUMNS)})"
                 f" VALUES (?{', ?' * len(CYCLE_COLUMNS)})",
                 (run_id, *(summary[name] for name in CYCLE_COLUMNS)),
             )
+            if reference_cycle is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO cycle_references (run_id, cycle, reference_cycle)"
+                    " VALUES (?, ?, ?)",
+                    (run_id, int(summary["cycle"]), reference_cycle),
+                )
 
     def save_checkpoint(self, run_id: int, t: float, state: Mapping[str, Any]) -> None:
         with self.transaction():
@@ -367,6 +376,14 @@ class Store:
         ).fetchall()
         table = np.array(rows, dtype=np.float64).reshape(len(rows), len(CYCLE_COLUMNS))
         return {name: table[:, i].copy() for i, name in enumerate(CYCLE_COLUMNS)}
+
+    def cycle_references(self, run_id: int) -> dict[int, int]:
+        """Cycle -> the cycle its capacity retention is measured against (the first cycle of its
+        loop), for the cycles the engine summarised; empty for imported runs."""
+        rows = self._db.execute(
+            "SELECT cycle, reference_cycle FROM cycle_references WHERE run_id = ?", (run_id,)
+        ).fetchall()
+        return {int(cycle): int(reference) for cycle, reference in rows}
 
     def checkpoint(self, run_id: int) -> tuple[float, dict[str, Any]] | None:
         row = self._db.execute("SELECT t, state FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()

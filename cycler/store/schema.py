@@ -82,6 +82,12 @@ CREATE TABLE IF NOT EXISTS cycles (  -- written when a cycle ends, from its stor
     coulombic_efficiency REAL,
     PRIMARY KEY (run_id, cycle)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cycle_references (  -- the cycle a cycle's capacity retention is measured
+    run_id INTEGER NOT NULL,                    -- against: the first cycle of its loop
+    cycle INTEGER NOT NULL,
+    reference_cycle INTEGER NOT NULL,
+    PRIMARY KEY (run_id, cycle)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS jobs (  -- the queue: protocols waiting for a channel
     id INTEGER PRIMARY KEY,
     channel TEXT NOT NULL,

@@ -378,7 +378,13 @@ class Runner:
         self._spectrum += 1
         self.sinks.spectrum(
             SpectrumTaken(
-                self._spectrum, start, number, self.cycle, spectrum.frequency_Hz, spectrum.impedance_ohm
+                self._spectrum,
+                start,
+                number,
+                # Outside a loop a spectrum is "after cycle N": the last cycle the run began.
+                self.cycle or self._cycles_begun,
+                spectrum.frequency_Hz,
+                spectrum.impedance_ohm,
             )
         )
         noted = self._note(command, number, Phase.DONE, None)

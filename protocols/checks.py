@@ -6,7 +6,8 @@ carries the model path of the value at fault so the loader can name its line and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -27,6 +28,10 @@ from cyclerd.protocols.scale import CellScale
 from cyclerd.protocols.units import Amount, duration_text, engineering
 
 Path = tuple[int | str, ...]
+
+# EIS amplitudes are RMS (as MethodSCRIPT's meas_loop_eis takes them): the excitation's peak
+# is √2 times the amplitude, and that peak is what must stay inside the safety limits.
+PEAK_PER_RMS = math.sqrt(2.0)
 
 
 @dataclass(frozen=True)
@@ -62,16 +67,26 @@ def step_time_bound(
     return min(bounds) if bounds else None
 
 
-def check(protocol: Protocol) -> list[Issue]:
-    """Every contradiction in `protocol`, in file order."""
-    return list(_Checker(protocol).run())
+def check(protocol: Protocol, unread: Collection[Path] = ()) -> list[Issue]:
+    """Every contradiction in `protocol`, in file order.
+
+    `unread` are the paths of values the file gave but that could not be read (the loader
+    dropped them to check the rest): a check treats them as present, value unknown, so that
+    e.g. an unreadable 'count' does not also make its loop "unbounded".
+    """
+    return list(_Checker(protocol, unread).run())
 
 
 class _Checker:
-    def __init__(self, protocol: Protocol) -> None:
+    def __init__(self, protocol: Protocol, unread: Collection[Path] = ()) -> None:
         self.protocol = protocol
         self.safety = protocol.safety
         self.scale = CellScale(protocol.cell.area, protocol.cell.capacity)
+        self.unread = tuple(unread)
+
+    def given(self, path: Path) -> bool:
+        """Whether the file gave a value at or under `path` that could not be read."""
+        return any(u[: len(path)] == path for u in self.unread)
 
     def run(self) -> Iterator[Issue]:
         s = self.safety
@@ -84,7 +99,8 @@ class _Checker:
         if s.current_max is not None and s.current_max.value <= 0:
             yield Issue(("safety", "current_max"), "current_max must be positive, e.g. '5 mA'")
         yield from self._record(("record",), self.protocol.record)
-        yield from self._steps(("steps",), self.protocol.steps, bounded=s.duration_max is not None)
+        bounded = s.duration_max is not None or self.given(("safety", "duration_max"))
+        yield from self._steps(("steps",), self.protocol.steps, bounded=bounded)
 
     def _steps(
         self, path: Path, steps: Sequence[object], bounded: bool, periodic: bool = False
@@ -113,6 +129,7 @@ class _Checker:
     def _repeat(self, path: Path, loop: Repeat, bounded: bool) -> Iterator[Issue]:
         until = loop.until
         bounded = bounded or loop.count is not None or until.duration is not None
+        bounded = bounded or any(map(self.given, [(*path, "count"), (*path, "until", "duration")]))
         if not bounded:
             yield Issue(
                 path,
@@ -133,7 +150,7 @@ class _Checker:
         periodic: bool,
     ) -> Iterator[Issue]:
         until = step.until
-        if until.is_empty():
+        if until.is_empty() and not self.given((*path, "until")):
             example = (
                 "'until: {duration: 10 min}'" if isinstance(step, Rest) else "'until: {voltage_above: 4.2 V}'"
             )
@@ -227,14 +244,84 @@ class _Checker:
         yield from self._steps((*path, "steps"), every.steps, bounded=True, periodic=True)
 
     def _impedance(self, path: Path, eis: Impedance) -> Iterator[Issue]:
-        if eis.frequency_start == eis.frequency_stop:
+        start, stop = eis.frequency_start, eis.frequency_stop
+        if start == stop:
             yield Issue(
                 (*path, "frequency_stop"),
                 "frequency_stop equals frequency_start; a spectrum needs a range",
             )
+        elif start < stop:
+            yield Issue(
+                (*path, "frequency_start"),
+                f"frequency_start ({_hz(start)}) is below frequency_stop ({_hz(stop)}); a spectrum is "
+                "measured from the high to the low frequency: swap them, "
+                f"'frequency_start: {_hz(stop)}' and 'frequency_stop: {_hz(start)}'",
+            )
         amplitude = eis.amplitude.value if isinstance(eis.amplitude, Amount) else eis.amplitude
         if amplitude <= 0:
             yield Issue((*path, "amplitude"), "the amplitude must be positive, e.g. '10 mV'")
+        elif isinstance(eis.amplitude, Amount):
+            yield from self._galvanostatic(path, eis.amplitude, eis.dc_level)
+        else:
+            yield from self._potentiostatic(path, eis.amplitude, eis.dc_level)
+
+    def _potentiostatic(self, path: Path, amplitude: float, dc: str | float | Amount) -> Iterator[Issue]:
+        """The excitation, dc_level ± √2 × amplitude, must stay inside the safety window."""
+        if isinstance(dc, Amount):
+            yield Issue(
+                (*path, "dc_level"),
+                "a voltage amplitude makes the spectrum potentiostatic, around a DC voltage: write "
+                "dc_level as a voltage or 'ocv', or give the amplitude as a current (galvanostatic)",
+            )
+            return
+        lo, hi = self.safety.voltage_min, self.safety.voltage_max
+        peak = PEAK_PER_RMS * amplitude
+        window = f"the safety window [{_v(lo)}, {_v(hi)}]"
+        if isinstance(dc, float):
+            if (lo is not None and dc < lo) or (hi is not None and dc > hi):
+                yield Issue(
+                    (*path, "dc_level"), f"dc_level {dc:g} V lies outside {window}; change one of them"
+                )
+                return
+            if (lo is None or dc - peak >= lo) and (hi is None or dc + peak <= hi):
+                return
+            room = min(dc - lo if lo is not None else math.inf, hi - dc if hi is not None else math.inf)
+            yield Issue(
+                (*path, "amplitude"),
+                f"an amplitude of {engineering(amplitude, 'V')} swings the cell from {dc - peak:.4g} to "
+                f"{dc + peak:.4g} V around dc_level {dc:g} V (peak = √2 × the RMS amplitude), outside "
+                f"{window}; use at most {engineering(room / PEAK_PER_RMS, 'V')}, e.g. '10 mV'",
+            )
+        elif lo is not None and hi is not None and 2 * peak > hi - lo and not self.given((*path, "dc_level")):
+            yield Issue(
+                (*path, "amplitude"),
+                f"an amplitude of {engineering(amplitude, 'V')} swings the cell by ±{engineering(peak, 'V')} "
+                f"(peak = √2 × the RMS amplitude), more than {window} holds around any open-circuit "
+                f"voltage; use at most {engineering((hi - lo) / 2 / PEAK_PER_RMS, 'V')}, e.g. '10 mV'",
+            )
+
+    def _galvanostatic(self, path: Path, amplitude: Amount, dc: str | float | Amount) -> Iterator[Issue]:
+        """The excitation, |dc_level| + √2 × amplitude, must stay within safety.current_max."""
+        if isinstance(dc, float):
+            yield Issue(
+                (*path, "dc_level"),
+                "a current amplitude makes the spectrum galvanostatic, around a DC current: write "
+                "dc_level as a current (e.g. '0 A') or 'ocv', or give the amplitude as a voltage",
+            )
+            return
+        limit = self.safety.current_max
+        size = self.scale.resolve(abs(amplitude))
+        offset = self.scale.resolve(abs(dc)) if isinstance(dc, Amount) else 0.0
+        allowed = None if limit is None else self.scale.resolve(limit)
+        if size is None or offset is None or allowed is None:
+            return
+        if offset + PEAK_PER_RMS * size > allowed * (1 + 1e-9):
+            yield Issue(
+                (*path, "amplitude"),
+                f"the excitation reaches {engineering(offset + PEAK_PER_RMS * size, 'A')} (|dc_level| + √2 × "
+                f"the RMS amplitude), more than safety.current_max ({engineering(allowed, 'A')}); "
+                "lower the amplitude or raise the limit",
+            )
 
     def _sweep(self, path: Path, sweep: Sweep) -> Iterator[Issue]:
         points = [sweep.start, *sweep.vertices]
@@ -263,3 +350,7 @@ class _Checker:
 
 def _v(volts: float | None) -> str:
     return "-" if volts is None else f"{volts:g} V"
+
+
+def _hz(hertz: float) -> str:
+    return engineering(hertz, "Hz")

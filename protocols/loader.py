@@ -2,11 +2,14 @@
 
 YAML is composed into nodes (which remember where they came from), built into plain data
 with the safe constructor (nothing in a file is ever executed), validated by the pydantic
-model and then by the semantic checks. Errors from all three are mapped back to nodes.
+model and then by the semantic checks. Errors from all three are mapped back to nodes. When
+the model refuses parts of a file, the checks still run on the parts it accepted, so that
+one run of `validate` lists every problem.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import difflib
 from pathlib import Path
@@ -39,13 +42,116 @@ def loads(text: str, filename: str = "<protocol>") -> Protocol:
     try:
         protocol = Protocol.model_validate(data)
     except ValidationError as exc:
-        raise ProtocolError([_problem(filename, root, err) for err in exc.errors()]) from None
+        problems = [_problem(filename, root, err) for err in exc.errors()]
+        rest = _Rest(data)
+        salvaged = rest.validate(exc.errors())
+        if salvaged is not None:  # the contradictions in what did validate, in the same report
+            unread = [p for p in map(rest.model_path, rest.cut) if p is not None]
+            for issue in checks.check(salvaged, unread):
+                node = _locate(root, rest.file_path(issue.path), key=issue.at_key)
+                problems.append(_at(filename, node, issue.message))
+        raise ProtocolError(problems) from None
     issues = checks.check(protocol)
     if issues:
         raise ProtocolError(
             [_at(filename, _locate(root, issue.path, key=issue.at_key), issue.message) for issue in issues]
         )
     return protocol
+
+
+_GONE: Any = object()  # a list item cut from `_Rest.data`; it keeps the file's indices valid
+_ROUNDS = 50  # cutting a leaf can make its parent invalid; each round cuts one level more
+
+
+class _Rest:
+    """The file's data with what the model refused cut away, so the checks can run on the rest.
+
+    Values are cut where the model's error points (or at the nearest value that exists there);
+    cut list items stay as `_GONE`, so model paths into the cut-down data map back to the file.
+    `cut` lists the file paths of the values cut.
+    """
+
+    def __init__(self, data: Any) -> None:
+        self.data = copy.deepcopy(data)
+        self.cut: list[Loc] = []
+
+    def validate(self, errors: list[ErrorDetails]) -> Protocol | None:
+        """The protocol that what is left makes, or None if nothing checkable is left."""
+        for _ in range(_ROUNDS):
+            paths = [self.file_path(tuple(err["loc"])) for err in errors]  # all before any cut
+            cuts = [self._cut(path) for path in paths]  # every one, not up to the first
+            if not any(cuts):
+                return None
+            try:
+                return Protocol.model_validate(_without_gone(self.data))
+            except ValidationError as exc:
+                errors = exc.errors()
+        return None
+
+    def file_path(self, loc: Loc) -> Loc:
+        """The path in the file's data of a path into the cut-down data (list indices shift)."""
+        node: Any = self.data
+        path: list[int | str] = []
+        for part in loc:
+            if isinstance(node, list) and isinstance(part, int):
+                kept = [i for i, item in enumerate(node) if item is not _GONE]
+                part = kept[part] if 0 <= part < len(kept) else part
+                node = node[part] if 0 <= part < len(node) else None
+            elif isinstance(node, dict) and part in node:
+                node = node[part]
+            path.append(part)  # parts that are not keys (step kinds, '[key]') are kept as they are
+        return tuple(path)
+
+    def model_path(self, path: Loc) -> Loc | None:
+        """The path into the cut-down data of a file path; None if a list item on it was cut."""
+        node: Any = self.data
+        loc: list[int | str] = []
+        for part in path:
+            if isinstance(node, list) and isinstance(part, int):
+                if not 0 <= part < len(node) or node[part] is _GONE:
+                    return None
+                loc.append(sum(item is not _GONE for item in node[:part]))
+                node = node[part]
+                continue
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            loc.append(part)
+        return tuple(loc)
+
+    def _cut(self, path: Loc) -> bool:
+        """Cut the value deepest along `path` that exists; False if only the whole file is left."""
+        node: Any = self.data
+        parent: Any = None
+        key: int | str = ""
+        found: Loc = ()
+        for i, part in enumerate(path):
+            if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                if node[part] is _GONE:
+                    return False  # already cut
+                parent, key, node, found = node, part, node[part], path[: i + 1]
+            elif isinstance(node, dict) and part in node:
+                parent, key, node, found = node, part, node[part], path[: i + 1]
+        if parent is None:
+            return False
+        if found == ("name",):  # required, and not part of any check: any readable name will do
+            if parent["name"] == "protocol":
+                return False
+            parent["name"] = "protocol"
+            return True
+        if isinstance(parent, list) and isinstance(key, int):
+            parent[key] = _GONE
+        else:
+            del parent[key]
+        self.cut.append(found)
+        return True
+
+
+def _without_gone(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_gone(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_without_gone(v) for v in data if v is not _GONE]
+    return data
 
 
 class _DuplicateKey(yaml.constructor.ConstructorError):
@@ -209,6 +315,8 @@ def _message(loc: Loc, err: ErrorDetails) -> str:
         return f"'{name}' must be text"
     if kind == "too_short":
         return f"'{name}' must not be empty; add at least one entry"
+    if kind == "string_too_short":
+        return f"'{name}' must not be empty; write e.g. {_example(loc)}"
     if kind.startswith(("greater_than", "less_than")):
         limit = next(iter((err.get("ctx") or {}).values()), "")
         words = kind.replace("_", " ").replace("equal", "or equal to")

@@ -1,9 +1,11 @@
 """Quantities written as text in protocol files ("1 mA/cm^2", "10 min", "C/20"), read into SI.
 
 Every quantity field names the kind of quantity it expects; the text must carry a unit of
-that kind. C-rates are read before pint sees the text because to pint `C` is the coulomb.
-Currents and charges may be absolute or per electrode area: the unit decides, and the value
-keeps its basis until a cell (area, capacity) resolves it.
+that kind. C-rates are read before pint sees the text because to pint `C` is the coulomb;
+`C` alone is always a C-rate here, written against its number ('0.1C'), and '0.1 C' is
+refused. Unit symbols whose case is off ('1 ma' is a milliyear to pint) are refused with the
+spelling meant. Currents and charges may be absolute or per electrode area: the unit
+decides, and the value keeps its basis until a cell (area, capacity) resolves it.
 """
 
 from __future__ import annotations
@@ -66,7 +68,12 @@ def registry() -> Any:
 
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_C_RATE = re.compile(rf"^\s*(?:(?P<mult>{_NUMBER})\s*C|(?P<sign>[-+]?)C\s*/\s*(?P<div>{_NUMBER}))\s*$")
+# '0.1C' (no space: '0.1 C' is refused, see _c_slip), 'C/20', '-C/2'.
+_C_RATE = re.compile(rf"^\s*(?:(?P<mult>{_NUMBER})C|(?P<sign>[-+]?)C\s*/\s*(?P<div>{_NUMBER}))\s*$")
+# The same with a lowercase 'c' (pint: the speed of light) or a space before the 'C'.
+_C_RATE_SLIP = re.compile(
+    rf"^\s*(?:(?P<mult>{_NUMBER})\s*[cC]|(?P<sign>[-+]?)[cC]\s*/\s*(?P<div>{_NUMBER}))\s*$"
+)
 
 # One number, then a unit in which digits appear only as small powers ('cm^2'). pint would
 # otherwise evaluate arithmetic ('9 ** 9 ** 9 s' runs for hours) and read a bare 'min' as 1 min.
@@ -113,6 +120,9 @@ def _quantity(text: object, dims: tuple[Dimension, ...]) -> tuple[float, Dimensi
     if not isinstance(text, str):
         raise _fail(f"the number {text!r} has no unit; write {wanted}")
     m = _QUANTITY_TEXT.match(text)
+    slip = _c_slip(text, dims, wanted) or (m and _case_slip(text, text[m.end("number") :]))
+    if slip:
+        raise _fail(slip)
     if m is None:
         raise _fail(f"cannot read {text!r} as a quantity (one number, then its unit); write {wanted}")
     if not math.isfinite(float(m["number"])):  # also '1000…000 V', too long for a float
@@ -136,6 +146,95 @@ def _quantity(text: object, dims: tuple[Dimension, ...]) -> tuple[float, Dimensi
     got = _describe(q)
     hint = " ('m' is metres: write 'min' for minutes)" if _ends_with_metre(text) else ""
     raise _fail(f"{text!r} is {got}, not the expected kind{hint}; write {wanted}")
+
+
+# Unit symbols as protocols write them. A unit word that is none of these but one of them in
+# another case is a slip that pint would read as something absurd or nothing: '1 ma' a
+# milliyear, '1 MA' a megaampere, '10 Ms' a megasecond, '7 mhz' nothing. ('m' is left out of
+# the look-up: '10 M' is not '10 m', and a bare 'm' has its own hint.)
+_SYMBOLS = frozenset(
+    [
+        *("s", "ms", "us", "µs", "μs", "sec", "min", "h", "hr", "d", "day", "days"),
+        *("second", "seconds", "minute", "minutes", "hour", "hours"),
+        *("A", "mA", "uA", "µA", "μA", "nA", "pA", "V", "mV", "uV", "µV", "μV"),
+        *("Ah", "mAh", "uAh", "µAh", "μAh", "m", "cm", "mm", "um", "µm", "μm"),
+        *("Hz", "mHz", "kHz", "MHz", "K", "degC", "g", "mg", "kg"),
+        *("ohm", "ohms", "Ohm", "Ohms", "Ω", "mΩ", "kΩ", "MΩ"),
+        *("mohm", "mOhm", "kohm", "kOhm", "Mohm", "MOhm"),
+    ]
+)
+_BY_FOLDED: dict[str, list[str]] = {}
+for _symbol in sorted(_SYMBOLS - {"m"}):
+    _BY_FOLDED.setdefault(_symbol.casefold(), []).append(_symbol)
+_UNIT_WORD = re.compile(r"[^\W\d_]+")  # runs of letters, µ and Ω included
+
+
+def _word(word: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![^\W\d_]){re.escape(word)}(?![^\W\d_])")
+
+
+def _unit_name(symbol: str) -> str | None:
+    try:
+        return str(registry().get_name(symbol)).replace("_", " ")
+    except Exception:  # noqa: BLE001 - pint raises several types for a word it does not know
+        return None
+
+
+def _case_slip(text: str, unit_text: str) -> str | None:
+    """What to write instead when a unit symbol's case is off ('1 ma' -> '1 mA')."""
+    for word in _UNIT_WORD.findall(unit_text.replace("°C", "degC")):
+        if word in _SYMBOLS or word.casefold() not in _BY_FOLDED:
+            continue
+        options: dict[str | None, str] = {}  # one suggestion per unit: 'ohm' and 'Ohm' are one
+        for symbol in _BY_FOLDED[word.casefold()]:
+            name = _unit_name(symbol)
+            fixed = _word(word).sub(symbol, text.strip())
+            options.setdefault(name, f"'{fixed}'" + (f" ({name})" if name else ""))
+        reading = _unit_name(word)
+        what = f"the {reading}" if reading else "not a unit"
+        return (
+            f"{text!r}: unit symbols are case-sensitive and '{word}' is {what}; "
+            f"write {' or '.join(options.values())}"
+        )
+    return None
+
+
+def _c_slip(text: str, dims: tuple[Dimension, ...], wanted: str) -> str | None:
+    """What to write instead of a 'C' that is not a C-rate where it stands ('0.1c', '0.1 C', '60 C').
+
+    'C' alone is always a C-rate, written against its number ('0.1C', 'C/20'); cyclerd never
+    reads it as the coulomb (write 'A*s' or 'mAh'), nor as degrees Celsius (write 'degC').
+    """
+    m = _C_RATE_SLIP.match(text)
+    if m is None:
+        if "C" not in _UNIT_WORD.findall(text.replace("°C", "degC")):
+            return None
+        return (
+            f"{text!r}: 'C' alone stands for a C-rate ('0.5C', 'C/20'), never the coulomb; "
+            f"write a charge in Ah or A*s (1 mAh = 3.6 A*s), or {wanted}"
+        )
+    rate = f"{m['mult']}C" if m["mult"] is not None else f"{m['sign']}C/{m['div']}"
+    lower = "c" in text
+    if CURRENT in dims:
+        why = (
+            "a C-rate is written with a capital C (to pint 'c' is the speed of light)"
+            if lower
+            else "a C-rate is written with no space before the C ('C' after a space is the coulomb, "
+            "a charge, not a current)"
+        )
+        return f"{text!r}: {why}; write '{rate}'"
+    if CHARGE in dims:
+        if m["mult"] is not None and not lower:
+            mah = engineering(float(m["mult"]) / SECONDS_PER_HOUR, "Ah")
+            return (
+                f"{text!r}: 'C' is read as a C-rate, never as the coulomb, and a C-rate is not a "
+                f"charge; write the charge in Ah, '{mah}' (= {m['mult']} coulomb), or as "
+                f"'{m['mult']} A*s'"
+            )
+        return f"{text!r} reads as a C-rate, not a charge; write e.g. '1 mAh' or '1 mAh/cm^2'"
+    if TEMPERATURE in dims and m["mult"] is not None:
+        return f"{text!r} is not a temperature; for degrees Celsius write '{m['mult']} degC'"
+    return f"{text!r} reads as a C-rate, not {_article(dims[0].name)} {dims[0].name}; write {wanted}"
 
 
 def _article(word: str) -> str:
@@ -171,7 +270,10 @@ def parse(text: object, dim: Dimension) -> float:
 
 
 def parse_c_rate(text: object) -> float | None:
-    """The C-rate multiplier of '0.1C', 'C/20', '2 C', or None if `text` is not a C-rate."""
+    """The C-rate multiplier of '0.1C', 'C/20', '-C/2', or None if `text` is not a C-rate.
+
+    '0.1 C' (a space before the C) is not one: see `_c_slip`, which says what to write.
+    """
     if not isinstance(text, str):
         return None
     m = _C_RATE.match(text)

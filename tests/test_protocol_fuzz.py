@@ -69,6 +69,7 @@ UNIT_TEXTS = [
     "Rest for 5 m", "Rest for 10 minutes", "Charge at 1 W until 4 V", "Charge at 0.1C until 4.25 V",
     "Discharge at 1 mA for -3 minutes", "Hold at 4.25 V until C/20", "Charge at 1e999 A until 4 V",
     "Discharge at C/0 for 1 h", "Hold at 1 V", "charge at 1 mA for 1 hr (1 s period)",
+    "1 ma", "1 MA", "0.1c", "0.1 C", "c/20", "3.6 C", "3.6 A*s", "7 mhz", "10 Mv", "60 C", "0.1 Hz",
 ]  # fmt: skip
 KEYS = [
     "name", "description", "cell", "area", "capacity", "metadata", "safety", "voltage_min",

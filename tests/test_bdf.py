@@ -8,18 +8,21 @@ an every-block interrupts for spectra: the cases where a column's meaning could 
 from __future__ import annotations
 
 import gzip
+import itertools
 import string
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cyclerd.analysis import bdf, bdf_columns, bdf_import
+from cyclerd.analysis import bdf, bdf_columns, bdf_import, bdf_steps
 from cyclerd.cli.main import app
 from cyclerd.store.database import Store
 
@@ -76,9 +79,14 @@ SPECTRA_HEADER = [
     "Test Time / s",
     "Cycle Count / 1",
     "Step Count / 1",
+    "Step Label",
+    "DC Level",
+    "DC Potential / V",
     "Frequency / Hz",
     "Real Impedance / ohm",
     "Imaginary Impedance / ohm",
+    "Fitted Real Impedance / ohm",
+    "Fitted Imaginary Impedance / ohm",
 ]
 SUFFIX = {"bdf-csv": ".bdf.csv", "bdf-parquet": ".bdf.parquet", "csv": ".csv"}
 
@@ -221,10 +229,15 @@ def test_an_imported_run_shows_like_a_recorded_one(recorded: Path, tmp_path: Pat
     recorded_shown = runner.invoke(app, ["show", "1", "--db", str(recorded)])
     assert shown.exit_code == 0, shown.output
     assert "run1 — completed" in shown.output
-    table = [line for line in shown.output.splitlines() if line.strip().startswith(("1 ", "2 ", "3 "))]
-    expected = [
-        line for line in recorded_shown.output.splitlines() if line.strip().startswith(("1 ", "2 ", "3 "))
-    ]
+
+    def cycle_rows(output: str) -> list[str]:  # the cycle table's rows, not the sweep's peak table
+        return [
+            line
+            for line in output.splitlines()
+            if line.strip().startswith(("1 ", "2 ", "3 ")) and "%" in line
+        ]
+
+    table, expected = cycle_rows(shown.output), cycle_rows(recorded_shown.output)
     assert len(table) == 3
     assert table == expected
 
@@ -369,6 +382,90 @@ def test_machine_readable_headers_and_derived_columns(tmp_path: Path) -> None:
     assert [r["kind"] for r in steps] == ["rest", "charge", "discharge"]
     assert cycles["coulombic_efficiency"].tolist() == pytest.approx([1.0])
     assert runner.invoke(app, ["show", "1", "--db", str(db)]).exit_code == 0
+
+
+def test_an_interrupted_step_is_integrated_over_its_own_rows_only() -> None:
+    """Step 1 runs, step 2 interrupts it for 80 s, step 1 resumes: the gap adds no charge."""
+    step = np.array([1, 1, 2, 2, 1, 1], dtype=np.int64)
+    t = np.array([0.0, 10.0, 10.0, 90.0, 90.0, 100.0])
+    current = np.array([1.0, 1.0, 0.0, 0.0, 1.0, 1.0])
+    groups = bdf_steps.StepGroups(step)
+    np.testing.assert_array_equal(groups.running(groups.trapezoid(current, t)), [0, 10, 0, 0, 10, 20])
+
+
+@pytest.fixture(scope="module")
+def insitu(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """E5 (insitu_eis.yaml, MgAgSn-PVDF, seed 3) recorded, and imported back from a BDF CSV without
+    capacity or energy columns, as a tool that logs only time, voltage, current and steps writes it."""
+    folder = tmp_path_factory.mktemp("insitu")
+    recorded = folder / "recorded.db"
+    protocol = str(files("cyclerd.protocols") / "library" / "insitu_eis.yaml")
+    ran = runner.invoke(app, ["run", protocol, "--sim", "mgagsn-pvdf", "--seed", "3", "--db", str(recorded)])
+    assert ran.exit_code == 0, ran.output
+    full = folder / "run1.bdf.csv"
+    _export(recorded, "bdf-csv", full)
+    table = pa_csv.read_csv(full)
+    lean = folder / "lean.bdf.csv"
+    kept = [name for name in table.column_names if "Capacity" not in name and "Energy" not in name]
+    assert kept == BDF_HEADER[:9]
+    bdf.write_table(table.select(kept), lean, "bdf-csv")
+    imported = folder / "imported.db"
+    assert _import(lean, imported) == 1
+    return recorded, imported
+
+
+def test_without_capacity_columns_a_step_an_eis_block_interrupts_is_not_integrated_over_the_gap(
+    insitu: tuple[Path, Path],
+) -> None:
+    recorded, imported = insitu
+    with Store(recorded) as original, Store(imported) as back:
+        a, b = original.samples(1), back.samples(1)
+        stored, read = original.cycles(1), back.cycles(1)
+        interrupted = [
+            r["number"] for r in original.steps(1) if r["label"] in ("plate with EIS", "strip with EIS")
+        ]
+    # The issue's case: cycle 4 plated 0.7850 and stripped about 0.7730 mAh (read back before as
+    # 1.0408 / 1.0288: the time spent in each interruption counted as plating or stripping).
+    assert stored["forward_As"][3] / 3.6 == pytest.approx(0.7850, abs=5e-5)
+    assert stored["reverse_As"][3] / 3.6 == pytest.approx(0.7730, rel=0.01)
+    for key in ("forward_As", "reverse_As"):
+        np.testing.assert_allclose(read[key][:3], stored[key][:3], rtol=1e-12)
+    missed = 0.0
+    for number in interrupted:
+        rows = np.flatnonzero(a["step"] == number)
+        stretches = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+        assert len(stretches) == 6, "five spectra interrupt each step"
+        for stretch in stretches:  # over its own rows the integral is the channel's counter
+            np.testing.assert_allclose(
+                np.diff(b["charge"][stretch]), np.diff(a["charge"][stretch]), rtol=1e-9, atol=1e-12
+            )
+        for before, after in itertools.pairwise(stretches):
+            assert b["charge"][after[0]] == b["charge"][before[-1]], "the gap adds nothing"
+            missed += abs(a["charge"][after[0]] - a["charge"][before[-1]])
+    # What the file cannot show: the channel logs no row at the instant the step resumes, so the
+    # charge from then to the first row after (1 s of 0.785 mA, ten times) is in no row of the file.
+    assert missed <= 10 * 0.785e-3 * (1 + 1e-9)
+    assert read["forward_As"][3] + read["reverse_As"][3] == pytest.approx(
+        stored["forward_As"][3] + stored["reverse_As"][3] - missed, rel=1e-12
+    )
+    for key in ("forward_As", "reverse_As"):
+        assert read[key][3] == pytest.approx(stored[key][3], rel=2e-3), key
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the simulated channel logs no sample where an interrupted step resumes (simulators/"
+    "channel.py: only a fresh step's first sample is kept), so 1 s of current per interruption is "
+    "in no row of the file: cycle 4 shows 0.7839 / 0.7719 mAh for 0.7850 / 0.7730",
+)
+def test_without_capacity_columns_show_gives_the_recorded_cycle_4(insitu: tuple[Path, Path]) -> None:
+    rows = []
+    for db in insitu:
+        shown = runner.invoke(app, ["show", "1", "--db", str(db)])
+        assert shown.exit_code == 0, shown.output
+        rows.append(next(line.split() for line in shown.output.splitlines() if line.strip().startswith("4 ")))
+    recorded, imported = rows
+    assert imported[1:3] == recorded[1:3]
 
 
 def test_export_says_what_is_missing_and_import_reads_gzip(recorded: Path, tmp_path: Path) -> None:

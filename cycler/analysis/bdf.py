@@ -98,22 +98,6 @@ def export_run(store: Store, run_id: int, path: Path, fmt: str) -> int:
     return int(table.num_rows)
 
 
-def export_spectra(store: Store, run_id: int, path: Path) -> int:
-    """Write every spectrum of a run to one CSV; the number of spectra (0: nothing written)."""
-    spectra = store.spectra(run_id)
-    if not spectra:
-        return 0
-    sizes = [len(sp["frequency_Hz"]) for sp in spectra]
-    z = np.concatenate([sp["impedance_ohm"] for sp in spectra])
-    columns = {
-        key: np.repeat([sp[key] for sp in spectra], sizes) for key in ("sequence", "t", "cycle", "step")
-    }
-    columns |= {"frequency": np.concatenate([sp["frequency_Hz"] for sp in spectra])}
-    columns |= {"z_real": z.real.copy(), "z_imag": z.imag.copy()}
-    write_table(pa.table({QUANTITIES[key][0]: value for key, value in columns.items()}), path, "csv")
-    return len(spectra)
-
-
 def stem(path: Path) -> str:
     """The file's name without .bdf, .csv, .parquet: the default name of what it holds."""
     name = path.name

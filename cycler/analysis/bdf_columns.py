@@ -8,9 +8,10 @@ Test Time / s, Voltage / V, Current / A (positive charges the cell, as stored), 
 step), Step ID (the protocol's step command), Step Type (plate, strip, rest, ...), Charging,
 Discharging and Net Capacity / Ah (running from the start of the test, never reset), Step
 Capacity / Ah (|charge| of the step so far), the same four in Energy / Wh, and Ambient
-Temperature / degC when a temperature was logged. Spectra go to their own CSV: Sequence / 1 (ours:
+Temperature / degC when a temperature was logged. Spectra go to their own file: Sequence / 1 (ours:
 BDF has none), Test Time / s (spectrum start), Cycle Count / 1, Step Count / 1, Frequency / Hz,
-Real Impedance / ohm, Imaginary Impedance / ohm (Im Z as measured, negative on a capacitive arc).
+Real Impedance / ohm, Imaginary Impedance / ohm (Im Z as measured, negative on a capacitive arc),
+with the columns analysis/exports.py adds (step label, DC level, fitted curve), which import skips.
 The `csv` format is ours and SI: seq, t_s, unix_s, cycle, step, step_command, step_kind, voltage_V,
 current_A, charge_As (signed, this step so far), energy_J, temperature_K.
 """

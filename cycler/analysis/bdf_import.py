@@ -202,7 +202,8 @@ def read_samples(path: Path) -> Imported:
 
 
 def read_spectra(path: Path) -> list[dict[str, Any]]:
-    """Spectra from a CSV as export_spectra writes it, shaped like Store.spectra (one per Sequence)."""
+    """Spectra from a CSV or Parquet file as `cyclerd export` writes them (analysis/exports.py), shaped
+    like Store.spectra (one per Sequence)."""
     f = _File(path, ("frequency", "z_real", "z_imag"))
     frequency, z = f.filled("frequency"), f.filled("z_real") + 1j * f.filled("z_imag")
     sequence, step, cycle = f.whole("sequence", 1), f.whole("step", 0), f.whole("cycle", 0)

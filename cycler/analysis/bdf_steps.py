@@ -39,7 +39,13 @@ class StepGroups:
         return self._back(total - (total - dv[self.order])[self.starts][self.group])
 
     def trapezoid(self, f: FloatArray, t: FloatArray) -> FloatArray:
+        """The integral of `f` over `t` since the step's previous sample, over contiguous rows only.
+
+        A step that other steps interrupted (an every-block's rest and spectrum) resumes where it
+        was: the gap between its last row before and its first row after contributes nothing.
+        """
         fo, to = f[self.order], t[self.order]
+        resumed = np.diff(self.order, prepend=-1) != 1  # the previous row in the file is another step's
         return self._back(
-            np.where(self.first, 0.0, 0.5 * (fo + np.r_[0.0, fo[:-1]]) * np.diff(to, prepend=0.0))
+            np.where(self.first | resumed, 0.0, 0.5 * (fo + np.r_[0.0, fo[:-1]]) * np.diff(to, prepend=0.0))
         )

@@ -1,4 +1,5 @@
-"""`cyclerd export` and `cyclerd import`: runs to and from Battery Data Format files (analysis/bdf*.py)."""
+"""`cyclerd export` and `cyclerd import`: runs to and from Battery Data Format files (analysis/bdf*.py),
+with the cycle table, spectra and fits beside them (analysis/exports.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from rich.markup import escape
 
 from cyclerd.store.database import Store
 
-# cyclerd.analysis.bdf and bdf_import (and pyarrow with them) load only when a file is written or read,
-# so the daemon and every other command start fast. The same conventions as cyclerd.cli.main, which
+# cyclerd.analysis.bdf, bdf_import and exports (and pyarrow with them) load only when a file is written
+# or read, so the daemon and every other command start fast. The same conventions as cyclerd.cli.main, which
 # imports this module.
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)  # one problem, one line
@@ -42,23 +43,57 @@ def export(
         typer.Option("--format", help="bdf-csv or bdf-parquet (Battery Data Format), or csv (SI columns)."),
     ],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Where to write (default: runN.bdf.csv, ...).")
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where the samples go (default: runN.bdf.csv, runN.bdf.parquet, runN.csv)."
+        ),
+    ] = None,
+    cycles: Annotated[
+        Path | None,
+        typer.Option(
+            "--cycles", help="Where the cycle table goes (default: NAME.cycles.csv beside the samples)."
+        ),
     ] = None,
     spectra: Annotated[
-        Path | None, typer.Option("--spectra", help="Where the run's spectra go (default: runN.spectra.csv).")
+        Path | None,
+        typer.Option(
+            "--spectra",
+            help="Where the spectra go, with step label, DC level, fitted curve (default: NAME.spectra.csv).",
+        ),
+    ] = None,
+    fits: Annotated[
+        Path | None,
+        typer.Option("--fits", help="Where the fits go, one row per spectrum (default: NAME.fits.csv)."),
     ] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Write a run's samples (and its spectra, if it has any) for other tools to read."""
-    from cyclerd.analysis.bdf import export_run, export_spectra, stem
+    """Write a run's samples, cycle table, spectra and their fits for other tools to read.
+
+    Each goes to its own file. The samples: runN.bdf.csv, runN.bdf.parquet
+    or runN.csv (or -o). Beside them, NAME being that file's name without
+    .bdf, .csv and .parquet: NAME.cycles.csv, NAME.spectra.csv and
+    NAME.fits.csv (.parquet instead of .csv with bdf-parquet). A run without
+    cycles or spectra writes no such file. The DC level comes from the run's
+    protocol: an imported run has none, and its spectra leave it out.
+    """
+
+    from cyclerd.analysis.bdf import export_run
+    from cyclerd.analysis.exports import export_tables, names
 
     if not db.exists():
         raise _fail(f"no store at {db}")
     output = output or Path(f"run{run_id}{SUFFIX[fmt]}")
-    where = spectra or output.with_name(f"{stem(output)}.spectra.csv")
-    for path in (output, where):
+    chosen = {"cycles": cycles, "spectra": spectra, "fits": fits}
+    where = {table: chosen[table] or path for table, path in names(output, fmt.value).items()}
+    paths = [output, *where.values()]
+    for path in paths:
         if not path.parent.is_dir():
             raise _fail(f"no directory {path.parent} to write {path.name} in; create it first")
+    clash = next((p for i, p in enumerate(paths) if p.resolve() in {q.resolve() for q in paths[:i]}), None)
+    if clash is not None:
+        raise _fail(
+            f"two tables would go to {clash}; give each of -o, --cycles, --spectra, --fits its own file"
+        )
     with Store(db) as store:
         try:
             store.run(run_id)
@@ -67,13 +102,20 @@ def export(
         try:
             samples = export_run(store, run_id, output, fmt.value)
             console.print(f"run {run_id}: {samples} samples to {output}", markup=False)
-            count = export_spectra(store, run_id, where)
+            written = export_tables(store, run_id, where)
         except OSError as exc:
             raise _fail(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
-    if count:
-        console.print(f"run {run_id}: {count} spectrum(s) to {where}", markup=False)
-    elif spectra is not None:
-        console.print(f"run {run_id} has no spectra; nothing written to {spectra}", markup=False)
+    what = {"cycles": "cycle(s)", "spectra": "spectrum(s)", "fits": "fit(s), one per spectrum"}
+    for table, (path, rows) in written.files.items():
+        console.print(f"run {run_id}: {rows} {what[table]} to {path}", markup=False)
+    if "spectra" in written.files and not written.dc_known:
+        console.print(
+            f"run {run_id}: no protocol stored with the run to read the DC level from; DC columns left out",
+            markup=False,
+        )
+    for table, asked in chosen.items():
+        if asked is not None and table not in written.files:
+            console.print(f"run {run_id} has no {table}; nothing written to {asked}", markup=False)
 
 
 def import_file(
@@ -81,7 +123,8 @@ def import_file(
     channel: Annotated[str, typer.Option("--channel", help="The channel the run is filed under.")] = "import",
     name: Annotated[str | None, typer.Option("--name", help="The run's name (default: the file's).")] = None,
     spectra: Annotated[
-        Path | None, typer.Option("--spectra", help="A spectra CSV (as export writes it) to attach.")
+        Path | None,
+        typer.Option("--spectra", help="A spectra file (CSV or Parquet, as export writes it) to attach."),
     ] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:

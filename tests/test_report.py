@@ -25,6 +25,7 @@ import pytest
 from PIL import Image, ImageStat
 from typer.testing import CliRunner
 
+from cyclerd.analysis.paper import reference
 from cyclerd.analysis.plot_data import load_run
 from cyclerd.analysis.report import build_report, summarise_run
 from cyclerd.cli.main import app
@@ -84,8 +85,11 @@ def test_report_holds_the_summary_numbers_and_the_papers(e1_db: Path, tmp_path: 
                 assert summary.short is not None
                 assert last == summary.short.cycle - 1  # the shorted cycle is not averaged
                 assert f"cycle {summary.short.cycle}</span>" in page
-    for paper in ("paper: 84.5 %", "paper: 68.5 %", "paper: 76.2 %", "paper: 72.7 %", "paper: 99.62 %"):
+    for paper in ("paper: 84.5 %", "paper: 68.5 %", "paper: 76.2 %", "paper: 72.7 %"):
         assert paper in page
+    # The paper's average CE and life are over > 230 cycles; a 15-cycle protocol is not compared with them.
+    assert "paper: 99.62 %" not in page
+    assert "average CE and life over 230 cycles; this protocol plans 15" in page
     # Fig. 2 side by side: the cycling figures, voltage–time per run; no EIS, no retention here.
     for title in ("First-cycle voltage profile", "Coulombic efficiency", "Cumulative coulombic efficiency",
                   "Voltage against time"):  # fmt: skip
@@ -135,8 +139,89 @@ def test_report_has_impedance_for_spectra_and_retention_for_full_cells(tmp_path:
     assert "after cycle 1" in eis_page
     assert "Capacity retention" not in eis_page
     assert "<b>Capacity retention.</b>" in full_page
-    assert "paper: 70 % at 100" in full_page
+    assert "paper: 85.0 %" in full_page  # E8 starts with E7's formation: its ICE compares
+    assert "paper: 70 %" not in full_page  # retention after 100 cycles, and this protocol plans 3
     assert "Nyquist" not in full_page
+
+
+# -- the paper's numbers only where the run reproduces the experiment -------------------------------------
+
+E1_TEXT = (LIBRARY / "plating_stripping.yaml").read_text()
+AREA = {"area_m2": 0.785e-4, "capacity_As": None}
+HALF_CELL_WORDS = ("seeds alloy", "stripped over plated", "alloying plateau", "stripping branch", "Fig. 2")
+
+
+def test_a_reference_needs_the_declared_experiment_under_its_conditions() -> None:
+    mgagsn = {"preset": "mgagsn", "seed": 1}
+    library = reference(E1_TEXT, AREA, mgagsn)
+    assert library is not None
+    assert (library.ice, library.average_ce, library.cycles) == (0.845, 0.9962, "> 230")
+    assert reference(E1_TEXT.replace("1 mA/cm^2", "0.5 mA/cm^2"), AREA, mgagsn) is None
+    assert reference(E1_TEXT.replace("experiment: E1", "experiment: E4"), AREA, mgagsn) is None
+    assert reference(E1_TEXT.replace("    experiment: E1\n", ""), AREA, mgagsn) is None
+    assert reference(E1_TEXT.replace("voltage_above: 1.0 V", "voltage_above: 1.5 V"), AREA, mgagsn) is None
+    # What the experiment leaves to the lab does not matter: the backstop, the rest, the logging.
+    relaxed = E1_TEXT.replace("duration: 2 h", "duration: 3 h").replace("rest: 1 h", "rest: 6 h")
+    assert reference(relaxed.replace("every: 10 s", "every: 30 s"), AREA, mgagsn) == library
+    # A shorter loop keeps the ICE but not the figures of a > 230-cycle run.
+    short = reference(E1_TEXT.replace("count: 250", "count: 50"), AREA, mgagsn)
+    assert short is not None
+    assert (short.ice, short.average_ce, short.cycles, short.hours) == (0.845, None, None, None)
+    # The paper reports per cell: E1 on a full-cell preset has nothing to compare with.
+    assert reference(E1_TEXT, AREA, {"preset": "ncm811-anodeless"}) is None
+    assert reference(E1_TEXT, AREA, {"port": "/dev/ttyUSB0"}) is None
+
+
+@pytest.fixture(scope="module")
+def references_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run 1: the library E1 as is; 2: at 0.5 mA/cm²; 3: without metadata.experiment; 4: E8 (full cell)."""
+    tmp = tmp_path_factory.mktemp("references")
+    db = tmp / "references.db"
+    simulate(tmp, db, "mgagsn", 1, E1_TEXT)
+    three = E1_TEXT.replace("count: 250", "count: 3")
+    simulate(
+        tmp, db, "mgagsn", 1, three.replace("1 mA/cm^2", "0.5 mA/cm^2").replace("1 mAh/cm^2", "0.5 mAh/cm^2")
+    )
+    simulate(tmp, db, "mgagsn", 1, three.replace("    experiment: E1\n", ""))
+    full = (LIBRARY / "cycling.yaml").read_text().replace("count: 100", "count: 3")
+    simulate(tmp, db, "ncm811-anodeless", 3, full)
+    return db
+
+
+def test_the_library_e1_is_compared_with_the_paper(references_db: Path) -> None:
+    shown = cli.invoke(app, ["show", "1", "--db", str(references_db)])
+    assert shown.exit_code == 0, shown.output
+    assert re.search(r"average CE, cycles 2–250 +99\.\d\d % +99\.62 %", shown.output), shown.output
+    assert "paper: E1, MgAgSn-Elastane" in shown.output
+    with Store(references_db) as store:
+        page = build_report(store, [1])
+    assert "paper: 99.62 %" in page
+    assert "paper: 84.5 %" in page
+    assert "E1 / Fig. 2b" in page
+
+
+@pytest.mark.parametrize("run_id", [2, 3])
+def test_a_modified_protocol_gets_no_paper_numbers(references_db: Path, run_id: int) -> None:
+    shown = cli.invoke(app, ["show", str(run_id), "--db", str(references_db)])
+    assert shown.exit_code == 0, shown.output
+    assert "paper" not in shown.output
+    with Store(references_db) as store:
+        page = build_report(store, [run_id])
+    assert "paper:" not in page
+    assert "Fig. 2" not in page  # its figures are not captioned as the paper's
+
+
+def test_a_full_cell_never_gets_half_cell_captions(references_db: Path) -> None:
+    with Store(references_db) as store:
+        page = build_report(store, [4])
+        both = build_report(store, [1, 4])
+    assert "<b>Capacity retention.</b>" in page
+    for words in HALF_CELL_WORDS:
+        assert words not in page, words
+    assert "discharged over charged" in page.lower()
+    # A half cell beside a full cell: words for both, the paper's figures for neither.
+    assert "stripped over plated charge (discharged over charged in a full cell)" in both.lower()
+    assert "Fig. 2" not in both
 
 
 def test_report_errors(e1_db: Path, tmp_path: Path) -> None:

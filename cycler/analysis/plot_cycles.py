@@ -9,7 +9,6 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from cyclerd.analysis.cycles import capacity_retention, coulombic_efficiencies, cumulative_ce
-from cyclerd.analysis.paper import PAPER
 from cyclerd.analysis.plot_data import NoDataToPlot, RunData
 from cyclerd.analysis.plot_style import MUTED, integer_ticks, new_figure, run_colour
 
@@ -99,11 +98,11 @@ def retention_figure(runs: Sequence[RunData]) -> Figure:
         retention = 100.0 * capacity_retention(after_formation)
         ax.plot([c.cycle for c in after_formation], retention, color=run_colour(i), marker="o",
                 markersize=2.5, linewidth=0.8, label=run.label)  # fmt: skip
-        paper = PAPER.get(str(run.run.source.get("preset", "")))
-        if paper is not None and paper.retention_100 is not None and paper.retention_100 not in drawn:
-            drawn.add(paper.retention_100)
-            ax.axhline(100 * paper.retention_100, color=MUTED, linestyle=":", linewidth=1.0,
-                       label=f"paper: {100 * paper.retention_100:.0f} % after 100 cycles")  # fmt: skip
+        paper = run.paper  # only for a run that reproduces E8 over as many cycles as the paper
+        if paper is not None and paper.retention is not None and paper.retention not in drawn:
+            drawn.add(paper.retention)
+            label = f"paper: {100 * paper.retention:.0f} % after {paper.over_cycles} cycles"
+            ax.axhline(100 * paper.retention, color=MUTED, linestyle=":", linewidth=1.0, label=label)
     ax.set_xlabel("cycle")
     integer_ticks(ax)
     ax.set_ylabel("capacity retention / % of cycle 2")

@@ -7,9 +7,13 @@ hundreds of thousands of rows) keeps it quick. Figures are pure functions of the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from cyclerd.analysis.cycles import CycleSummary, FloatArray, summarise
+from cyclerd.analysis.experiments import Reproduced, program_of, reproduced
+from cyclerd.analysis.paper import Reported, reference_for
+from cyclerd.protocols.program import Program
 from cyclerd.store.database import CYCLE_COLUMNS, Run, Store
 
 AS_PER_MAH = 3.6
@@ -40,6 +44,22 @@ class RunData:
     steps: list[dict[str, Any]]
     spectra: list[dict[str, Any]]
     events: list[dict[str, Any]]
+    protocol: str = ""  # the protocol text the run ran
+
+    @cached_property
+    def program(self) -> Program | None:
+        """The run's protocol compiled again (None when there is none or it no longer compiles)."""
+        return program_of(self.protocol, self.run.cell) if self.protocol else None
+
+    @cached_property
+    def reproduces(self) -> Reproduced | None:
+        """The experiment this run reproduces (its protocol declares it, under the library's conditions)."""
+        return reproduced(self.program)
+
+    @cached_property
+    def paper(self) -> Reported | None:
+        """What the paper reports that this run can be compared with, if anything."""
+        return reference_for(self.reproduces, self.run.source)
 
     @property
     def label(self) -> str:
@@ -99,7 +119,15 @@ def load_run(store: Store, run_id: int) -> RunData:
     if not cycles and len(samples["t"]):
         # A run cut off before its first cycle summary was stored still has its samples.
         cycles = summarise(samples)
-    return RunData(run, samples, cycles, store.steps(run_id), store.spectra(run_id), store.events(run_id))
+    return RunData(
+        run,
+        samples,
+        cycles,
+        store.steps(run_id),
+        store.spectra(run_id),
+        store.events(run_id),
+        store.protocol_text(run_id),
+    )
 
 
 def capacity_unit(runs: list[RunData]) -> str:

@@ -161,38 +161,69 @@ def dqdv_figure(runs: Sequence[RunData], cycle: int | None = None, bin_V: float 
     """dQ/dV against voltage for one cycle: each alloying plateau is a peak at its potential.
 
     Plotted with the current's sign (plating/discharge below zero, stripping/charge above).
-    Li metal plating in a half-cell is one huge peak just below 0 V; the y range is set by the
-    other peaks so the alloy peaks stay readable, and the Li peak runs off the axis.
+    The axis holds every peak (`dqdv_limits`). When one peak dwarfs the rest (Li metal plating
+    and stripping in a half-cell, ~20x the alloy peaks) a second panel below zooms on the others,
+    so the alloy peaks stay readable and no peak is ever cut off unseen.
     """
     unit = capacity_unit(list(runs))
-    figure, (ax,) = new_figure()
-    ax.axhline(0.0, color=GRID, linewidth=1.2, zorder=0)
-    tallest_elsewhere = 0.0
+    curves: list[tuple[int, int, FloatArray, FloatArray]] = []
     for i, run in enumerate(runs):
         chosen = run.cycle(cycle)
         scale = areal_divisor(run, unit)
         for k, branch in enumerate(cycle_profile(run.samples, chosen)):
             volts, density = dq_dv(branch, bin_V)
-            y = branch.sign * density / scale
+            curves.append((i, k, volts, branch.sign * density / scale))
+    whole, zoom = dqdv_limits([y for *_, y in curves])
+    figure, axes = new_figure(1 if zoom is None else 2, panel_in=2.3)
+    for ax, limits in zip(axes, (whole, zoom), strict=False):
+        ax.axhline(0.0, color=GRID, linewidth=1.2, zorder=0)
+        for i, k, volts, y in curves:
             ax.plot(
                 volts, y, color=run_colour(i), linewidth=1.2,
-                linestyle="-" if k == 0 else "--", label=run.label if k == 0 else None,
+                linestyle="-" if k == 0 else "--", label=runs[i].label if k == 0 else None,
             )  # fmt: skip
-            if len(y):
-                tallest_elsewhere = max(tallest_elsewhere, _second_peak(np.abs(y)))
-    if tallest_elsewhere > 0:
-        ax.set_ylim(-1.3 * tallest_elsewhere, 1.3 * tallest_elsewhere)
-    ax.set_xlabel("voltage / V")
-    ax.set_ylabel(f"dQ/dV / {unit} V⁻¹")
+        if limits is not None:
+            ax.set_ylim(*limits)
+        ax.set_ylabel(f"dQ/dV / {unit} V⁻¹")
+    axes[-1].set_xlabel("voltage / V")
     names = sorted({run.cycle(cycle).cycle for run in runs})
-    ax.set_title(
+    axes[0].set_title(
         f"cycle {', '.join(map(str, names))}: {1e3 * bin_V:g} mV bins; solid forward, dashed reverse",
         fontsize=9,
         loc="left",
     )
+    if zoom is not None:
+        axes[1].set_title(
+            "zoom on the smaller peaks (the tallest runs off this axis)", fontsize=9, loc="left"
+        )
     if len(runs) > 1:
-        ax.legend(fontsize=8, frameon=False)
+        axes[0].legend(fontsize=8, frameon=False)
     return figure
+
+
+def dqdv_limits(
+    curves: Sequence[FloatArray], margin: float = 0.08, dwarfs: float = 5.0
+) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """The y range that holds every peak of `curves` (with `margin`), and a zoom if one dwarfs the rest.
+
+    The curves are binned and smoothed (`dq_dv`), so their extremes are peaks, not single-sample
+    noise. The zoom is (±1.3 x the tallest other peak) when the tallest peak is `dwarfs` times that.
+    """
+    finite = [y[np.isfinite(y)] for y in curves]
+    finite = [y for y in finite if len(y)]
+    if not finite:
+        return None, None
+    top = max(0.0, max(float(y.max()) for y in finite))
+    bottom = min(0.0, min(float(y.min()) for y in finite))
+    if top == bottom:
+        return None, None
+    pad = margin * (top - bottom)
+    whole = (bottom - (pad if bottom < 0 else 0.0), top + (pad if top > 0 else 0.0))
+    elsewhere = max(_second_peak(np.abs(y)) for y in finite)
+    tallest = max(top, -bottom)
+    if elsewhere <= 0 or tallest <= dwarfs * elsewhere:
+        return whole, None
+    return whole, (-1.3 * elsewhere, 1.3 * elsewhere)
 
 
 def _second_peak(y: FloatArray) -> float:

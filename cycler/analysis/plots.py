@@ -14,6 +14,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from cyclerd.analysis.plot_cv import cv_figure
 from cyclerd.analysis.plot_cycles import ce_figure, cumulative_ce_figure, retention_figure
 from cyclerd.analysis.plot_data import CycleNotInRun, NoDataToPlot, PlotError, RunData, load_run
 from cyclerd.analysis.plot_eis import Trends, fit_runs, nyquist_figure, resistance_figure
@@ -86,6 +87,10 @@ KINDS: dict[str, Kind] = {
         lambda runs, cycle, _: dqdv_figure(runs, cycle),
         "dQ/dV against voltage for the first cycle (or --cycle)",
         uses_cycle=True,
+    ),
+    "cv": Kind(
+        lambda runs, _, __: cv_figure(runs),
+        "current density against potential of each sweep, one line per scan, peaks marked",
     ),
 }
 

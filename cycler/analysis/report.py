@@ -23,12 +23,14 @@ from cyclerd.analysis.cycles import (
     detect_short,
     forward_voltage_stats,
 )
-from cyclerd.analysis.paper import PAPER, Reported
+from cyclerd.analysis.paper import Reported
+from cyclerd.analysis.plot_cv import cv_figure, run_scans
 from cyclerd.analysis.plot_cycles import ce_figure, cumulative_ce_figure, retention_figure
 from cyclerd.analysis.plot_data import PlotError, RunData, load_run
 from cyclerd.analysis.plot_eis import Trends, fit_rows, fit_runs, nyquist_figure, resistance_figure
 from cyclerd.analysis.plot_profiles import dqdv_figure, profile_figure, voltage_figure
 from cyclerd.analysis.plots import figure_bytes
+from cyclerd.analysis.voltammetry import peak_rows, peaks
 from cyclerd.store.database import Store
 
 
@@ -77,7 +79,7 @@ def summarise_run(run: RunData) -> RunSummary:
         retention=retention,
         retention_cycle=retention_cycle,
         short=short,
-        paper=PAPER.get(str(run.run.source.get("preset", ""))),
+        paper=run.paper,
     )
 
 
@@ -117,46 +119,138 @@ def sections(runs: Sequence[RunData], fits: Trends) -> list[tuple[str, list[Pane
     """The page's figure sections, each holding only the figures its runs have data for."""
     cycled = [r for r in runs if r.cycles]
     several = len(runs) > 1
+    words = Captions(cycled)
     cycling: list[Panel | None] = []
     if cycled:
         cycling = [
-            _panel("First-cycle voltage profile", FIRST_CYCLE, lambda: profile_figure(cycled)),
-            _panel("Coulombic efficiency", CE, lambda: ce_figure(cycled)),
-            _panel("Cumulative coulombic efficiency", CUMULATIVE, lambda: cumulative_ce_figure(cycled)),
+            _panel("First-cycle voltage profile", words.first_cycle, lambda: profile_figure(cycled)),
+            _panel("Coulombic efficiency", words.ce, lambda: ce_figure(cycled)),
+            _panel("Cumulative coulombic efficiency", words.cumulative, lambda: cumulative_ce_figure(cycled)),
             _panel(
-                "Capacity retention", RETENTION, lambda: retention_figure([r for r in cycled if r.full_cell])
+                "Capacity retention",
+                Captions([r for r in cycled if r.full_cell]).retention,
+                lambda: retention_figure([r for r in cycled if r.full_cell]),
             ),
-            _panel("dQ/dV of the first cycle", DQDV, lambda: dqdv_figure(cycled)),
+            _panel("dQ/dV of the first cycle", words.dqdv, lambda: dqdv_figure(cycled)),
         ]
+    voltammetry = [
+        _panel(f"Cyclic voltammogram, {run.label}", Captions([run]).cv, partial(cv_figure, [run]))
+        for run in runs
+        if any(step["kind"] == "sweep" for step in run.steps)
+    ]
     voltage = [
         _panel(
             "Voltage against time",
-            "Fig. 2d: the whole run" + (", one panel per run" if several else "") + VOLTAGE,
+            Captions(runs).voltage + (", one panel per run" if several else "") + VOLTAGE,
             lambda: voltage_figure(runs),
             wide=True,
         )
     ]
     impedance: list[Panel | None] = []
     for run in (r for r in runs if r.spectra):
-        impedance.append(_panel(f"Nyquist plot, {run.label}", NYQUIST, partial(nyquist_figure, [run], fits)))
+        words = Captions([run])
         impedance.append(
-            _panel(f"Fitted resistances, {run.label}", RESISTANCE, partial(resistance_figure, [run], fits))
+            _panel(f"Nyquist plot, {run.label}", words.nyquist, partial(nyquist_figure, [run], fits))
         )
-    out = [("Cycling", cycling), ("Voltage", voltage), ("Impedance", impedance)]
+        impedance.append(
+            _panel(
+                f"Fitted resistances, {run.label}", words.resistance, partial(resistance_figure, [run], fits)
+            )
+        )
+    out = [("Cycling", cycling), ("Voltammetry", voltammetry), ("Voltage", voltage), ("Impedance", impedance)]
     return [(name, [p for p in panels if p is not None]) for name, panels in out if any(panels)]
 
 
-FIRST_CYCLE = (
-    "E3 / Fig. 2a: the seeds alloy with Li in turn as the potential falls to 0 V, then Li metal plates;"
-    " the stripping branch (dashed) ends at the ICE."
-)
-CE = "E1 / Fig. 2b: stripped over plated charge (discharged over charged in a full cell), per cycle."
-CUMULATIVE = "E2 / Fig. 2c: the product of the CEs up to each cycle."
-RETENTION = "E8 / Fig. 6d: discharge capacity relative to cycle 2, the first after formation."
-DQDV = "E3, E10: each alloying plateau is a peak at its potential; charge binned by voltage."
+class Captions:
+    """What each figure shows, in words that fit the runs' cells, with the paper's figure named only
+    when every run reproduces the experiment it comes from (a full cell gets no half-cell words)."""
+
+    def __init__(self, runs: Sequence[RunData]) -> None:
+        done = {r.reproduces.experiment if r.reproduces else None for r in runs}
+        self.experiment = done.pop() if len(done) == 1 else None
+        self.cells = "full" if runs and all(r.full_cell for r in runs) else "half"
+        if runs and any(r.full_cell for r in runs) and self.cells == "half":
+            self.cells = "mixed"
+
+    def _cite(self, by_experiment: dict[str, str], text: str) -> str:
+        cited = by_experiment.get(self.experiment or "")
+        return f"{cited}: {text}" if cited else text[:1].upper() + text[1:]
+
+    @property
+    def first_cycle(self) -> str:
+        text = {
+            "half": "the seeds alloy with Li in turn as the potential falls to 0 V, then Li metal plates;"
+            " the stripping branch (dashed) ends at the ICE.",
+            "full": "the first charge (solid) and discharge (dashed); the discharge ends at the"
+            " first-cycle CE.",
+            "mixed": "the forward branch (solid: plating or charging) and the reverse (dashed), which"
+            " ends at the first-cycle CE.",
+        }[self.cells]
+        formation = "E7 (formation)"
+        return self._cite({"E1": "E3 / Fig. 2a", "E7": formation, "E8": formation, "E9": formation}, text)
+
+    @property
+    def ce(self) -> str:
+        text = {
+            "half": "stripped over plated charge, per cycle.",
+            "full": "discharged over charged capacity, per cycle.",
+            "mixed": "stripped over plated charge (discharged over charged in a full cell), per cycle.",
+        }[self.cells]
+        return self._cite({"E1": "E1 / Fig. 2b"}, text)
+
+    @property
+    def cumulative(self) -> str:
+        return self._cite({"E1": "E2 / Fig. 2c"}, "the product of the CEs up to each cycle.")
+
+    @property
+    def retention(self) -> str:
+        return self._cite(
+            {"E8": "E8 / Fig. 6d"}, "discharge capacity relative to cycle 2, the first after formation."
+        )
+
+    @property
+    def dqdv(self) -> str:
+        text = {
+            "half": "each alloying plateau is a peak at its potential (Li metal plating and stripping are"
+            " the tallest); charge binned by voltage.",
+            "full": "each plateau of the cell voltage is a peak; charge binned by voltage.",
+            "mixed": "each voltage plateau is a peak; charge binned by voltage.",
+        }[self.cells]
+        return self._cite({"E1": "E3"}, text)
+
+    @property
+    def cv(self) -> str:
+        text = (
+            "current density against potential, one line per scan; cathodic current (reduction) below"
+            " zero, ▼ cathodic and ▲ anodic peaks as in the peak table."
+        )
+        return self._cite({"E10": "E10 / Fig. S8"}, text)
+
+    @property
+    def voltage(self) -> str:
+        return self._cite({"E1": "Fig. 2d"}, "the whole run")
+
+    @property
+    def nyquist(self) -> str:
+        text = "one colour per spectrum; lines are the fitted circuits."
+        return self._cite({"E4": "E4 / Fig. 3", "E5": "E5 / Fig. 5c"}, text)
+
+    @property
+    def resistance(self) -> str:
+        text = "R_b, R_SEI and R_CT of each spectrum with 1σ error bars."
+        return self._cite({"E4": "Fig. 3e", "E5": "Fig. 5d–e"}, text)
+
+
 VOLTAGE = "; dashed lines mark detected short circuits."
-NYQUIST = "E4 / Fig. 3, E5 / Fig. 5c: one colour per spectrum; lines are the fitted circuits."
-RESISTANCE = "Fig. 3e, Fig. 5d–e: R_b, R_SEI and R_CT of each spectrum with 1σ error bars."
+
+
+def voltammetry_rows(runs: Sequence[RunData]) -> list[dict[str, str]]:
+    """The peak table: each cathodic and anodic peak of each scan of each run's sweeps."""
+    rows = []
+    for run in runs:
+        for row in peak_rows(peaks(run_scans(run)), run.area_m2):
+            rows.append({"run": run.label, **row})
+    return rows
 
 
 def build_report(store: Store, run_ids: Sequence[int], title: str | None = None) -> str:
@@ -179,6 +273,7 @@ def build_report(store: Store, run_ids: Sequence[int], title: str | None = None)
         summaries=summaries,
         sections=sections(runs, fits),
         fit_rows=fit_rows(runs, fits),
+        peak_rows=voltammetry_rows(runs),
     )
 
 

@@ -121,7 +121,9 @@ def summary_table(runs: Sequence[RunData], summaries: Sequence[RunSummary]) -> s
         ]
         if show_retention:
             at = f'<span class="note">cycle {s.retention_cycle} vs 2</span>' if s.retention_cycle else ""
-            reported = pct(paper.retention_100, 0) + " at 100" if paper and paper.retention_100 else None
+            reported = (
+                pct(paper.retention, 0) + f" at {paper.over_cycles}" if paper and paper.retention else None
+            )
             cells.append(f"<td class=num>{pct(s.retention)}{at}{_paper(reported)}</td>")
         short = (
             f'<span class="badge bad">cycle {s.short.cycle}</span> {escape(s.short.reason)}'
@@ -218,13 +220,22 @@ def events_table(runs: Sequence[RunData]) -> str:
 
 def fit_table(rows: Sequence[Mapping[str, str]]) -> str:
     """The fitted values behind the resistance figures, for copying into a lab book."""
+    return _plain_table("Fitted equivalent circuits", rows)
+
+
+def peak_table(rows: Sequence[Mapping[str, str]]) -> str:
+    """The voltammograms' peaks, per scan, for copying into a lab book."""
+    return _plain_table("Peaks of each scan", rows)
+
+
+def _plain_table(title: str, rows: Sequence[Mapping[str, str]]) -> str:
     if not rows:
         return ""
     columns = list(rows[0])
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{escape(row[c])}</td>" for c in columns) + "</tr>" for row in rows)
     table = f'<table class="plain"><tr>{head}</tr>{body}</table>'
-    return f'<div class="card"><h3>Fitted equivalent circuits</h3>{table}</div>'
+    return f'<div class="card"><h3>{escape(title)}</h3>{table}</div>'
 
 
 def page(
@@ -234,6 +245,7 @@ def page(
     summaries: Sequence[RunSummary],
     sections: Sequence[tuple[str, Sequence[Panel]]],
     fit_rows: Sequence[Mapping[str, str]],
+    peak_rows: Sequence[Mapping[str, str]] = (),
 ) -> str:
     anchors = ["summary", "runs", *(name.lower() for name, _ in sections), "events"]
     nav = "".join(f'<a href="#{a}">{a.capitalize()}</a>' for a in anchors)
@@ -245,7 +257,8 @@ def page(
     ]
     for name, panels in sections:
         blocks = "".join(figure_block(p) for p in panels)
-        fits = f'<div class="after">{fit_table(fit_rows)}</div>' if name == "Impedance" and fit_rows else ""
+        after = {"Impedance": fit_table(fit_rows), "Voltammetry": peak_table(peak_rows)}.get(name, "")
+        fits = f'<div class="after">{after}</div>' if after else ""
         heading = f'<h2>{escape(name)}</h2><div class="figures">{blocks}</div>'
         body.append(f'<section id="{name.lower()}">{heading}{fits}</section>')
     body.append(f'<section id="events"><h2>Events</h2>{events_table(runs)}</section>')

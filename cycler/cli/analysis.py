@@ -12,7 +12,17 @@ from cyclerd.store.database import Store
 
 # The kinds are named here, not imported: matplotlib and scipy load only when a figure is drawn,
 # so the daemon and every other command start fast. A test checks this list against plots.KINDS.
-KIND_NAMES = ("voltage", "first-cycle", "ce", "cumulative-ce", "retention", "nyquist", "resistance", "dqdv")
+KIND_NAMES = (
+    "voltage",
+    "first-cycle",
+    "ce",
+    "cumulative-ce",
+    "retention",
+    "nyquist",
+    "resistance",
+    "dqdv",
+    "cv",
+)
 
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)  # one problem, one line

@@ -15,7 +15,8 @@ from cyclerd.analysis.cycles import (
     forward_voltage_stats,
     summarise,
 )
-from cyclerd.analysis.paper import PAPER
+from cyclerd.analysis.experiments import program_of
+from cyclerd.analysis.paper import reference
 from cyclerd.store.database import Store
 
 AH = 3600.0
@@ -24,6 +25,11 @@ SHOWN_AT_EACH_END = 5
 
 def _pct(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{100 * value:.{digits}f} %"
+
+
+def _ref(value: float | None, digits: int = 2) -> str:
+    """The paper's figure, or nothing where it reports none."""
+    return "" if value is None else _pct(value, digits)
 
 
 def render_summary(console: Console, store: Store, run_id: int) -> list[CycleSummary]:
@@ -41,6 +47,7 @@ def render_summary(console: Console, store: Store, run_id: int) -> list[CycleSum
     for event in store.events(run_id):
         if event["kind"] in ("safety", "short_circuit", "loop", "fault"):
             console.print(f"  [yellow]{event['kind']}[/yellow]: {event['message']}")
+    _peaks(console, store, run_id, samples)
     if not cycles:
         return cycles
     table = Table(box=None, header_style="bold", pad_edge=False)
@@ -83,36 +90,67 @@ def _figures(
     full_cell = cycles[0].forward_sign > 0
     retention = capacity_retention(cycles[1:]) if full_cell and len(cycles) > 1 else None
     run = store.run(run_id)
-    paper = PAPER.get(str(run.source.get("preset", "")))
+    # Only for a run that reproduces an experiment of the paper on the cell the paper reports it for.
+    paper = reference(store.protocol_text(run_id), run.cell, run.source)
+    shown = paper is not None and any(
+        value is not None for value in (paper.ice, paper.average_ce, paper.cycles, paper.retention)
+    )
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("")
     table.add_column("this run", justify="right")
-    if paper is not None:
+    if shown:
         table.add_column("paper", justify="right")
     rows: list[tuple[str, str, str]] = [
         (
             "first-cycle CE (ICE)",
             _pct(cycles[0].coulombic_efficiency, 1),
-            _pct(paper.ice, 1) if paper else "",
+            _ref(paper.ice if paper else None, 1),
         ),
         (
             f"average CE, cycles 2–{cycles[-1].cycle}",
             _pct(average_ce(cycles, first=2)) if len(cycles) > 1 else "—",
-            _pct(paper.average_ce) if paper else "",
+            _ref(paper.average_ce if paper else None),
         ),
         ("cycles", str(len(cycles)), (paper.cycles or "") if paper else ""),
     ]
     if retention is not None and len(retention):
+        at = f" at {paper.over_cycles}" if paper and paper.retention else ""
         rows.append(
             (
                 f"retention at cycle {cycles[-1].cycle} (vs cycle 2)",
                 _pct(float(retention[-1]), 1),
-                _pct(paper.retention_100, 0) if paper and paper.retention_100 else "",
+                _ref(paper.retention if paper else None, 0) + at,
             )
         )
     rows.append(("short circuit", f"cycle {short.cycle}: {short.reason}" if short else "none detected", ""))
     for row in rows:
-        table.add_row(*(row if paper is not None else row[:2]))
+        table.add_row(*(row if shown else row[:2]))
     console.print(table)
     if paper is not None and paper.note:
         console.print(f"  paper: {paper.note}", markup=False)
+
+
+def _peaks(console: Console, store: Store, run_id: int, samples: dict[str, FloatArray]) -> None:
+    """The cathodic and anodic peaks of each scan, for a run with sweep steps."""
+    steps = store.steps(run_id)
+    if not any(step["kind"] == "sweep" for step in steps):
+        return
+    # Here, not at the top: scipy.signal loads scipy.optimize and scipy.stats, which every command
+    # would pay for (cyclerd.cli.main imports this module).
+    from cyclerd.analysis.voltammetry import peak_rows, peaks, scans
+
+    run = store.run(run_id)
+    program = program_of(store.protocol_text(run_id), run.cell)
+    area = run.cell.get("area_m2")
+    rows = peak_rows(peaks(scans(samples, steps, program)), float(area) if area else None)
+    if not rows:
+        console.print("  voltammetry: no peaks stand out of the scans' current")
+        return
+    table = Table(
+        box=None, header_style="bold", pad_edge=False, title="peaks of each scan", title_justify="left"
+    )
+    for name in rows[0]:
+        table.add_column(name, justify="left" if name == "peak" else "right")
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)

@@ -12,6 +12,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -173,7 +174,7 @@ class ShortCircuit:
 
 def detect_short(
     cycles: Sequence[CycleSummary],
-    voltage_stats: Sequence[tuple[float, float]],
+    voltage_stats: Sequence[ForwardStats],
     cutoff_missed: Mapping[int, bool] | None = None,
 ) -> ShortCircuit | None:
     """The first cycle showing a short circuit, and why; None if none does.
@@ -193,7 +194,7 @@ def detect_short(
 def short_in_cycle(
     i: int,
     cycles: Sequence[CycleSummary],
-    voltage_stats: Sequence[tuple[float, float]],
+    voltage_stats: Sequence[ForwardStats],
     cutoff_missed: Mapping[int, bool] | None = None,
 ) -> ShortCircuit | None:
     """Whether cycle `cycles[i]` shows a short, judged against the cycles before it.
@@ -201,16 +202,23 @@ def short_in_cycle(
     The runner asks this once per finished cycle, so a long run costs one check per cycle.
     """
     c = cycles[i]
-    if c.coulombic_efficiency > CE_SHORT_THRESHOLD:
+    # Lithium stranded at a high rate comes back when the rate drops (a rate test's 0.1C after
+    # 1C): more than 100 % then is the cell catching up, not a short. At the same rates it is.
+    now, before = voltage_stats[i], voltage_stats[i - 1] if i else None
+    same_rate = before is None or (
+        _same_current(now.current_A, before.current_A)
+        and _same_current(now.reverse_current_A, before.reverse_current_A)
+    )
+    if c.coulombic_efficiency > CE_SHORT_THRESHOLD and same_rate:
         return ShortCircuit(c.cycle, f"CE {100 * c.coulombic_efficiency:.1f} % is above 100 %")
     if (cutoff_missed or {}).get(c.cycle, False):
         return ShortCircuit(c.cycle, "the voltage never reached its cut-off")
     if i < 3:
         return None
     # Cycle 1 is left out of the reference: its seed plateaus are not the steady state.
-    level = median([stat[0] for stat in voltage_stats[1:i]])
-    noise = median([stat[1] for stat in voltage_stats[1:i]])
-    now_level, now_noise = voltage_stats[i]
+    level = median([stat.level_V for stat in voltage_stats[1:i]])
+    noise = median([stat.noise_V for stat in voltage_stats[1:i]])
+    now_level, now_noise = voltage_stats[i].level_V, voltage_stats[i].noise_V
     if now_level < COLLAPSE_FRACTION * level:
         return ShortCircuit(
             c.cycle, f"the voltage collapsed to {now_level * 1e3:.1f} mV from {level * 1e3:.1f} mV"
@@ -218,6 +226,11 @@ def short_in_cycle(
     if now_noise > max(NOISE_FACTOR * noise, 1e-3):
         return ShortCircuit(c.cycle, f"the voltage turned noisy ({now_noise * 1e3:.1f} mV rms)")
     return None
+
+
+def _same_current(a: float, b: float) -> bool:
+    """Equal within 2 %; a current not measured (NaN, zero) does not tell the rates apart."""
+    return not (a > 0 and b > 0) or abs(a - b) <= 0.02 * max(a, b)
 
 
 def median(values: Sequence[float] | FloatArray) -> float:
@@ -231,12 +244,39 @@ def median(values: Sequence[float] | FloatArray) -> float:
     return float(x[mid]) if n % 2 else float((x[mid - 1] + x[mid]) / 2.0)
 
 
-def forward_voltage_stats(samples: Mapping[str, FloatArray], cycle: CycleSummary) -> tuple[float, float]:
-    """Median |V| and rms of sample-to-sample V changes while the cycle's forward current flows."""
+class ForwardStats(NamedTuple):
+    """What a cycle shows of the cell: the level and noise of its forward step's voltage on
+    the plateau, and the currents that flowed each way (its rates)."""
+
+    level_V: float  # median |V| on the forward plateau
+    noise_V: float  # robust rms of sample-to-sample V changes on the forward plateau
+    current_A: float  # median |I| forward
+    reverse_current_A: float = math.nan  # median |I| the other way
+
+
+def forward_voltage_stats(samples: Mapping[str, FloatArray], cycle: CycleSummary) -> ForwardStats:
+    """The forward step's plateau: its second half in time.
+
+    A plating step first runs down through the seed's alloying plateaus, tens of millivolts
+    apart; measured over the whole step, those falls would set the "usual" noise far above a
+    soft short's. The second half is the plating plateau itself. The noise is the median
+    absolute sample-to-sample change scaled to an rms (1.4826 x MAD), which one logging jump
+    does not move.
+    """
     mask = (np.asarray(samples["cycle"]).astype(int) == cycle.cycle) & (
         np.sign(np.asarray(samples["current"])) == cycle.forward_sign
     )
+    current_A = np.asarray(samples["current"])
+    in_cycle = np.asarray(samples["cycle"]).astype(int) == cycle.cycle
+    reverse = median(np.abs(current_A[in_cycle & (np.sign(current_A) == -cycle.forward_sign)]))
+    t = np.asarray(samples["t"])[mask]
     v = np.asarray(samples["voltage"])[mask]
+    current = median(np.abs(current_A[mask]))
+    if len(t) == 0:
+        return ForwardStats(math.nan, 0.0, current, reverse)
+    plateau = t >= t[0] + (t[-1] - t[0]) / 2
+    v = v[plateau]
     level = median(np.abs(v))
-    noise = float(np.sqrt(np.mean(np.diff(v) ** 2))) if len(v) > 2 else 0.0
-    return level, noise
+    steps = np.diff(v)
+    noise = 1.4826 * median(np.abs(steps - median(steps))) if len(steps) > 2 else 0.0
+    return ForwardStats(level, noise, current, reverse)

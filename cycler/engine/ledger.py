@@ -14,6 +14,7 @@ import numpy as np
 
 from cyclerd.analysis.cycles import (
     CycleSummary,
+    ForwardStats,
     ShortCircuit,
     capacity_retention,
     forward_voltage_stats,
@@ -29,7 +30,7 @@ SUMMARISED_COLUMNS = ("t", "step", "cycle", "voltage", "current", "charge", "ene
 @dataclass
 class CycleLedger:
     cycles: list[CycleSummary] = field(default_factory=list)
-    voltage_stats: list[tuple[float, float]] = field(default_factory=list)
+    voltage_stats: list[ForwardStats] = field(default_factory=list)
     cutoff_missed: dict[int, bool] = field(default_factory=dict)
     short: ShortCircuit | None = None
     # The logged samples of the cycle in progress (one cycle, never the whole run).

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cyclerd.analysis.cycles import CycleSummary, forward_voltage_stats
+from cyclerd.analysis.cycles import CycleSummary, ForwardStats, forward_voltage_stats
 from cyclerd.engine.cursor import Cursor
 from cyclerd.store.database import CYCLE_COLUMNS, Store
 
@@ -24,7 +24,7 @@ class History:
     """What the runner remembers of a run, rebuilt from the stored samples and cycles."""
 
     cycles: list[CycleSummary] = field(default_factory=list)
-    voltage_stats: list[tuple[float, float]] = field(default_factory=list)
+    voltage_stats: list[ForwardStats] = field(default_factory=list)
     current_cycle: dict[str, np.ndarray] = field(default_factory=dict)
     next_seq: int = 0
     last_step: int = 0

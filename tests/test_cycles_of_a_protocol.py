@@ -5,6 +5,7 @@ different loops; the engine's cycle table and the summary recomputed from sample
 from __future__ import annotations
 
 import asyncio
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,41 @@ def test_a_rate_change_between_loops_is_not_a_capacity_loss() -> None:
     assert 6.6 / 9.0 < 0.74
     missing, _ = retention_against_references(cycles, {}, reference_cycle=9)
     assert np.isnan(missing).all()
+
+
+def test_show_measures_retention_against_the_loops_first_cycle_or_the_one_named(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cyclerd.cli.main import app
+
+    text = (
+        (files("cyclerd.protocols") / "library" / "cycling.yaml")
+        .read_text()
+        .replace("count: 100", "count: 4")
+    )
+    protocol = tmp_path / "e8.yaml"
+    protocol.write_text(text)
+    db = str(tmp_path / "e8.db")
+    cli = CliRunner()
+    ran = cli.invoke(app, ["run", str(protocol), "--sim", "ncm811-anodeless", "--seed", "3", "--db", db])
+    assert ran.exit_code == 0, ran.output
+    assert "retention at cycle 5 (vs cycle 2)" in ran.output  # the 0.5C loop's first, not formation
+    named = cli.invoke(app, ["show", "1", "--db", db, "--reference-cycle", "1"])
+    assert "retention at cycle 5 (vs cycle 1)" in named.output
+
+
+def test_show_averages_ce_only_over_the_cycles_before_the_short(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cyclerd.cli.main import app
+
+    text = (files("cyclerd.protocols") / "library" / "plating_stripping.yaml").read_text()
+    protocol = tmp_path / "e1.yaml"
+    protocol.write_text(text.replace("count: 250", "count: 30"))
+    db = str(tmp_path / "e1.db")
+    args = ["run", str(protocol), "--sim", "sn", "--seed", "2", "--set", "short_n0_cycles=5", "--db", db]
+    ran = CliRunner().invoke(app, args)
+    assert ran.exit_code == 0, ran.output
+    store = Store(Path(db))
+    short = next(e for e in store.events(1) if e["kind"] == "short_circuit")["data"]["cycle"]
+    assert f"average CE, cycles 2–{short - 1}, before the short" in ran.output

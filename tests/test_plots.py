@@ -6,6 +6,7 @@ peaks sit on the simulator's alloying plateaus, ...), not only that something wa
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import sys
@@ -296,12 +297,20 @@ def test_voltage_panels_one_per_run_with_the_short_marked(runs: dict[int, RunDat
     assert marks == [pytest.approx(short["t"] / 3600)]
 
 
-def test_retention_is_relative_to_the_first_cycle_after_formation(runs: dict[int, RunData]) -> None:
+def test_retention_is_relative_to_the_first_cycle_of_each_loop(runs: dict[int, RunData]) -> None:
+    """E8: a 0.1C formation loop (cycle 1), then 0.5C cycling from cycle 2. Each loop starts at
+    100 %: the rate change is not drawn as a capacity loss."""
     full = runs[FULL]
     line = _lines(figure("retention", [full]))[0]
-    discharged = np.array([c.discharge_As for c in full.cycles[1:]])
-    np.testing.assert_allclose(line.get_ydata(), 100 * discharged / discharged[0])
-    assert line.get_xdata()[0] == 2
+    assert line.get_xdata().tolist() == [c.cycle for c in full.cycles]
+    discharged = np.array([c.discharge_As for c in full.cycles])
+    np.testing.assert_allclose(line.get_ydata()[1:], 100 * discharged[1:] / discharged[1])
+    assert line.get_ydata()[0] == 100.0
+    assert full.retention[1] == [1, 2, 2, 2, 2]
+    named = dataclasses.replace(full, reference_cycle=1)
+    np.testing.assert_allclose(
+        _lines(figure("retention", [named]))[0].get_ydata(), 100 * discharged / discharged[0]
+    )
     with pytest.raises(NoDataToPlot, match="full cells"):
         figure("retention", [runs[MGAGSN]])
 

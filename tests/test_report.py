@@ -25,9 +25,10 @@ import pytest
 from PIL import Image, ImageStat
 from typer.testing import CliRunner
 
+from cyclerd.analysis.key_figures import summarise_run
 from cyclerd.analysis.paper import reference
 from cyclerd.analysis.plot_data import load_run
-from cyclerd.analysis.report import build_report, summarise_run
+from cyclerd.analysis.report import build_report
 from cyclerd.cli.main import app
 from cyclerd.store.database import Store
 

@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from cyclerd.analysis.cycles import capacity_retention, coulombic_efficiencies, cumulative_ce
+from cyclerd.analysis.cycles import coulombic_efficiencies, cumulative_ce
 from cyclerd.analysis.plot_data import NoDataToPlot, RunData
 from cyclerd.analysis.plot_style import MUTED, integer_ticks, new_figure, run_colour
 
@@ -79,7 +79,9 @@ def cumulative_ce_figure(runs: Sequence[RunData]) -> Figure:
 
 
 def retention_figure(runs: Sequence[RunData]) -> Figure:
-    """Discharge capacity of each cycle over that of cycle 2 (the first after formation), full cells.
+    """Discharge capacity of each cycle over its loop's first cycle's (or a cycle a person named),
+    full cells: a rate change between a formation loop and a cycling loop starts the cycling loop
+    at 100 % rather than drawing the rate step as a loss.
 
     A half-cell's Li counter electrode is a reservoir, so its "retention" means nothing; such
     runs are refused rather than drawn.
@@ -93,10 +95,11 @@ def retention_figure(runs: Sequence[RunData]) -> Figure:
         )
     figure, (ax,) = new_figure()
     drawn: set[float] = set()
+    named = {run.reference_cycle for run in full}
     for i, run in enumerate(full):
-        after_formation = run.cycles[1:]
-        retention = 100.0 * capacity_retention(after_formation)
-        ax.plot([c.cycle for c in after_formation], retention, color=run_colour(i), marker="o",
+        values, _ = run.retention
+        retention = 100.0 * values
+        ax.plot([c.cycle for c in run.cycles], retention, color=run_colour(i), marker="o",
                 markersize=2.5, linewidth=0.8, label=run.label)  # fmt: skip
         paper = run.paper  # only for a run that reproduces E8 over as many cycles as the paper
         if paper is not None and paper.retention is not None and paper.retention not in drawn:
@@ -105,6 +108,11 @@ def retention_figure(runs: Sequence[RunData]) -> Figure:
             ax.axhline(100 * paper.retention, color=MUTED, linestyle=":", linewidth=1.0, label=label)
     ax.set_xlabel("cycle")
     integer_ticks(ax)
-    ax.set_ylabel("capacity retention / % of cycle 2")
+    (reference,) = named if len(named) == 1 else (None,)
+    ax.set_ylabel(
+        "capacity retention / % of its loop's first cycle"
+        if reference is None
+        else f"capacity retention / % of cycle {reference}"
+    )
     ax.legend(fontsize=8, frameon=False, loc="best")
     return figure

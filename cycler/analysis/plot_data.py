@@ -6,11 +6,11 @@ hundreds of thousands of rows) keeps it quick. Figures are pure functions of the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from cyclerd.analysis.cycles import CycleSummary, FloatArray, summarise
+from cyclerd.analysis.cycles import CycleSummary, FloatArray, retention_against_references, summarise
 from cyclerd.analysis.experiments import Reproduced, program_of, reproduced
 from cyclerd.analysis.paper import Reported, reference_for
 from cyclerd.protocols.program import Program
@@ -45,6 +45,22 @@ class RunData:
     spectra: list[dict[str, Any]]
     events: list[dict[str, Any]]
     protocol: str = ""  # the protocol text the run ran
+    references: dict[int, int] = field(default_factory=dict)  # cycle -> its loop's first cycle
+    reference_cycle: int | None = None  # a cycle a person named (--reference-cycle) for retention
+
+    @cached_property
+    def retention(self) -> tuple[FloatArray, list[int]]:
+        """Each cycle's discharge capacity over its reference cycle's, and those references.
+
+        The reference is the cycle a person named, else the first cycle of the cycle's own loop
+        (what the loop's capacity_retention_below used), as the engine stored it. A run without
+        stored references (imported) counts from cycle 2, after formation, on a full cell.
+        """
+        references = self.references
+        if not references and self.full_cell and len(self.cycles) > 1:
+            second = self.cycles[1].cycle
+            references = {c.cycle: (second if c.cycle >= second else c.cycle) for c in self.cycles}
+        return retention_against_references(self.cycles, references, self.reference_cycle)
 
     @cached_property
     def program(self) -> Program | None:
@@ -109,8 +125,11 @@ class RunData:
         )
 
 
-def load_run(store: Store, run_id: int) -> RunData:
-    """Everything figures and reports use of one run; KeyError (from the store) if there is no such run."""
+def load_run(store: Store, run_id: int, reference_cycle: int | None = None) -> RunData:
+    """Everything figures and reports use of one run; KeyError (from the store) if there is no such run.
+
+    `reference_cycle`: measure capacity retention against this cycle rather than each loop's first.
+    """
     run = store.run(run_id)
     samples = store.samples(run_id)
     table = store.cycles(run_id)
@@ -127,6 +146,8 @@ def load_run(store: Store, run_id: int) -> RunData:
         store.spectra(run_id),
         store.events(run_id),
         store.protocol_text(run_id),
+        store.cycle_references(run_id),
+        reference_cycle,
     )
 
 

@@ -110,11 +110,19 @@ def figure(
     return KINDS[kind].draw(runs, cycle, fits or {})
 
 
-def figure_of(store: Store, run_ids: Sequence[int], kind: str, cycle: int | None = None) -> Figure:
-    """Read the runs (KeyError for one the store lacks), fit their spectra if `kind` needs it, draw."""
+def figure_of(
+    store: Store,
+    run_ids: Sequence[int],
+    kind: str,
+    cycle: int | None = None,
+    reference_cycle: int | None = None,
+) -> Figure:
+    """Read the runs (KeyError for one the store lacks), fit their spectra if `kind` needs it, draw.
+
+    `reference_cycle`: capacity retention against this cycle rather than each loop's first."""
     if kind not in KINDS:
         raise UnknownKind(f"no plot kind {kind!r}; choose one of {', '.join(KINDS)}")
-    runs = [load_run(store, run_id) for run_id in run_ids]
+    runs = [load_run(store, run_id, reference_cycle) for run_id in run_ids]
     fits = fit_runs(store, runs) if KINDS[kind].uses_fits else {}
     return figure(kind, runs, cycle, fits)
 

@@ -16,14 +16,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from cyclerd.analysis import report_html
-from cyclerd.analysis.cycles import (
-    ShortCircuit,
-    average_ce,
-    capacity_retention,
-    detect_short,
-    forward_voltage_stats,
-)
-from cyclerd.analysis.paper import Reported
+from cyclerd.analysis.key_figures import summarise_run
 from cyclerd.analysis.plot_cv import cv_figure, run_scans
 from cyclerd.analysis.plot_cycles import ce_figure, cumulative_ce_figure, retention_figure
 from cyclerd.analysis.plot_data import PlotError, RunData, load_run
@@ -32,65 +25,6 @@ from cyclerd.analysis.plot_profiles import dqdv_figure, profile_figure, voltage_
 from cyclerd.analysis.plots import figure_bytes
 from cyclerd.analysis.voltammetry import peak_rows, peaks
 from cyclerd.store.database import Store
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """The key numbers of one run, as experiments.md defines them, with the paper's beside them."""
-
-    run_id: int
-    cycles: int
-    hours: float
-    ice: float | None
-    average_ce: float | None
-    average_cycles: tuple[int, int] | None  # first and last cycle the average includes
-    retention: float | None  # full cells: last cycle's discharge capacity over cycle 2's
-    retention_cycle: int | None
-    short: ShortCircuit | None
-    paper: Reported | None
-
-
-def summarise_run(run: RunData) -> RunSummary:
-    """ICE, average CE (cycle 2 up to the last before a short), retention, and the first short.
-
-    The short is the one the runner acted on (its event), else the one `detect_short` finds
-    in the stored data, the same test `cyclerd show` applies. A shorted cycle's CE (up to
-    200 %) says nothing about plating efficiency, so the average stops before it.
-    """
-    cycles = run.cycles
-    short = _recorded_short(run)
-    if short is None and cycles:
-        short = detect_short(cycles, [forward_voltage_stats(run.samples, c) for c in cycles])
-    last = cycles[-1].cycle if cycles else 0
-    if short is not None:
-        last = short.cycle - 1
-    included = [c for c in cycles if 2 <= c.cycle <= last]
-    retention, retention_cycle = None, None
-    if run.full_cell and len(cycles) > 1:
-        retention = float(capacity_retention(cycles[1:])[-1])
-        retention_cycle = cycles[-1].cycle
-    return RunSummary(
-        run_id=run.run.id,
-        cycles=len(cycles),
-        hours=run.hours,
-        ice=cycles[0].coulombic_efficiency if cycles else None,
-        average_ce=average_ce(included, first=2) if included else None,
-        average_cycles=(included[0].cycle, included[-1].cycle) if included else None,
-        retention=retention,
-        retention_cycle=retention_cycle,
-        short=short,
-        paper=run.paper,
-    )
-
-
-def _recorded_short(run: RunData) -> ShortCircuit | None:
-    """The runner's short-circuit event as a ShortCircuit; its message reads 'short ... N: reason'."""
-    cycle = run.short_cycle
-    for event in run.events:
-        if cycle is not None and event["kind"] == "short_circuit":
-            message = str(event["message"])
-            return ShortCircuit(cycle, message.partition(": ")[2] or message)
-    return None
 
 
 @dataclass(frozen=True)
@@ -253,9 +187,11 @@ def voltammetry_rows(runs: Sequence[RunData]) -> list[dict[str, str]]:
     return rows
 
 
-def build_report(store: Store, run_ids: Sequence[int], title: str | None = None) -> str:
+def build_report(
+    store: Store, run_ids: Sequence[int], title: str | None = None, reference_cycle: int | None = None
+) -> str:
     """The HTML page for `run_ids` (KeyError, from the store, for a run it does not hold)."""
-    runs = [load_run(store, run_id) for run_id in run_ids]
+    runs = [load_run(store, run_id, reference_cycle) for run_id in run_ids]
     fits = fit_runs(store, runs)
     summaries = [summarise_run(run) for run in runs]
     if title is None:
@@ -277,5 +213,11 @@ def build_report(store: Store, run_ids: Sequence[int], title: str | None = None)
     )
 
 
-def write_report(store: Store, run_ids: Sequence[int], path: Path, title: str | None = None) -> None:
-    path.write_text(build_report(store, run_ids, title), encoding="utf-8")
+def write_report(
+    store: Store,
+    run_ids: Sequence[int],
+    path: Path,
+    title: str | None = None,
+    reference_cycle: int | None = None,
+) -> None:
+    path.write_text(build_report(store, run_ids, title, reference_cycle), encoding="utf-8")

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from cyclerd.analysis.plot_style import run_colour
 
 if TYPE_CHECKING:
+    from cyclerd.analysis.key_figures import RunSummary
     from cyclerd.analysis.plot_data import RunData
-    from cyclerd.analysis.report import Panel, RunSummary
+    from cyclerd.analysis.report import Panel
 
 M2_PER_CM2 = 1e-4
 AS_PER_MAH = 3.6
@@ -120,7 +121,11 @@ def summary_table(runs: Sequence[RunData], summaries: Sequence[RunSummary]) -> s
             f"{_paper(pct(paper.average_ce, 2) if paper and paper.average_ce else None)}</td>",
         ]
         if show_retention:
-            at = f'<span class="note">cycle {s.retention_cycle} vs 2</span>' if s.retention_cycle else ""
+            at = (
+                f'<span class="note">cycle {s.retention_cycle} vs {s.retention_reference}</span>'
+                if s.retention_cycle
+                else ""
+            )
             reported = (
                 pct(paper.retention, 0) + f" at {paper.over_cycles}" if paper and paper.retention else None
             )

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cyclerd.cli.options import ReferenceCycleOption
 from cyclerd.store.database import Store
 
 # The kinds are named here, not imported: matplotlib and scipy load only when a figure is drawn,
@@ -72,6 +73,7 @@ def plot(
         int | None,
         typer.Option("--cycle", help="The cycle drawn by first-cycle and dqdv (default: the first)."),
     ] = None,
+    reference_cycle: ReferenceCycleOption = None,
 ) -> None:
     """Draw one of the paper's figures for a run (several runs overlay or get one panel each)."""
     from cyclerd.analysis.plots import PlotError, figure_of, output_format, save_figure
@@ -87,7 +89,7 @@ def plot(
     with _open(db) as store:
         _check_runs(store, run_ids, db)
         try:
-            figure = figure_of(store, run_ids, kind, cycle)
+            figure = figure_of(store, run_ids, kind, cycle, reference_cycle)
         except PlotError as exc:
             raise _fail(str(exc)) from None
     save_figure(figure, path)
@@ -101,6 +103,7 @@ def report(
         typer.Option("--output", "-o", help="The HTML file; default report-run<RUN>.html."),
     ] = None,
     db: DbOption = DEFAULT_DB,
+    reference_cycle: ReferenceCycleOption = None,
 ) -> None:
     """Write one self-contained HTML page for one run or a comparison of several (opens from file://)."""
     path = output or Path(f"report-run{'-'.join(map(str, run_ids))}.html")
@@ -111,7 +114,7 @@ def report(
         _check_runs(store, run_ids, db)
         from cyclerd.analysis.report import write_report
 
-        write_report(store, run_ids, path)
+        write_report(store, run_ids, path, reference_cycle=reference_cycle)
     console.print(f"wrote {path}", markup=False)
 
 

@@ -25,6 +25,14 @@ CapacityOption = Annotated[
     typer.Option("--capacity", help="Nominal capacity, e.g. '1.57 mAh' or '2 mAh/cm^2'."),
 ]
 
+ReferenceCycleOption = Annotated[
+    int | None,
+    typer.Option(
+        "--reference-cycle",
+        min=1,
+        help="Capacity retention against this cycle (default: the first cycle of each cycle's loop).",
+    ),
+]
 DbOption = Annotated[Path, typer.Option("--db", help="The SQLite store (created if missing).")]
 DEFAULT_DB = Path("cyclerd.db")
 

@@ -16,6 +16,7 @@ from cyclerd.cli.options import (
     AreaOption,
     CapacityOption,
     DbOption,
+    ReferenceCycleOption,
     cell_spec,
     console,
     errors,
@@ -206,6 +207,7 @@ def runs(db: DbOption = DEFAULT_DB) -> None:
 def show(
     run_id: Annotated[int, typer.Argument(metavar="RUN", help="The run's number (see 'cyclerd runs').")],
     db: DbOption = DEFAULT_DB,
+    reference_cycle: ReferenceCycleOption = None,
 ) -> None:
     """Print one run's cycle summary, recomputed from its stored samples."""
     if not db.exists():
@@ -217,7 +219,7 @@ def show(
         except KeyError as exc:
             errors.print(f"[red]error:[/red] {exc.args[0]}")
             raise typer.Exit(2) from None
-        render_summary(console, store, run_id)
+        render_summary(console, store, run_id, reference_cycle)
 
 
 def register(app: typer.Typer) -> None:

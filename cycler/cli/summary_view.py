@@ -8,15 +8,12 @@ from rich.table import Table
 from cyclerd.analysis.cycles import (
     CycleSummary,
     FloatArray,
-    average_ce,
-    capacity_retention,
     cumulative_ce,
-    detect_short,
-    forward_voltage_stats,
     summarise,
 )
 from cyclerd.analysis.experiments import program_of
-from cyclerd.analysis.paper import reference
+from cyclerd.analysis.key_figures import summarise_run
+from cyclerd.analysis.plot_data import RunData
 from cyclerd.store.database import Store
 
 AH = 3600.0
@@ -32,8 +29,12 @@ def _ref(value: float | None, digits: int = 2) -> str:
     return "" if value is None else _pct(value, digits)
 
 
-def render_summary(console: Console, store: Store, run_id: int) -> list[CycleSummary]:
-    """The run's header, a table of cycles (first and last few) and the key figures."""
+def render_summary(
+    console: Console, store: Store, run_id: int, reference_cycle: int | None = None
+) -> list[CycleSummary]:
+    """The run's header, a table of cycles (first and last few) and the key figures.
+
+    `reference_cycle`: capacity retention against this cycle rather than each loop's first."""
     run = store.run(run_id)
     samples = store.samples(run_id)
     cycles = summarise(samples)
@@ -76,22 +77,32 @@ def render_summary(console: Console, store: Store, run_id: int) -> list[CycleSum
             f"{c.reverse_mean_V:.4f}",
         )
     console.print(table)
-    _figures(console, store, run_id, cycles, samples)
+    _figures(console, store, run_id, cycles, samples, reference_cycle)
     return cycles
 
 
 def _figures(
-    console: Console, store: Store, run_id: int, cycles: list[CycleSummary], samples: dict[str, FloatArray]
+    console: Console,
+    store: Store,
+    run_id: int,
+    cycles: list[CycleSummary],
+    samples: dict[str, FloatArray],
+    reference_cycle: int | None,
 ) -> None:
-    stats = [forward_voltage_stats(samples, c) for c in cycles]
-    short = detect_short(cycles, stats)
-    # Retention is a full-cell figure (a half-cell's Li counter electrode is a reservoir); the
-    # first cycle is formation, so it is relative to cycle 2.
-    full_cell = cycles[0].forward_sign > 0
-    retention = capacity_retention(cycles[1:]) if full_cell and len(cycles) > 1 else None
-    run = store.run(run_id)
+    run = RunData(
+        store.run(run_id),
+        samples,
+        cycles,
+        store.steps(run_id),
+        [],
+        store.events(run_id),
+        store.protocol_text(run_id),
+        store.cycle_references(run_id),
+        reference_cycle,
+    )
+    figures = summarise_run(run)
     # Only for a run that reproduces an experiment of the paper on the cell the paper reports it for.
-    paper = reference(store.protocol_text(run_id), run.cell, run.source)
+    paper = figures.paper
     shown = paper is not None and any(
         value is not None for value in (paper.ice, paper.average_ce, paper.cycles, paper.retention)
     )
@@ -100,25 +111,24 @@ def _figures(
     table.add_column("this run", justify="right")
     if shown:
         table.add_column("paper", justify="right")
+    short = figures.short
+    if figures.average_cycles is not None:
+        first, last = figures.average_cycles
+        span = f"cycles {first}–{last}" + (", before the short" if short is not None else "")
+    else:
+        span = "cycles 2 on"
     rows: list[tuple[str, str, str]] = [
-        (
-            "first-cycle CE (ICE)",
-            _pct(cycles[0].coulombic_efficiency, 1),
-            _ref(paper.ice if paper else None, 1),
-        ),
-        (
-            f"average CE, cycles 2–{cycles[-1].cycle}",
-            _pct(average_ce(cycles, first=2)) if len(cycles) > 1 else "—",
-            _ref(paper.average_ce if paper else None),
-        ),
+        ("first-cycle CE (ICE)", _pct(figures.ice, 1), _ref(paper.ice if paper else None, 1)),
+        (f"average CE, {span}", _pct(figures.average_ce), _ref(paper.average_ce if paper else None)),
         ("cycles", str(len(cycles)), (paper.cycles or "") if paper else ""),
     ]
-    if retention is not None and len(retention):
+    # Retention is a full-cell figure: a half-cell's Li counter electrode is a reservoir.
+    if figures.retention is not None:
         at = f" at {paper.over_cycles}" if paper and paper.retention else ""
         rows.append(
             (
-                f"retention at cycle {cycles[-1].cycle} (vs cycle 2)",
-                _pct(float(retention[-1]), 1),
+                f"retention at cycle {figures.retention_cycle} (vs cycle {figures.retention_reference})",
+                _pct(figures.retention, 1),
                 _ref(paper.retention if paper else None, 0) + at,
             )
         )

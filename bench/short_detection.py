@@ -60,14 +60,14 @@ def main() -> None:
         for preset in SINGLE_SEEDS:
             for seed in seeds:
                 caught, cell, _ = run(e1, preset, seed, folder)
-                onset = cell.short.onset_cycle  # type: ignore[attr-defined]
-                delay = None if caught is None else caught - onset
+                onset = cell.short_onset_cycle  # type: ignore[attr-defined]
+                delay = None if caught is None or onset is None else caught - onset
                 if delay is None:
                     missed += 1
                 else:
                     delays.append(delay)
                 shown = "-" if delay is None else f"{delay:+d}"
-                print(f"{preset:8} {seed:>4} {onset:>6} {caught or '-':>7} {shown:>6}")
+                print(f"{preset:8} {seed:>4} {onset or '-':>6} {caught or '-':>7} {shown:>6}")
         alarms: list[str] = []
         for text, preset, checked in (
             (e1, "mgagsn", (1, 2, 3)),

@@ -22,6 +22,9 @@ CHARGE_TOLERANCE = 1e-12  # relative: a charge reached to rounding is reached
 
 End = tuple[int, str, str]  # index in the chunk (-1: none), reason, detail
 NO_END: End = (-1, "", "")
+# Ends a sample meets by its own voltage or current (a cut-off, a floor, a safety limit), not
+# by time, charge or history: between two samples such an end has a crossing to look for.
+LEVELS = frozenset({"voltage_above", "voltage_below", "current_below", SAFETY})
 
 
 def first(mask: NDArray[np.bool_]) -> int:
@@ -145,13 +148,7 @@ class EndWatch:
         """The first sample of this chunk where the step must end; safety wins ties."""
         end = self.command.end
         v, i = voltage_V, current_A
-        candidates: list[End] = [extra]
-        if end.voltage_above_V is not None:
-            candidates.append((first(v >= end.voltage_above_V), "voltage_above", ""))
-        if end.voltage_below_V is not None:
-            candidates.append((first(v <= end.voltage_below_V), "voltage_below", ""))
-        if end.current_below_A is not None:
-            candidates.append((first(np.abs(i) < end.current_below_A), "current_below", ""))
+        candidates: list[End] = [self._levels(v, i, extra)]
         if end.charge_As is not None:
             reached = np.abs(charge_As) >= end.charge_As * (1 - CHARGE_TOLERANCE)
             candidates.append((first(reached), "charge", ""))
@@ -161,7 +158,29 @@ class EndWatch:
             candidates.append((self._dvdt(t_s, v, end.dvdt_below_V_per_s), "dvdt_below", ""))
         if end.dvdt_below_V_per_s is not None:  # the history serves |dV/dt| only
             self._remember(t_s, v)
-        found = earliest(candidates)
+        return self._safer(earliest(candidates), v, i)
+
+    def levels(self, voltage_V: FloatArray, current_A: FloatArray, extra: End = NO_END) -> End:
+        """`check` for the conditions a single sample meets by its level alone (LEVELS).
+
+        Remembers nothing, so a channel may ask again about samples on a finer grid inside the
+        interval where a level was crossed, to find the crossing.
+        """
+        return self._safer(self._levels(voltage_V, current_A, extra), voltage_V, current_A)
+
+    def _levels(self, v: FloatArray, i: FloatArray, extra: End) -> End:
+        end = self.command.end
+        candidates: list[End] = [extra]
+        if end.voltage_above_V is not None:
+            candidates.append((first(v >= end.voltage_above_V), "voltage_above", ""))
+        if end.voltage_below_V is not None:
+            candidates.append((first(v <= end.voltage_below_V), "voltage_below", ""))
+        if end.current_below_A is not None:
+            candidates.append((first(np.abs(i) < end.current_below_A), "current_below", ""))
+        return earliest(candidates)
+
+    def _safer(self, found: End, v: FloatArray, i: FloatArray) -> End:
+        """`found`, unless a safety limit is crossed at the same sample or sooner."""
         unsafe = safety_end(self.limits, v, i)
         if unsafe[0] >= 0 and (found[0] < 0 or unsafe[0] <= found[0]):
             return unsafe

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 BAUDRATE = 921600  # EmStat4 and Nexus (§3.1); a pty or socket ignores it
 CURRENT_MIN_A = 1e-9  # bottom of the current autoranging window
-OCV_INTERVAL_S, OCV_DURATION_S = 0.1, 0.35  # the open-circuit probe before an EIS around the OCV
+OCV_INTERVAL_S, OCV_DURATION_S = 0.1, 0.35  # the open-circuit probe before an EIS or a sweep at the OCV
 SWEEP_DONE = "sweep_done"  # why a sweep step ends: all its scans are done
 
 
@@ -259,19 +259,23 @@ class MethodScriptChannel:
     async def _sweep(
         self, command: SweepCommand, start: StepProgress, limits: SafetyLimits
     ) -> AsyncGenerator[Batch | StepEnd, None]:
-        """Cyclic voltammetry: meas_loop_cv, a closed path per scan; safety is the host's to check."""
+        """Cyclic voltammetry: meas_loop_cv, a closed path per scan; safety is the host's to check.
+
+        A sweep from the OCV measures it first (as EIS around `ocv` does) and starts there.
+        """
         spec = command.spec
-        turns = spec.vertices_V[:-1]
-        if not math.isclose(spec.vertices_V[-1], spec.start_V, abs_tol=1e-9) or not 1 <= len(turns) <= 2:
+        corners = spec.corners_V(await self._open_circuit_voltage() if spec.start_V is None else None)
+        start_V, turns = corners[0], corners[1:-1]
+        if not math.isclose(corners[-1], start_V, abs_tol=1e-9) or not 1 <= len(turns) <= 2:
             raise NotSupported(
                 self.name,
                 "meas_loop_cv scans start -> vertex 1 -> vertex 2 -> start: write the sweep as a "
                 "closed path (last vertex = start) with one or two turning points",
             )
-        vertices = (turns[0], turns[1] if len(turns) == 2 else spec.start_V)
+        vertices = (turns[0], turns[1] if len(turns) == 2 else start_V)
         currents = (CURRENT_MIN_A, self.capabilities.current_max_A)
         step, rate = self.sweep_step_V, spec.scan_rate_V_per_s
-        script = ms.cyclic_voltammetry(spec.start_V, vertices, step, rate, spec.scans, currents)
+        script = ms.cyclic_voltammetry(start_V, vertices, step, rate, spec.scans, currents)
         items = stream(
             self._open_link(), Plan(script, step / rate, SWEEP_DONE), Tally(command, start, limits)
         )

@@ -46,6 +46,7 @@ from cyclerd.protocols.program import (
 )
 
 COMPLIANCE_MARGIN_V = 0.5  # the voltage limit sits this far beyond anything the step may reach
+CUTOFF_CLAMP_MARGIN_V = 0.01  # a clamp at a step's own cut-off sits this far past it
 DEFAULT_VOLTAGE_LIMIT_V = 5.0
 DEFAULT_CURRENT_LIMIT_A = 0.1
 FLUSH_AFTER_S = 1.0  # hand logged samples to the runner at least this often (wall clock)
@@ -104,7 +105,7 @@ class SteppedChannel:
             case RestCommand():
                 await self.instrument.source_current(0.0, _voltage_limit(command, limits))
             case CurrentCommand():
-                await self.instrument.source_current(command.current_A, _voltage_limit(command, limits))
+                await self.instrument.source_current(command.current_A, _clamp_for(command, limits))
             case VoltageCommand():
                 ceiling = command.current_limit_A or limits.current_max_A or DEFAULT_CURRENT_LIMIT_A
                 await self.instrument.source_voltage(command.voltage_V, ceiling)
@@ -193,6 +194,23 @@ class SteppedChannel:
             self.clock.sleep_blocking(self.poll_interval_s, halt)
         # Halted (pause or stop): readings since the last batch are dropped. The runner resumes
         # from the last *stored* sample, so stored data and the step's charge stay consistent.
+
+
+def _clamp_for(command: CurrentCommand, limits: SafetyLimits) -> float:
+    """The compliance of a constant-current step: just past its own upper cut-off when it drives
+    the voltage up to one (a strip, a charge), so the SMU itself stops the voltage there.
+
+    Between two readings an emptied electrode can run from its cut-off to volts (a blocking
+    electrode charges like a capacitor); polled readings alone would see it only after it has
+    crossed the safety limit. The clamp sits CUTOFF_CLAMP_MARGIN_V past the cut-off so that the
+    clamped reading still meets the end condition. The 2450's limit is symmetric (|V|), so it
+    is used only where the step's voltages stay positive: a rising voltage towards a positive
+    cut-off. Otherwise the limit clears everything the step and the safety window allow.
+    """
+    above = command.end.voltage_above_V
+    if command.current_A > 0 and above is not None and above > 0:
+        return above + CUTOFF_CLAMP_MARGIN_V
+    return _voltage_limit(command, limits)
 
 
 def _voltage_limit(command: StepCommand, limits: SafetyLimits) -> float:

@@ -25,7 +25,7 @@ from cyclerd.protocols.model import (
     Sweep,
 )
 from cyclerd.protocols.scale import CellScale
-from cyclerd.protocols.units import Amount, duration_text, engineering
+from cyclerd.protocols.units import SECONDS_PER_HOUR, Amount, Basis, duration_text, engineering
 
 Path = tuple[int | str, ...]
 
@@ -81,7 +81,8 @@ class _Checker:
     def __init__(self, protocol: Protocol, unread: Collection[Path] = ()) -> None:
         self.protocol = protocol
         self.safety = protocol.safety
-        self.scale = CellScale(protocol.cell.area, protocol.cell.capacity)
+        cell = protocol.cell
+        self.scale = CellScale(cell.area, cell.capacity, cell.active_mass, cell.specific_capacity)
         self.unread = tuple(unread)
 
     def given(self, path: Path) -> bool:
@@ -96,11 +97,31 @@ class _Checker:
                 f"voltage_min ({s.voltage_min:g} V) must be below "
                 f"voltage_max ({s.voltage_max:g} V); lower voltage_min or raise voltage_max",
             )
+        yield from self._cell()
         if s.current_max is not None and s.current_max.value <= 0:
             yield Issue(("safety", "current_max"), "current_max must be positive, e.g. '5 mA'")
         yield from self._record(("record",), self.protocol.record)
         bounded = s.duration_max is not None or self.given(("safety", "duration_max"))
         yield from self._steps(("steps",), self.protocol.steps, bounded=bounded)
+
+    def _cell(self) -> Iterator[Issue]:
+        """A nominal capacity given twice (capacity; specific_capacity × active_mass) must agree."""
+        cell = self.protocol.cell
+        mismatch = self.scale.capacity_mismatch()
+        if mismatch is None or cell.capacity is None or cell.specific_capacity is None:
+            return
+        given, from_mass = mismatch
+        assert cell.active_mass is not None
+        per_area = self.scale.area_m2 is None and cell.capacity.basis is Basis.AREAL
+        unit = "mAh/cm²" if per_area else "mAh"
+        scale = SECONDS_PER_HOUR * (10.0 if per_area else 1e-3)  # A·s/m² -> mAh/cm², A·s -> mAh
+        yield Issue(
+            ("cell", "specific_capacity"),
+            f"cell.capacity ({cell.capacity.text('Ah')}) and cell.specific_capacity "
+            f"({cell.specific_capacity.text('Ah')}) × cell.active_mass ({cell.active_mass.text('g')}) "
+            f"= {from_mass / scale:.4g} {unit} disagree by {100 * abs(from_mass / given - 1):.1f} % "
+            "(more than 1 %); give only one of them, or correct the one that is wrong",
+        )
 
     def _steps(
         self, path: Path, steps: Sequence[object], bounded: bool, periodic: bool = False
@@ -324,7 +345,7 @@ class _Checker:
             )
 
     def _sweep(self, path: Path, sweep: Sweep) -> Iterator[Issue]:
-        points = [sweep.start, *sweep.vertices]
+        points: list[float | str] = [sweep.start, *sweep.vertices]
         for i, (a, b) in enumerate(pairwise(points)):
             if a == b:
                 yield Issue((*path, "vertices", i), f"vertex {b:g} V equals the point before it; remove it")

@@ -1,16 +1,17 @@
 """Protocol -> Program: plain step commands in SI units, with loops and every-blocks explicit.
 
 Compilation touches no instrument (a plan says what, the runner says how). It resolves
-per-area currents and C-rates with the cell's area and capacity, merges logging rules, and
-signs currents by our convention (positive charges the cell). The result is the frozen data
+per-area and per-mass currents and C-rates with the cell's area, capacity and active mass,
+merges logging rules, and signs currents by our convention (positive charges the cell). The
+result is the frozen data
 of `cyclerd.protocols.program`, which the runner interprets and `cyclerd validate` prints.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TypedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
 from cyclerd.protocols.checks import signed_current
 from cyclerd.protocols.model import (
@@ -47,11 +48,12 @@ from cyclerd.protocols.program import (
     VoltageCommand,
 )
 from cyclerd.protocols.scale import CellScale
-from cyclerd.protocols.units import Amount
+from cyclerd.protocols.units import Amount, Basis
 
 
 class CellDataMissing(ValueError):
-    """The protocol uses per-area values or C-rates and the cell's area or capacity is unknown."""
+    """The protocol uses per-area or per-mass values or C-rates and the cell's area, active mass
+    or capacity is unknown."""
 
     def __init__(self, needs: dict[str, list[str]]) -> None:
         self.needs = needs
@@ -59,18 +61,53 @@ class CellDataMissing(ValueError):
         super().__init__("cannot resolve the protocol for this cell:\n  " + "\n  ".join(lines))
 
 
-def compile_protocol(
-    protocol: Protocol, area_m2: float | None = None, capacity: Amount | None = None
-) -> Program:
-    """Resolve `protocol` for one cell; `area_m2` and `capacity` override the file's cell section.
+def compile_for_stored_cell(protocol: Protocol, cell: Mapping[str, Any]) -> Program:
+    """Compile `protocol` again with the cell values a run was resolved with, as its record keeps
+    them (`area_m2`, `capacity_As`, `active_mass_kg`: SI, absolute), so that a restarted run, an
+    export and a report all see the program the run ran."""
 
-    Raises CellDataMissing naming every value that needs an area or capacity nobody gave.
-    """
-    scale = CellScale(
-        area_m2 if area_m2 is not None else protocol.cell.area,
-        capacity if capacity is not None else protocol.cell.capacity,
+    def number(key: str) -> float | None:
+        value = cell.get(key)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    capacity_As, mass_kg = number("capacity_As"), number("active_mass_kg")
+    return compile_protocol(
+        protocol,
+        number("area_m2"),
+        None if capacity_As is None else Amount(capacity_As, Basis.ABSOLUTE),
+        None if mass_kg is None else Amount(mass_kg, Basis.ABSOLUTE),
     )
-    return _Compiler(protocol, scale).program()
+
+
+def compile_protocol(
+    protocol: Protocol,
+    area_m2: float | None = None,
+    capacity: Amount | None = None,
+    mass: Amount | None = None,
+) -> Program:
+    """Resolve `protocol` for one cell; `area_m2`, `capacity` and `mass` (the active mass, kg or
+    kg/m²) override the file's cell section. A capacity given here also overrides the file's
+    `specific_capacity` (it is the nominal capacity then).
+
+    Raises CellDataMissing naming every value that needs an area, mass or capacity nobody gave.
+    """
+    return _Compiler(protocol, cell_scale(protocol, area_m2, capacity, mass)).program()
+
+
+def cell_scale(
+    protocol: Protocol,
+    area_m2: float | None = None,
+    capacity: Amount | None = None,
+    mass: Amount | None = None,
+) -> CellScale:
+    """The cell's values: those given when the run starts, else the file's cell section."""
+    cell = protocol.cell
+    return CellScale(
+        area_m2 if area_m2 is not None else cell.area,
+        capacity if capacity is not None else cell.capacity,
+        mass if mass is not None else cell.active_mass,
+        None if capacity is not None else cell.specific_capacity,
+    )
 
 
 class _Common(TypedDict):
@@ -109,6 +146,7 @@ class _Compiler:
             description=p.description,
             area_m2=self.scale.area_m2,
             capacity_As=self.scale.capacity_As,
+            active_mass_kg=self.scale.mass_kg,
             metadata=dict(p.cell.metadata),
             safety=safety,
             body=body,
@@ -192,7 +230,12 @@ class _Compiler:
                 source=where,
                 end=EndConditions(),
                 record=self._record(step.record, record, where),
-                spec=SweepSpec(step.start, tuple(step.vertices), step.scan_rate, step.scans),
+                spec=SweepSpec(
+                    None if step.start == "ocv" else step.start,
+                    tuple(step.vertices),
+                    step.scan_rate,
+                    step.scans,
+                ),
             )
         assert isinstance(
             step,

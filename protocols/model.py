@@ -34,7 +34,9 @@ from cyclerd.protocols.units import (
     Duration,
     Fraction,
     Frequency,
+    Mass,
     ScanRate,
+    SpecificCharge,
     Temperature,
     Voltage,
     parse,
@@ -64,15 +66,28 @@ MetadataValue = Annotated[str | int | float | bool | None, WrapValidator(_metada
 
 
 class Cell(Strict):
-    """The cell under test; area and capacity turn per-area currents and C-rates into amperes."""
+    """The cell under test; area, capacity and active mass turn per-area and per-mass currents
+    and C-rates into amperes."""
 
     area: Area | None = Field(
         None, description="Electrode area (a 10 mm pellet is 0.785 cm^2).", examples=["0.785 cm^2"]
     )
     capacity: Charge | None = Field(
         None,
-        description="Nominal capacity, absolute or per area; 1C is this charge per hour.",
+        description="Nominal capacity, absolute, per area or per gram; 1C is this charge per hour.",
         examples=["1.57 mAh", "2 mAh/cm^2"],
+    )
+    active_mass: Mass | None = Field(
+        None,
+        description="Mass of active material, absolute or per electrode area (a loading); "
+        "values per gram ('100 mA/g', '195 mAh/g') are scaled by it.",
+        examples=["10.3 mg", "10.3 mg/cm^2"],
+    )
+    specific_capacity: SpecificCharge | None = Field(
+        None,
+        description="Capacity per gram of active material; with active_mass it gives the nominal "
+        "capacity when 'capacity' is not given (and must agree with it, within 1 %, when it is).",
+        examples=["195 mAh/g"],
     )
     metadata: dict[str, MetadataValue] = Field(
         default_factory=dict,
@@ -237,11 +252,30 @@ class Impedance(_Step):
         return isinstance(self.amplitude, Amount)
 
 
+def _parse_sweep_start(value: object) -> str | float:
+    if value == "ocv":
+        return "ocv"
+    try:
+        return parse(value, VOLTAGE)
+    except PydanticCustomError as exc:
+        raise PydanticCustomError("quantity", f"{exc.message()}; or write 'ocv'") from None
+
+
 class Sweep(_Step):
-    """Cyclic voltammetry: from `start` through each vertex in turn, `scans` times."""
+    """Cyclic voltammetry: from `start` through each vertex in turn, `scans` times.
+
+    From `start: ocv` (the open-circuit voltage when the step begins) each scan also returns
+    to that voltage: OCV -> vertices -> OCV.
+    """
 
     kind: SkipJsonSchema[Literal["sweep"]] = "sweep"
-    start: Voltage = Field(examples=["1 V"])
+    start: Annotated[
+        float | Literal["ocv"], BeforeValidator(_parse_sweep_start, json_schema_input_type=str)
+    ] = Field(
+        description="A voltage, or 'ocv': the open-circuit voltage measured when the step begins "
+        "(each scan then returns to it).",
+        examples=["1 V", "ocv"],
+    )
     vertices: list[Voltage] = Field(min_length=1, examples=[["0 V", "1 V"]])
     scan_rate: ScanRate = Field(examples=["0.1 mV/s"])
     scans: int = Field(1, gt=0, le=10_000)

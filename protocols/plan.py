@@ -182,8 +182,10 @@ def _runs(step_s: float, interval_s: float) -> int:
 
 def command_span(command: StepCommand) -> Span:
     """How long one step takes, from its end conditions."""
+    if isinstance(command, SweepCommand) and command.spec.start_V is None:
+        return Span(command.spec.duration_s(), None)  # its path depends on the OCV
     if isinstance(command, SweepCommand | ImpedanceCommand):  # they run to their deadline
-        return Span(command.deadline_s, command.deadline_s)
+        return Span(command.deadline_s or 0.0, command.deadline_s)
     end = command.end
     bounds = [end.duration_s] if end.duration_s is not None else []
     if end.charge_As is not None and isinstance(command, CurrentCommand) and command.current_A:
@@ -244,7 +246,8 @@ def _spectrum(command: ImpedanceCommand) -> str:
 
 def _sweep(command: SweepCommand) -> str:
     sw = command.spec
-    path = " → ".join(f"{v:g} V" for v in (sw.start_V, *sw.vertices_V))
+    corners = (sw.start_V, *sw.vertices_V) if sw.start_V is not None else (None, *sw.vertices_V, None)
+    path = " → ".join("OCV" if v is None else f"{v:g} V" for v in corners)
     return f"{path} at {engineering(sw.scan_rate_V_per_s, 'V/s')}, {sw.scans} scan(s)"
 
 

@@ -65,15 +65,41 @@ class ImpedanceSpec:
 
 @dataclass(frozen=True)
 class SweepSpec:
-    start_V: float
+    """A cyclic voltammogram: from `start_V` through each vertex in turn, `scans` times.
+
+    `start_V` None starts at the open-circuit voltage measured when the step begins, and each
+    scan then returns to it (OCV -> vertices -> OCV), as a potentiostat's CV from E_begin does.
+    """
+
+    start_V: float | None  # None: the open-circuit voltage at the step's start
     vertices_V: tuple[float, ...]
     scan_rate_V_per_s: float
     scans: int
 
-    def duration_s(self) -> float:
-        points = (self.start_V, *self.vertices_V)
-        path = sum(abs(b - a) for a, b in pairwise(points))
+    def corners_V(self, ocv_V: float | None = None) -> tuple[float, ...]:
+        """One scan's path: its start and the potentials where it turns (and, from the OCV, its end).
+
+        A sweep from the OCV needs `ocv_V`, the voltage measured when the step began.
+        """
+        if self.start_V is not None:
+            return (self.start_V, *self.vertices_V)
+        if ocv_V is None:
+            raise ValueError("a sweep from the open-circuit voltage needs that voltage (ocv_V)")
+        return (ocv_V, *self.vertices_V, ocv_V)
+
+    def duration_s(self, ocv_V: float | None = None) -> float:
+        """The time the sweep takes. From an OCV not known yet: the least it can take (the
+        OCV lying on the path between the first and the last vertex)."""
+        if self.start_V is None and ocv_V is None:
+            ends = (self.vertices_V[-1], self.vertices_V[0])
+            path = _length(self.vertices_V) + abs(ends[1] - ends[0])
+        else:
+            path = _length(self.corners_V(ocv_V))
         return path * self.scans / self.scan_rate_V_per_s
+
+
+def _length(points: tuple[float, ...]) -> float:
+    return sum(abs(b - a) for a, b in pairwise(points))
 
 
 @dataclass(frozen=True)
@@ -147,8 +173,9 @@ class SweepCommand(StepFields):
     spec: SweepSpec
 
     @property
-    def deadline_s(self) -> float:
-        return self.spec.duration_s()
+    def deadline_s(self) -> float | None:
+        """Known in advance unless the sweep starts at the (not yet measured) OCV."""
+        return None if self.spec.start_V is None else self.spec.duration_s()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,6 +243,7 @@ class Program:
     safety: SafetyLimits
     body: tuple[Node, ...]
     record: RecordRule = field(default_factory=RecordRule)
+    active_mass_kg: float | None = None
 
     def commands(self) -> Iterator[StepCommand]:
         """Every step command, including those inside loops and every-blocks, in file order."""
@@ -249,7 +277,8 @@ class Program:
                     currents.append(abs(command.current_A))
                     voltages.append(command.voltage_V)
                 case SweepCommand():
-                    voltages.extend((command.spec.start_V, *command.spec.vertices_V))
+                    start = command.spec.start_V  # the OCV (None) lies in the safety window
+                    voltages.extend((*([] if start is None else [start]), *command.spec.vertices_V))
                 case ImpedanceCommand():
                     spec = command.spec
                     eis_modes.add("galvanostatic" if spec.galvanostatic else "potentiostatic")

@@ -4,8 +4,9 @@ Every quantity field names the kind of quantity it expects; the text must carry 
 that kind. C-rates are read before pint sees the text because to pint `C` is the coulomb;
 `C` alone is always a C-rate here, written against its number ('0.1C'), and '0.1 C' is
 refused. Unit symbols whose case is off ('1 ma' is a milliyear to pint) are refused with the
-spelling meant. Currents and charges may be absolute or per electrode area: the unit
-decides, and the value keeps its basis until a cell (area, capacity) resolves it.
+spelling meant. Currents and charges may be absolute, per electrode area or per gram of active
+material: the unit decides, and the value keeps its basis until a cell (area, capacity, active
+mass) resolves it. The active mass itself is absolute or per area (a loading, 'mg/cm^2').
 """
 
 from __future__ import annotations
@@ -25,18 +26,21 @@ SECONDS_PER_HOUR = 3600.0
 
 
 class Basis(StrEnum):
-    """What a current or charge is relative to."""
+    """What a current, charge or mass is relative to."""
 
-    ABSOLUTE = "absolute"  # A, or A·s for a charge
-    AREAL = "areal"  # A/m², or A·s/m²
+    ABSOLUTE = "absolute"  # A, or A·s for a charge, or kg for a mass
+    AREAL = "areal"  # A/m², or A·s/m², or kg/m² (a mass loading)
     C_RATE = "c_rate"  # multiples of the nominal capacity per hour
+    SPECIFIC = "specific"  # per mass of active material: A/kg, or A·s/kg
 
 
 @dataclass(frozen=True)
 class Amount:
-    """A current or charge whose basis (absolute, per area, C-rate) is known but not yet resolved.
+    """A current, charge or mass whose basis (absolute, per area, per mass, C-rate) is known but
+    not yet resolved.
 
-    `value` is SI for its basis: A, A/m², A·s, A·s/m², or the C-rate multiplier itself.
+    `value` is SI for its basis: A, A/m², A/kg, A·s, A·s/m², A·s/kg, kg, kg/m², or the C-rate
+    multiplier itself.
     """
 
     value: float
@@ -49,12 +53,18 @@ class Amount:
         return Amount(abs(self.value), self.basis)
 
     def text(self, unit: str) -> str:
-        """Readable form for plans, e.g. '1 mA/cm²' or '0.1C'; `unit` is 'A' or 'Ah'."""
+        """Readable form for plans, e.g. '1 mA/cm²', '100 mA/g' or '0.1C'; `unit` is 'A', 'Ah' or 'g'."""
         if self.basis is Basis.C_RATE:
             return f"{self.value:g}C"
+        if unit == "g":  # a mass, kept in kg
+            if self.basis is Basis.AREAL:
+                return f"{self.value * 100:g} mg/cm²"  # kg/m² -> mg/cm² is ×100
+            return engineering(self.value * 1e3, "g")
         scale = SECONDS_PER_HOUR if unit == "Ah" else 1.0
         if self.basis is Basis.AREAL:
             return f"{self.value / scale / 10:g} m{unit}/cm²"  # A/m² -> mA/cm² is ÷10
+        if self.basis is Basis.SPECIFIC:
+            return f"{self.value / scale:g} m{unit}/g"  # A/kg -> mA/g is ×1
         return engineering(self.value / scale, unit)
 
 
@@ -100,7 +110,11 @@ CURRENT = Dimension("current", "A", "1 mA", "[current]")
 CURRENT_DENSITY = Dimension("current density", "A/m^2", "1 mA/cm^2", "[current]/[area]")
 CHARGE = Dimension("charge", "A*s", "1 mAh", "[current]*[time]")
 AREAL_CHARGE = Dimension("areal charge", "A*s/m^2", "1 mAh/cm^2", "[current]*[time]/[area]")
+SPECIFIC_CURRENT = Dimension("specific current", "A/kg", "100 mA/g", "[current]/[mass]")
+SPECIFIC_CHARGE = Dimension("specific charge", "A*s/kg", "195 mAh/g", "[current]*[time]/[mass]")
 AREA = Dimension("area", "m^2", "0.785 cm^2", "[area]")
+MASS = Dimension("mass", "kg", "10.3 mg", "[mass]")
+AREAL_MASS = Dimension("mass loading", "kg/m^2", "10.3 mg/cm^2", "[mass]/[area]")
 FREQUENCY = Dimension("frequency", "Hz", "10 kHz", "[frequency]")
 SCAN_RATE = Dimension("scan rate", "V/s", "0.1 mV/s", "[electric_potential]/[time]")
 TEMPERATURE = Dimension("temperature", "K", "60 degC", "[temperature]")
@@ -242,7 +256,18 @@ def _article(word: str) -> str:
 
 
 _ALL: tuple[Dimension, ...] = (DURATION, VOLTAGE, CURRENT, CURRENT_DENSITY, CHARGE, AREAL_CHARGE)
-_ALL += (AREA, FREQUENCY, SCAN_RATE, TEMPERATURE, RESISTANCE)
+_ALL += (SPECIFIC_CURRENT, SPECIFIC_CHARGE, AREA, MASS, AREAL_MASS)
+_ALL += (FREQUENCY, SCAN_RATE, TEMPERATURE, RESISTANCE)
+_BASIS = {
+    CURRENT: Basis.ABSOLUTE,
+    CURRENT_DENSITY: Basis.AREAL,
+    SPECIFIC_CURRENT: Basis.SPECIFIC,
+    CHARGE: Basis.ABSOLUTE,
+    AREAL_CHARGE: Basis.AREAL,
+    SPECIFIC_CHARGE: Basis.SPECIFIC,
+    MASS: Basis.ABSOLUTE,
+    AREAL_MASS: Basis.AREAL,
+}
 
 
 def _describe(q: Any) -> str:
@@ -292,20 +317,38 @@ def parse_c_rate(text: object) -> float | None:
 
 
 def parse_current(text: object) -> Amount:
-    """A current: '1 mA', '1 mA/cm^2' or a C-rate ('0.5C', 'C/20')."""
+    """A current: '1 mA', '1 mA/cm^2', '100 mA/g' or a C-rate ('0.5C', 'C/20')."""
     rate = parse_c_rate(text)
     if rate is not None:
         return Amount(rate, Basis.C_RATE)
-    value, dim = _quantity(text, (CURRENT, CURRENT_DENSITY))
-    return Amount(value, Basis.ABSOLUTE if dim is CURRENT else Basis.AREAL)
+    value, dim = _quantity(text, (CURRENT, CURRENT_DENSITY, SPECIFIC_CURRENT))
+    return Amount(value, _BASIS[dim])
 
 
 def parse_charge(text: object) -> Amount:
-    """A charge: '1 mAh' or per electrode area, '1 mAh/cm^2'."""
+    """A charge: '1 mAh', per electrode area '1 mAh/cm^2', or per gram of active material '195 mAh/g'."""
     if parse_c_rate(text) is not None:
         raise _fail(f"{text!r} reads as a C-rate, not a charge; write e.g. '1 mAh' or '1 mAh/cm^2'")
-    value, dim = _quantity(text, (CHARGE, AREAL_CHARGE))
-    return Amount(value, Basis.ABSOLUTE if dim is CHARGE else Basis.AREAL)
+    value, dim = _quantity(text, (CHARGE, AREAL_CHARGE, SPECIFIC_CHARGE))
+    return Amount(value, _BASIS[dim])
+
+
+def parse_specific_charge(text: object) -> Amount:
+    """A charge per gram of active material, '195 mAh/g' (a specific capacity)."""
+    if parse_c_rate(text) is not None:
+        raise _fail(f"{text!r} reads as a C-rate, not a specific charge; write e.g. '195 mAh/g'")
+    value, _ = _quantity(text, (SPECIFIC_CHARGE,))
+    if value <= 0:
+        raise _fail(f"{text!r}: a specific capacity must be positive; write e.g. '195 mAh/g'")
+    return Amount(value, Basis.SPECIFIC)
+
+
+def parse_mass(text: object) -> Amount:
+    """An active-material mass, '10.3 mg', or a mass loading per electrode area, '10.3 mg/cm^2'."""
+    value, dim = _quantity(text, (MASS, AREAL_MASS))
+    if value <= 0:
+        raise _fail(f"{text!r}: a {dim.name} must be positive; write e.g. '{dim.example}'")
+    return Amount(value, _BASIS[dim])
 
 
 def parse_positive(text: object, dim: Dimension) -> float:
@@ -337,6 +380,16 @@ Charge = Annotated[
     Amount,
     PlainValidator(parse_charge, json_schema_input_type=str),
     PlainSerializer(lambda a: a.text("Ah"), return_type=str),
+]
+SpecificCharge = Annotated[
+    Amount,
+    PlainValidator(parse_specific_charge, json_schema_input_type=str),
+    PlainSerializer(lambda a: a.text("Ah"), return_type=str),
+]
+Mass = Annotated[
+    Amount,
+    PlainValidator(parse_mass, json_schema_input_type=str),
+    PlainSerializer(lambda a: a.text("g"), return_type=str),
 ]
 
 

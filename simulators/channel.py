@@ -1,10 +1,12 @@
 """The simulated channel: a cell model behind the Channel protocol, a whole step at a time.
 
 Each step is computed on a fine time grid in chunks, with numpy: the model's response over
-the chunk, the first sample where an end condition or a safety limit holds (vectorised), then
-the model is advanced by exactly that much and the logged samples go out as one Batch. Times
-that are known in advance (duration, charge at constant current, a pause for an every-block)
-are put on the grid exactly, so a plating step delivers exactly its charge.
+the chunk, the first sample where an end condition or a safety limit holds (vectorised); a
+level crossed between two samples (a cut-off) is found on finer grids in that interval
+(`crossing`), so the step's last sample lies on it; then the model is advanced by exactly that
+much and the logged samples go out as one Batch. Times that are known in advance (duration,
+charge at constant current, a pause for an every-block) are put on the grid exactly, so a
+plating step delivers exactly its charge.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cyclerd.drivers.base import (
 )
 from cyclerd.drivers.clock import Clock
 from cyclerd.drivers.conditions import (
+    LEVELS,
     NO_END,
     Counter,
     End,
@@ -50,6 +53,7 @@ from cyclerd.protocols.program import (
     VoltageCommand,
 )
 from cyclerd.simulators.cell import CellModel, FloatArray, Resumable
+from cyclerd.simulators.crossing import Sample, crossing
 
 CAPABILITIES = Capabilities(
     kinds=frozenset({"rest", "cc", "plate", "strip", "cv", "cccv", "eis", "sweep"}),
@@ -59,6 +63,7 @@ CAPABILITIES = Capabilities(
     frequency_range_Hz=(1e-5, 1e7),
 )
 SWEEP_STEP_V = 1e-3  # the staircase of a simulated cyclic voltammogram
+CROSSINGS = LEVELS | {"switch"}  # ends found between two samples of the grid (see `crossing`)
 
 
 @dataclass
@@ -186,33 +191,40 @@ class SimulatedChannel:
         """Cyclic voltammetry as short potential holds on a grid of SWEEP_STEP_V steps.
 
         The same approximation a potentiostat's staircase makes (and the MethodSCRIPT emulator),
-        one model call per step; a sweep runs to its end and is not interrupted by every-blocks.
+        one model call per step; a sweep is not interrupted by every-blocks. It runs to its end
+        unless a safety limit (or an end condition) holds at a point: the cell and the clock
+        then stop at that point's time, where its last sample is.
         """
         dt = SWEEP_STEP_V / sweep.scan_rate_V_per_s
-        points = [sweep.start_V]
-        for a, b in pairwise((sweep.start_V, *sweep.vertices_V)):
+        ocv_V = None
+        if sweep.start_V is None:  # from `ocv`: the cell's voltage at zero current as the step begins
+            ocv_V = float(self._touched().voltage_at_current(0.0, np.zeros(1))[0])
+        corners = sweep.corners_V(ocv_V)
+        points = [corners[0]]
+        for a, b in pairwise(corners):
             n = max(1, round(abs(b - a) / SWEEP_STEP_V))
             points += [a + (b - a) * k / n for k in range(1, n + 1)]
         # Scans repeat the path (closed, as a voltammogram's is: last vertex = start).
         grid = np.array([points[0]] + points[1:] * sweep.scans)
-        counter, watch, record = Counter(StepProgress()), EndWatch(command, limits), RecordState()
-        currents = np.empty(len(grid))
-        for k, volts in enumerate(grid.tolist()):
-            currents[k] = self._touched().current_at_voltage(volts, np.array([dt]))[-1]
-            self.cell.advance_at_voltage(volts, dt)
         t = dt * np.arange(len(grid), dtype=np.float64)
-        await self.clock.sleep(float(t[-1]) + dt)
-        q, e = counter.add(t, grid, currents)
-        index, reason, detail = watch.check(t, grid, currents, q)
-        cut = len(t) if index < 0 else index + 1
-        keep = select(command.record, t[:cut], grid[:cut], currents[:cut], record)
+        counter, watch, record = Counter(StepProgress()), EndWatch(command, limits), RecordState()
+        currents, q, e = np.empty(len(grid)), np.empty(len(grid)), np.empty(len(grid))
+        reason, detail, cut = "", "", len(grid)
+        for k, (t_s, volts) in enumerate(zip(t.tolist(), grid.tolist(), strict=True)):
+            current = float(self._touched().current_at_voltage(volts, np.array([dt]))[-1])
+            currents[k] = current
+            q[k], e[k] = counter.add_one(t_s, volts, current)
+            index, reason, detail = watch.check_one(t_s, volts, current, float(q[k]))
+            if index >= 0:
+                cut = k + 1  # the cell has held the potentials before this point: up to t_s
+                break
+            self.cell.advance_at_voltage(volts, dt)
+        await self.clock.sleep(float(t[cut - 1]) + (0.0 if reason else dt))
+        t, grid, currents, q, e = (x[:cut] for x in (t, grid, currents, q, e))
+        keep = select(command.record, t, grid, currents, record)
         keep[0] = keep[-1] = True
-        yield Batch(
-            t[:cut][keep], grid[:cut][keep], currents[:cut][keep], q[:cut][keep], e[:cut][keep], final=True
-        )
-        yield StepEnd(
-            reason or "sweep", StepProgress(float(t[cut - 1]), float(q[cut - 1]), float(e[cut - 1])), detail
-        )
+        yield Batch(t[keep], grid[keep], currents[keep], q[keep], e[keep], final=True)
+        yield StepEnd(reason or "sweep", StepProgress(float(t[-1]), float(q[-1]), float(e[-1])), detail)
 
     async def _current_phase(
         self,
@@ -290,6 +302,12 @@ class SimulatedChannel:
         t_now = start.t_s
         first: Batch | None = None  # the step's first sample: sent with the first chunk's samples
         at_start = t_now == 0.0  # the step's first sample, before any current has flowed, is due
+        before: Sample | None = None  # the last sample (at t_now), when it is short of every level
+        opening: Sample | None = None  # the step's first sample, its levels not yet looked at
+
+        def levels(rel: FloatArray, voltage: FloatArray, current: FloatArray) -> End:
+            return watch.levels(voltage, current, extra(_Segment(t_now + rel, voltage, current)))
+
         while True:
             left = (t_stop - t_now) / dt
             count = self.chunk if left > self.chunk else max(1, math.ceil(left - 1e-9))
@@ -313,7 +331,7 @@ class SimulatedChannel:
                     yield Batch(t0, v0, i0, q0, e0, final=True)
                     yield StepEnd(reason, StepProgress(0.0, 0.0, 0.0), detail)
                     return
-                first = Batch(t0, v0, i0, q0, e0)
+                first, opening = Batch(t0, v0, i0, q0, e0), Sample(0.0, float(v0[0]), float(i0[0]))
             else:
                 voltage, current = respond(rel)
             seg = _Segment(t_now + rel, voltage, current)
@@ -321,15 +339,32 @@ class SimulatedChannel:
             index, reason, detail = watch.check(seg.t_s, voltage, current, charge, extra(seg))
             if index < 0 and at_stop.any():
                 index, reason = len(rel) - 1, scheduled
+            if reason in CROSSINGS:
+                if index > 0:
+                    before = _sample(index - 1, rel, voltage, current)
+                elif opening is not None and _short_of_levels(levels, opening):
+                    before = opening  # the step began short of every level
+                if before is not None:  # None: the level held from the start of this stretch
+                    after = _sample(index, rel, voltage, current)
+                    found, (_, reason, detail) = crossing(
+                        respond, levels, before, after, (index, reason, detail)
+                    )
+                    rel, voltage, current = _ending_at(index, found, rel, voltage, current)
+                    seg = _Segment(t_now + rel, voltage, current)
             cut = len(rel) if index < 0 else index + 1
             seg = _Segment(seg.t_s[:cut], seg.voltage_V[:cut], seg.current_A[:cut])
             q, e = counter.add(seg.t_s, seg.voltage_V, seg.current_A)
-            elapsed = float(seg.t_s[-1]) - t_now
+            elapsed = float(rel[cut - 1])  # exactly the time the model's response was asked for
             commit(elapsed)
             await self.clock.sleep(elapsed)
-            keep = select(command.record, seg.t_s, seg.voltage_V, seg.current_A, record)
-            if reason:
-                keep[-1] = True
+            if reason:  # the step's last sample is logged: the rule looks at the ones before it
+                last = len(seg.t_s) - 1  # (off the grid at a crossing: its interval is shorter)
+                before_last = select(
+                    command.record, seg.t_s[:last], seg.voltage_V[:last], seg.current_A[:last], record
+                )
+                keep = np.append(before_last, True)
+            else:
+                keep = select(command.record, seg.t_s, seg.voltage_V, seg.current_A, record)
             kept = Batch(
                 seg.t_s[keep], seg.voltage_V[keep], seg.current_A[keep], q[keep], e[keep], final=bool(reason)
             )
@@ -338,9 +373,23 @@ class SimulatedChannel:
             if len(kept):
                 yield kept
             t_now = float(seg.t_s[-1])
+            before, opening = Sample(0.0, float(seg.voltage_V[-1]), float(seg.current_A[-1])), None
             if reason:
                 yield StepEnd(reason, StepProgress(t_now, counter.charge_As, counter.energy_J), detail)
                 return
+
+
+def _sample(index: int, rel: FloatArray, voltage: FloatArray, current: FloatArray) -> Sample:
+    return Sample(float(rel[index]), float(voltage[index]), float(current[index]))
+
+
+def _short_of_levels(levels: Callable[[FloatArray, FloatArray, FloatArray], End], sample: Sample) -> bool:
+    return levels(*(np.array([value]) for value in sample))[0] < 0
+
+
+def _ending_at(index: int, found: Sample, *columns: FloatArray) -> list[FloatArray]:
+    """The columns up to sample `index`, which is `found`: the step ends on its crossing."""
+    return [np.append(column[:index], value) for column, value in zip(columns, found, strict=True)]
 
 
 def _joined(a: Batch, b: Batch) -> Batch:

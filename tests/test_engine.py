@@ -459,3 +459,50 @@ async def test_the_constant_current_phase_of_a_cccv_step_does_not_end_the_step()
         ("Batch", True),
         ("StepEnd", None),
     ]
+
+
+SWEEP_TRIP = """
+name: sweep trip
+safety: {current_max: 20 mA}
+record: {every: 10 s}
+steps:
+  - rest: {until: {duration: 1 h}}
+  - sweep: {start: 3.0 V, vertices: [3.5 V, 3.0 V], scan_rate: 1 mV/s, scans: 3}
+"""
+
+
+def test_a_sweep_that_trips_a_safety_limit_stops_there_not_at_its_planned_end(tmp_path: Path) -> None:
+    # I ≈ (E - 3 V) / 10 Ω passes 20 mA about 200 s into the 3000 s sweep, after the 1 h rest.
+    result, store, run, _, clock = _run(tmp_path, SWEEP_TRIP)
+    assert result.state is RunState.STOPPED
+    assert result.reason.startswith("safety")
+    samples = store.samples(run)
+    (event,) = [e for e in store.events(run) if e["kind"] == "safety"]
+    assert abs(samples["current"][-1]) > 0.02
+    assert 3600.0 + 150.0 < samples["t"][-1] < 3600.0 + 250.0
+    assert event["t"] == pytest.approx(samples["t"][-1], abs=1e-9)
+    assert clock.now() == pytest.approx(samples["t"][-1], abs=1e-9)
+    # The sweep's step ends there too, on the sample that crossed the limit, with its charge.
+    sweep = store.steps(run)[-1]
+    assert (sweep["kind"], sweep["end_reason"]) == ("sweep", "safety")
+    assert sweep["t_end"] == pytest.approx(samples["t"][-1], abs=1e-9)
+    assert sweep["charge_As"] == pytest.approx(samples["charge"][-1], abs=1e-12)
+
+
+async def test_a_sweeps_safety_stop_carries_the_trip_time_and_the_clock_stops_there() -> None:
+    program = compile_protocol(loads(SWEEP_TRIP))
+    *_, command = program.commands()
+    clock = VirtualClock()
+    cell = LinearCell()
+    channel = SimulatedChannel(cell, clock)
+    items = [item async for item in channel.run(command, StepProgress(), program.safety)]
+    *batches, end = items
+    assert isinstance(end, StepEnd)
+    assert end.reason == "safety"
+    last = batches[-1]
+    assert isinstance(last, Batch)
+    assert end.progress.t_s == last.t_s[-1] == clock.now()
+    assert end.progress.charge_As == last.charge_As[-1]
+    assert 150.0 < clock.now() < 250.0
+    # The cell held the sweep's potentials up to the trip, not to the sweep's planned end.
+    assert cell.charge_As == pytest.approx(end.progress.charge_As, rel=0.01)

@@ -16,7 +16,7 @@ from importlib.resources import files
 from typing import Any, assert_never
 
 from cyclerd.protocols import ProtocolError, loads
-from cyclerd.protocols.compiler import CellDataMissing, compile_protocol
+from cyclerd.protocols.compiler import CellDataMissing, compile_for_stored_cell, compile_protocol
 from cyclerd.protocols.program import (
     CurrentCommand,
     CurrentVoltageCommand,
@@ -29,7 +29,6 @@ from cyclerd.protocols.program import (
     SweepCommand,
     VoltageCommand,
 )
-from cyclerd.protocols.units import Amount, Basis
 
 Fingerprint = tuple[Any, ...]
 
@@ -47,19 +46,13 @@ class Reproduced:
 
 def program_of(text: str, cell: Mapping[str, Any]) -> Program | None:
     """A stored run's protocol compiled again with its cell values; None if it no longer compiles."""
-    area, capacity = cell.get("area_m2"), cell.get("capacity_As")
-    return _compiled(
-        text,
-        float(area) if isinstance(area, int | float) else None,
-        float(capacity) if isinstance(capacity, int | float) else None,
-    )
+    return _compiled(text, tuple(sorted((k, v) for k, v in cell.items() if isinstance(v, int | float))))
 
 
 @lru_cache(maxsize=64)
-def _compiled(text: str, area_m2: float | None, capacity_As: float | None) -> Program | None:
-    capacity = None if capacity_As is None else Amount(capacity_As, Basis.ABSOLUTE)
+def _compiled(text: str, numbers: tuple[tuple[str, float], ...]) -> Program | None:
     try:
-        return compile_protocol(loads(text, "<stored protocol>"), area_m2, capacity)
+        return compile_for_stored_cell(loads(text, "<stored protocol>"), dict(numbers))
     except (ProtocolError, CellDataMissing):
         return None
 

@@ -23,9 +23,8 @@ from cyclerd.analysis.bdf import stem, write_table
 from cyclerd.analysis.bdf_columns import QUANTITIES
 from cyclerd.analysis.eis_trends import EisTrends, spectrum_trends
 from cyclerd.protocols import ProtocolError, loads
-from cyclerd.protocols.compiler import CellDataMissing, compile_protocol
+from cyclerd.protocols.compiler import CellDataMissing, compile_for_stored_cell
 from cyclerd.protocols.program import ImpedanceCommand
-from cyclerd.protocols.units import Amount, Basis
 from cyclerd.store.database import Store
 
 TABLES = ("cycles", "spectra", "fits")  # what goes beside the samples, in this order
@@ -85,10 +84,8 @@ def dc_levels(store: Store, run_id: int) -> dict[int, DcLevel] | None:
     text = store.protocol_text(run_id)
     if not text.strip():
         return None
-    capacity_As = run.cell.get("capacity_As")
-    capacity = None if capacity_As is None else Amount(float(capacity_As), Basis.ABSOLUTE)
     try:
-        program = compile_protocol(loads(text, "<stored protocol>"), run.cell.get("area_m2"), capacity)
+        program = compile_for_stored_cell(loads(text, "<stored protocol>"), run.cell)
     except (ProtocolError, CellDataMissing):
         return None
     levels = {}

@@ -4,11 +4,15 @@ report print the same numbers from the same function."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cyclerd.analysis.cycles import ShortCircuit, average_ce, detect_short, forward_voltage_stats
 from cyclerd.analysis.paper import Reported
 from cyclerd.analysis.plot_data import RunData
+
+SECONDS_PER_HOUR = 3600.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,10 @@ class RunSummary:
     retention_reference: int | None  # the first cycle of its loop, or the cycle a person named
     short: ShortCircuit | None
     paper: Reported | None
+    # The cell's active mass, and the charge each of the first and last cycles gave back
+    # (discharged, stripped) per mass of it, in Ah/kg (= mAh/g); None when the mass is unknown.
+    active_mass_kg: float | None = None
+    specific_reverse_Ah_per_kg: tuple[float, float] | None = None
 
 
 def summarise_run(run: RunData) -> RunSummary:
@@ -47,6 +55,11 @@ def summarise_run(run: RunData) -> RunSummary:
     if run.full_cell and len(cycles) > 1:
         values, references = run.retention
         retention, retention_cycle, retention_reference = float(values[-1]), cycles[-1].cycle, references[-1]
+    mass_kg = active_mass_kg(run.run.cell)
+    specific = None
+    if mass_kg is not None and cycles:
+        first, final = (c.reverse_As / SECONDS_PER_HOUR / mass_kg for c in (cycles[0], cycles[-1]))
+        specific = (first, final)
     return RunSummary(
         run_id=run.run.id,
         cycles=len(cycles),
@@ -59,7 +72,15 @@ def summarise_run(run: RunData) -> RunSummary:
         retention_reference=retention_reference,
         short=short,
         paper=run.paper,
+        active_mass_kg=mass_kg,
+        specific_reverse_Ah_per_kg=specific,
     )
+
+
+def active_mass_kg(cell: Mapping[str, Any]) -> float | None:
+    """The active-material mass a run's cell was resolved with (its `active_mass_kg`), if any."""
+    mass = cell.get("active_mass_kg")
+    return float(mass) if isinstance(mass, int | float) and not isinstance(mass, bool) and mass > 0 else None
 
 
 def _recorded_short(run: RunData) -> ShortCircuit | None:

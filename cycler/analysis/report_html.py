@@ -99,9 +99,15 @@ def summary_table(runs: Sequence[RunData], summaries: Sequence[RunSummary]) -> s
         "<tr><th>run</th><th>state</th><th class=num>cycles</th><th class=num>test time</th>"
         "<th class=num>ICE</th><th class=num>average CE</th>"
         + ("<th class=num>retention</th>" if any(s.retention is not None for s in summaries) else "")
+        + (
+            "<th class=num>capacity / mAh/g</th>"
+            if any(s.specific_reverse_Ah_per_kg is not None for s in summaries)
+            else ""
+        )
         + "<th>short circuit</th></tr>"
     )
     show_retention = "retention" in head
+    show_specific = "mAh/g" in head
     rows = []
     for i, (run, s) in enumerate(zip(runs, summaries, strict=True)):
         paper = s.paper
@@ -130,6 +136,8 @@ def summary_table(runs: Sequence[RunData], summaries: Sequence[RunSummary]) -> s
                 pct(paper.retention, 0) + f" at {paper.over_cycles}" if paper and paper.retention else None
             )
             cells.append(f"<td class=num>{pct(s.retention)}{at}{_paper(reported)}</td>")
+        if show_specific:
+            cells.append(f"<td class=num>{_specific(run, s)}</td>")
         short = (
             f'<span class="badge bad">cycle {s.short.cycle}</span> {escape(s.short.reason)}'
             if s.short
@@ -138,6 +146,18 @@ def summary_table(runs: Sequence[RunData], summaries: Sequence[RunSummary]) -> s
         cells.append(f"<td>{short}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f'<div class="card"><table>{head}{"".join(rows)}</table></div>'
+
+
+def _specific(run: RunData, s: RunSummary) -> str:
+    """The first and last cycles' returned capacity (discharged, stripped) per gram of active mass."""
+    if s.specific_reverse_Ah_per_kg is None or not run.cycles:
+        return "—"
+    first, last = s.specific_reverse_Ah_per_kg  # Ah/kg = mAh/g
+    what = "stripped" if run.cycles[0].forward_sign < 0 else "discharged"
+    if len(run.cycles) == 1:
+        return f'{first:.1f}<span class="note">{what}, cycle {run.cycles[0].cycle}</span>'
+    span = f"{what}, cycle {run.cycles[0].cycle} → {run.cycles[-1].cycle}"
+    return f'{first:.1f} → {last:.1f}<span class="note">{span}</span>'
 
 
 def _source(source: Mapping[str, Any]) -> str:
@@ -153,8 +173,10 @@ def _cell_rows(cell: Mapping[str, Any]) -> dict[str, str]:
         rows["area"] = f"{cell['area_m2'] / M2_PER_CM2:.3f} cm²"
     if isinstance(cell.get("capacity_As"), int | float):
         rows["capacity"] = f"{cell['capacity_As'] / AS_PER_MAH:.3f} mAh"
+    if isinstance(cell.get("active_mass_kg"), int | float):
+        rows["active mass"] = f"{cell['active_mass_kg'] * 1e6:.3f} mg"
     for key, value in sorted(cell.items()):
-        if key not in ("area_m2", "capacity_As") and value not in (None, ""):
+        if key not in ("area_m2", "capacity_As", "active_mass_kg") and value not in (None, ""):
             rows[key.replace("_", " ")] = str(value)
     return rows
 

@@ -173,7 +173,8 @@ def scans(
         if spec is None or spec.scans < 1:
             which = np.zeros(len(t), dtype=np.int64)
         else:
-            scan_s = spec.duration_s() / spec.scans
+            # A sweep from the OCV started at its first sample's potential.
+            scan_s = spec.duration_s(None if spec.start_V is not None else float(potential[0])) / spec.scans
             which = np.clip(np.floor((t - start) / scan_s + 1e-9).astype(np.int64), 0, spec.scans - 1)
         for k in np.unique(which).tolist():
             part = which == k

@@ -32,7 +32,7 @@ class Command(BaseModel):
     run: int | None = Field(None, gt=0)
     protocol: str | None = Field(None, description="The protocol file's text (submit).")
     name: str | None = Field(None, description="Where the protocol came from, for the record (submit).")
-    cell: dict[str, str] = Field(default_factory=dict, description="cell id, area, capacity (submit).")
+    cell: dict[str, str] = Field(default_factory=dict, description="cell id, area, capacity, mass (submit).")
 
 
 class CommandError(ValueError):
@@ -115,9 +115,9 @@ def _submit(store: Store, channel: str, command: Command) -> dict[str, Any]:
     if command.protocol is None:
         raise CommandError("submit needs 'protocol': the protocol file's text")
     source = command.name or f"mqtt:{channel}"
-    unknown = sorted(set(command.cell) - {"cell", "area", "capacity"})
+    unknown = sorted(set(command.cell) - {"cell", "area", "capacity", "mass"})
     if unknown:
-        raise CommandError(f"cell: unknown keys {', '.join(unknown)}; use cell, area, capacity")
+        raise CommandError(f"cell: unknown keys {', '.join(unknown)}; use cell, area, capacity, mass")
     try:
         program = prepare(command.protocol, source, CellSpec.of_job(command.cell)).program
     except ProtocolError as exc:

@@ -15,7 +15,7 @@ from cyclerd.cli import analysis as analysis_cli
 from cyclerd.cli import doctor as doctor_cli
 from cyclerd.cli import export as export_cli
 from cyclerd.cli import runs as runs_cli
-from cyclerd.cli.options import AreaOption, CapacityOption, cell_spec, console, errors
+from cyclerd.cli.options import AreaOption, CapacityOption, MassOption, cell_spec, console, errors
 from cyclerd.cli.plan_view import render_plan
 from cyclerd.daemon.config import load_config
 from cyclerd.daemon.service import serve_lab
@@ -51,9 +51,10 @@ def validate(
     files: Annotated[list[Path], typer.Argument(help="Protocol files to check.", exists=False)],
     area: AreaOption = None,
     capacity: CapacityOption = None,
+    mass: MassOption = None,
 ) -> None:
     """Check protocol files and print each one's plan; exit 1 if any has an error."""
-    spec = cell_spec(area, capacity)
+    spec = cell_spec(area, capacity, mass)
     failed = 0
     for path in files:
         try:
@@ -64,10 +65,12 @@ def validate(
             errors.print(str(exc), markup=False)
             continue
         try:
-            program = compile_protocol(protocol, spec.area_m2, spec.capacity)
+            program = compile_protocol(protocol, spec.area_m2, spec.capacity, spec.mass)
         except CellDataMissing as exc:
             console.print(f"[yellow]✓ {path}[/yellow] is valid, but {exc}", markup=True)
-            console.print("  give the missing values in the file's cell section or with --area/--capacity")
+            console.print(
+                "  give the missing values in the file's cell section or with --area/--capacity/--mass"
+            )
             continue
         console.print(f"[green]✓ {path}[/green]")
         render_plan(console, program)

@@ -24,6 +24,13 @@ CapacityOption = Annotated[
     str | None,
     typer.Option("--capacity", help="Nominal capacity, e.g. '1.57 mAh' or '2 mAh/cm^2'."),
 ]
+MassOption = Annotated[
+    str | None,
+    typer.Option(
+        "--mass",
+        help="Active-material mass, e.g. '10.3 mg' or per area '10.3 mg/cm^2' (overrides cell.active_mass).",
+    ),
+]
 
 ReferenceCycleOption = Annotated[
     int | None,
@@ -37,10 +44,10 @@ DbOption = Annotated[Path, typer.Option("--db", help="The SQLite store (created 
 DEFAULT_DB = Path("cyclerd.db")
 
 
-def cell_spec(area: str | None, capacity: str | None) -> CellSpec:
-    """--area and --capacity read once; a value that is not one exits with status 2, saying why."""
+def cell_spec(area: str | None, capacity: str | None, mass: str | None = None) -> CellSpec:
+    """--area, --capacity and --mass read once; a value that is not one exits with status 2, saying why."""
     try:
-        return CellSpec.parse(area, capacity)
+        return CellSpec.parse(area, capacity, mass)
     except ValueError as exc:
         errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

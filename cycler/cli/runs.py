@@ -16,6 +16,7 @@ from cyclerd.cli.options import (
     AreaOption,
     CapacityOption,
     DbOption,
+    MassOption,
     ReferenceCycleOption,
     cell_spec,
     console,
@@ -55,6 +56,7 @@ def run(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated cell's randomness.")] = 0,
     area: AreaOption = None,
     capacity: CapacityOption = None,
+    mass: MassOption = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a simulator parameter: NAME=VALUE.")
     ] = None,
@@ -66,7 +68,7 @@ def run(
     if (sim is None) == (instrument is None):
         errors.print("[red]error:[/red] say what to run on: --sim PRESET or --instrument RESOURCE")
         raise typer.Exit(2)
-    prepared = prepared_or_exit(protocol_file, cell_spec(area, capacity))
+    prepared = prepared_or_exit(protocol_file, cell_spec(area, capacity, mass))
     device: sessions.Device
     try:
         if instrument is not None:
@@ -118,11 +120,12 @@ def submit(
     cell: Annotated[str | None, typer.Option("--cell", help="Your cell's id, stored with the run.")] = None,
     area: AreaOption = None,
     capacity: CapacityOption = None,
+    mass: MassOption = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """Queue a protocol for a channel; it is checked now, so the queue holds only runnable jobs."""
-    program = prepared_or_exit(protocol_file, cell_spec(area, capacity)).program
-    given = {"cell": cell, "area": area, "capacity": capacity}
+    program = prepared_or_exit(protocol_file, cell_spec(area, capacity, mass)).program
+    given = {"cell": cell, "area": area, "capacity": capacity, "mass": mass}
     text = protocol_file.read_text(encoding="utf-8")
     with Store(db) as store:
         cell_info = {key: value for key, value in given.items() if value}

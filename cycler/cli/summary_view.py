@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
@@ -54,7 +57,9 @@ def render_summary(
     table = Table(box=None, header_style="bold", pad_edge=False)
     # A cycle's forward direction names the columns: plating first in a half-cell, charging in a full cell.
     forward, reverse = ("plated", "stripped") if cycles[0].forward_sign < 0 else ("charged", "discharged")
-    for name in ("cycle", f"{forward} / mAh", f"{reverse} / mAh", "CE", "cumulative CE"):
+    mass_g = _active_mass_g(run.cell)
+    specific = (f"{forward} / mAh/g", f"{reverse} / mAh/g") if mass_g is not None else ()
+    for name in ("cycle", f"{forward} / mAh", f"{reverse} / mAh", *specific, "CE", "cumulative CE"):
         table.add_column(name, justify="right")
     for name in (f"⟨V⟩ {forward}", f"⟨V⟩ {reverse}"):
         table.add_column(name, justify="right")
@@ -64,13 +69,15 @@ def render_summary(
         shown = [*range(SHOWN_AT_EACH_END), -1, *range(len(cycles) - SHOWN_AT_EACH_END, len(cycles))]
     for k in shown:
         if k < 0:
-            table.add_row("…", "", "", "", "", "", "")
+            table.add_row("…", *[""] * (len(table.columns) - 1))
             continue
         c = cycles[k]
+        per_gram = [f"{q / AH * 1e3 / mass_g:.2f}" for q in (c.forward_As, c.reverse_As)] if mass_g else []
         table.add_row(
             str(c.cycle),
             f"{c.forward_As / AH * 1e3:.4f}",
             f"{c.reverse_As / AH * 1e3:.4f}",
+            *per_gram,
             _pct(c.coulombic_efficiency),
             _pct(float(cumulative[k]), 1),
             f"{c.forward_mean_V:.4f}",
@@ -79,6 +86,12 @@ def render_summary(
     console.print(table)
     _figures(console, store, run_id, cycles, samples, reference_cycle)
     return cycles
+
+
+def _active_mass_g(cell: Mapping[str, Any]) -> float | None:
+    """The run's active-material mass in grams, when its cell states one."""
+    mass_kg = cell.get("active_mass_kg")
+    return 1e3 * float(mass_kg) if isinstance(mass_kg, int | float) and mass_kg > 0 else None
 
 
 def _figures(

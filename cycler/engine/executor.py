@@ -38,7 +38,16 @@ BatchStored = Callable[[Columns, StepProgress, bool], None]
 
 
 class SafetyStop(Exception):
-    """A safety limit was crossed; the run ends with the cell made safe."""
+    """A safety limit was crossed; the run ends with the cell made safe.
+
+    `progress` and `t_s` (test time) are those of the sample that crossed it, where the step
+    ended, when the crossing was seen in a batch.
+    """
+
+    def __init__(self, reason: str, progress: StepProgress | None = None, t_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.progress = progress
+        self.t_s = t_s
 
 
 class StopRequested(Exception):
@@ -148,15 +157,16 @@ class Executor:
         async for item in stream:
             if isinstance(item, StepEnd):
                 return item
-            progress = StepProgress(float(item.t_s[-1]), float(item.charge_As[-1]), float(item.energy_J[-1]))
             columns, crossed = clipped_at_violation(
                 self.safety, stored_columns(item, self.next_seq, number, cycle, start)
             )
+            t_end = float(columns["t"][-1])  # the batch's last sample, or the one that crossed a limit
+            progress = StepProgress(t_end - start, float(columns["charge"][-1]), float(columns["energy"][-1]))
             reading.progress = progress
             stored(columns, progress, item.final)
             self.next_seq += len(columns["seq"])
             if crossed is not None:
-                raise SafetyStop(crossed)
+                raise SafetyStop(crossed, progress, t_end)
             if self.control.stop_requested:
                 raise StopRequested
             if self.control.paused:

@@ -328,7 +328,17 @@ class Runner:
                 pause_at = next_pause(phase, periodic, pause_at)
                 phase = after_periodic(phase)
                 continue
-            end = await self.executor.segment(command, number, self.cycle, progress, pause_at, self._stored)
+            try:
+                end = await self.executor.segment(
+                    command, number, self.cycle, progress, pause_at, self._stored
+                )
+            except SafetyStop as stop:  # seen in a batch: the step ends on the sample that crossed
+                if stop.progress is not None and stop.t_s is not None:
+                    at = stop.progress
+                    self.sinks.step_ended(
+                        StepEnded(number, stop.t_s, SAFETY, at.charge_As, at.energy_J), None
+                    )
+                raise
             progress = end.progress
             if end.reason == SAFETY:
                 self.sinks.step_ended(

@@ -25,10 +25,10 @@ from cyclerd.engine.runner import Runner, RunResult
 from cyclerd.engine.sinks import Sink, Sinks, StoreSink
 from cyclerd.engine.states import RunState, TransitionError
 from cyclerd.protocols import Protocol, ProtocolError, loads
-from cyclerd.protocols.compiler import compile_protocol
+from cyclerd.protocols.compiler import compile_for_stored_cell, compile_protocol
 from cyclerd.protocols.errors import Problem
 from cyclerd.protocols.program import Program
-from cyclerd.protocols.units import AREA, Amount, Basis, parse_charge, parse_positive
+from cyclerd.protocols.units import AREA, Amount, parse_charge, parse_mass, parse_positive
 from cyclerd.simulators.cell import LiveStateError
 from cyclerd.simulators.channel import SimulatedChannel
 from cyclerd.simulators.presets import make_cell
@@ -43,22 +43,25 @@ class CannotTakeUp(Exception):
 
 @dataclass(frozen=True)
 class CellSpec:
-    """The cell's area and capacity as a person gave them (CLI option, job, MQTT command)."""
+    """The cell's area, capacity and active mass as a person gave them (CLI option, job, MQTT
+    command); the mass is absolute (kg) or a loading per area (kg/m²)."""
 
     area_m2: float | None = None
     capacity: Amount | None = None
+    mass: Amount | None = None
 
     @classmethod
-    def parse(cls, area: str | None, capacity: str | None) -> CellSpec:
+    def parse(cls, area: str | None, capacity: str | None, mass: str | None = None) -> CellSpec:
         """Raises ValueError naming the value and the unit it wants."""
         return cls(
             None if area is None else parse_positive(area, AREA),
             None if capacity is None else parse_charge(capacity),
+            None if mass is None else parse_mass(mass),
         )
 
     @classmethod
     def of_job(cls, cell: Mapping[str, Any]) -> CellSpec:
-        return cls.parse(cell.get("area"), cell.get("capacity"))
+        return cls.parse(cell.get("area"), cell.get("capacity"), cell.get("mass"))
 
 
 @lru_cache(maxsize=64)
@@ -78,6 +81,8 @@ class Prepared:
     def cell_info(self, *extra: Mapping[str, Any]) -> dict[str, Any]:
         """What the run's record says of its cell: the resolved values, then what was given."""
         info: dict[str, Any] = {"area_m2": self.program.area_m2, "capacity_As": self.program.capacity_As}
+        if self.program.active_mass_kg is not None:
+            info["active_mass_kg"] = self.program.active_mass_kg
         info.update(self.program.metadata)
         for more in extra:
             info.update(more)
@@ -86,7 +91,8 @@ class Prepared:
 
 def prepare(text: str, source: str, cell: CellSpec) -> Prepared:
     """Raises ProtocolError (file:line:column) or CellDataMissing (what to give)."""
-    return Prepared(compile_protocol(_parsed(text, source), cell.area_m2, cell.capacity), text, source)
+    program = compile_protocol(_parsed(text, source), cell.area_m2, cell.capacity, cell.mass)
+    return Prepared(program, text, source)
 
 
 def prepare_file(path: Path, cell: CellSpec) -> Prepared:
@@ -100,9 +106,7 @@ def prepare_file(path: Path, cell: CellSpec) -> Prepared:
 
 def prepare_stored(text: str, cell: Mapping[str, Any], source: str) -> Prepared:
     """A stored run's protocol, compiled again with the cell values it was resolved with."""
-    area, capacity_As = cell.get("area_m2"), cell.get("capacity_As")
-    capacity = None if capacity_As is None else Amount(float(capacity_As), Basis.ABSOLUTE)
-    return prepare(text, source or "<stored protocol>", CellSpec(area, capacity))
+    return Prepared(compile_for_stored_cell(_parsed(text, source or "<stored protocol>"), cell), text, source)
 
 
 @dataclass(frozen=True)

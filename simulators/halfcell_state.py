@@ -32,6 +32,9 @@ class HalfCellState:
     in_strip_phase: bool = True  # a driven strip happened since the last cycle began
     last_direction: Direction = Direction.STRIP
     li_peak_As: float = 0.0  # plated Li when the present strip began (void term)
+    sei_As: float = 0.0  # charge this cycle's plating has spent on SEI so far
+    contact_loss: float = 0.0  # fraction of the interface lost to voids left by stripping
+    short_cycle: int = 0  # the cycle in which the cell shorted; 0 while it has not
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,11 @@ class Segment:
     direction: Direction
     cycle: int
     new_cycle: bool
-    loss_fraction: float  # of the Li plated in this cycle (SEI, dead Li)
+    loss_fraction: float  # of the Li plated in this cycle beyond its SEI charge (dead Li)
+    sei_charge_As: float  # SEI this cycle's plating forms on the fresh deposit
+    sei_done_As: float  # ... of which earlier segments of the cycle formed this much
+    r_contact_ohm_per_As: float  # R_CT rise per A·s of Li plated (contact lost under it)
+    short_cycle: int  # onset of the short this segment runs with (0: healthy)
     r_b_ohm: float
     r_sei_ohm: float
     r_ct_ohm: float  # of the Li-free electrode

@@ -57,6 +57,23 @@ def warburg_semi_infinite(omega: FloatArray, sigma_ohm_per_sqrt_s: float) -> Com
     return z
 
 
+def warburg_reservoir(omega: FloatArray, sigma_ohm_per_sqrt_s: float, capacitance_F: float) -> ComplexArray:
+    """Diffusion into a finite Li reservoir of capacitance C (reflective finite-length Warburg).
+
+    σ(1 − j)/√ω at high frequency, turning into the capacitor 1/(jωC) (plus σ²C·2/3) below
+    ω ≈ 1/(2σ²C²): written as (1/(jωC))·s·coth(s) with s = √(jωτ), τ = 2σ²C², so σ = 0 is a
+    plain capacitor and C = ∞ the semi-infinite Warburg. A Li-free (blocking) electrode is a
+    small C; a plated one so large a C that the turn lies far below any measured frequency.
+    """
+    if math.isinf(capacitance_F):
+        return warburg_semi_infinite(omega, sigma_ohm_per_sqrt_s)
+    s = np.sqrt(1j * omega * 2.0 * sigma_ohm_per_sqrt_s**2 * capacitance_F**2)
+    tiny = np.abs(s) < 1e-8
+    s_coth = np.where(tiny, 1.0 + 0j, s / np.tanh(np.where(tiny, 1.0, s)))
+    z: ComplexArray = (s_coth / (1j * omega * capacitance_F)).astype(np.complex128)
+    return z
+
+
 def warburg_finite(omega: FloatArray, resistance_ohm: float, tau_s: float) -> ComplexArray:
     """R_W tanh(√(jωτ))/√(jωτ): a Warburg that stays bounded (→ R_W) at low frequency."""
     s = np.sqrt(1j * omega * tau_s)
@@ -69,7 +86,9 @@ class CircuitParams:
     """Cell-level values of the half-cell circuit (Ω, F·s^(α−1), Ω·s^-½, H).
 
     `shunt_ohm` is the short-circuit leakage in parallel with the whole cell (a Li filament
-    through the separator): infinite for a healthy cell.
+    through the separator): infinite for a healthy cell. `reservoir_F` is the Li reservoir the
+    diffusion tail ends in (`warburg_reservoir`): infinite for plated Li, the double layer for a
+    Li-free, blocking electrode.
     """
 
     r_b_ohm: float
@@ -82,6 +101,7 @@ class CircuitParams:
     sigma_w_ohm_per_sqrt_s: float
     inductance_H: float = 0.0
     shunt_ohm: float = math.inf
+    reservoir_F: float = math.inf
 
     @classmethod
     def from_areal(
@@ -119,7 +139,7 @@ class CircuitParams:
 
 
 def circuit_impedance(frequencies_Hz: ArrayLike, params: CircuitParams) -> ComplexArray:
-    """Z(f) = [R_b + (R_SEI‖CPE_SEI) + (R_ct‖CPE_dl) + W] ‖ R_shunt + jωL (noise-free).
+    """Z(f) = [R_b + (R_SEI‖CPE_SEI) + (R_ct‖CPE_dl) + W(reservoir)] ‖ R_shunt + jωL (noise-free).
 
     The lead inductance sits outside the shunt: it belongs to the cables, not the cell.
     """
@@ -128,7 +148,7 @@ def circuit_impedance(frequencies_Hz: ArrayLike, params: CircuitParams) -> Compl
         resistor(omega, params.r_b_ohm)
         + r_parallel_cpe(omega, params.r_sei_ohm, params.q_sei, params.alpha_sei)
         + r_parallel_cpe(omega, params.r_ct_ohm, params.q_dl, params.alpha_dl)
-        + warburg_semi_infinite(omega, params.sigma_w_ohm_per_sqrt_s)
+        + warburg_reservoir(omega, params.sigma_w_ohm_per_sqrt_s, params.reservoir_F)
     )
     if math.isfinite(params.shunt_ohm):
         z = parallel(z, resistor(omega, params.shunt_ohm))

@@ -175,6 +175,16 @@ class AnalogFrontend:
             self._advance(c.drive, c.used * c.dt)
             self._t += c.used * c.dt
 
+    def end_loop(self) -> None:
+        """A measurement loop is over: its samples account for the device's time.
+
+        An emulator that fell behind the wall clock (a loaded machine at 3600x) has its next
+        command arrive late; the real device would have run it at the loop's last sample, so the
+        lag is not lived through by the cell at the loop's level (a strip past its cut-off).
+        """
+        self.finish()
+        self._t = max(self._t, self.clock.now())
+
     def sync(self) -> None:
         self.finish()
         now = self.clock.now()

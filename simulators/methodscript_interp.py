@@ -136,7 +136,7 @@ class Interpreter:
                 except _Break:
                     break
                 self.line = head.line
-        self.fe.finish()
+        self.fe.end_loop()
         await self.rt.emit("*")
 
     async def _statement(self, s: pk.Stmt) -> None:

@@ -2,7 +2,8 @@
 
 Fixed once from a preset and the electrode area: the seed's plateau staircase with its
 nucleation dip and blocking rise, R_b + R_SEI + R_ct with voids, and where passed charge goes
-(cell-physics.md §4 (a)–(c)). The changing state comes in as a `HalfCellState`.
+(cell-physics.md §4 (a)–(c)). The changing state comes in as a `HalfCellState`. Beyond the
+pristine state the Li-free electrode is a capacitor: no Li, no stripping current.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class SeedElectrode:
     w_block_As: float
     w_u: float  # plateau edge width, as a fraction of the seed capacity
     r_void_ohm: float
+    c_block_F: float  # double layer of the Li-free electrode (the blocking EIS tail too)
     lith: tuple[FloatArray, FloatArray]  # in the order the first lithiation meets them
     delith: tuple[FloatArray, FloatArray]  # last to empty sits highest
     u_top: float  # top of the delithiation branch, where the blocking rise starts
@@ -117,6 +119,7 @@ class SeedElectrode:
             w_block_As=p.blocking_width_Ah_per_m2 * per_m2,
             w_u=w_u,
             r_void_ohm=p.r_void_ohm_m2 / area_m2,
+            c_block_F=p.c_block_F_per_m2 * area_m2,
             lith=_plateau_steps(lith),
             delith=delith_steps,
             u_top=float(staircase(np.zeros(1), *delith_steps, w_u)[0]),
@@ -135,38 +138,68 @@ class SeedElectrode:
         blocked = x < 0  # only a pristine seed has blocking charge left: its tanh only there
         if blocked.any():  # u is this call's own array (the staircase's, or after the dip)
             below = x[blocked]
-            u[blocked] = self.u_top + (p.blocking_V - self.u_top) * np.tanh(-below / self.w_block_As)
+            rise = self.u_top + (p.blocking_V - self.u_top) * np.tanh(-below / self.w_block_As)
+            # Past the pristine state there is no Li and nothing left to oxidise: only the
+            # double layer charges, so the potential climbs as q/C and the current dies away.
+            u[blocked] = rise + np.maximum(self.pristine_x_As - below, 0.0) / self.c_block_F
         out: FloatArray = u
         return out
 
+    def li_held_As(self, st: HalfCellState) -> float:
+        """Li in the electrode: strippable (plated, reversible seed alloy) and trapped in alloys."""
+        return max(st.x_As, 0.0) + (1.0 - self.params.f_rev) * st.seed_filled_As
+
     def r_interface_ohm(self, seg: Segment, direction: Direction, x: FloatArray) -> FloatArray:
-        """R_b + R_SEI + R_ct(n, covering Li) (+ void constriction while stripping), in Ω."""
+        """R_b + R_SEI + R_ct(n, covering Li) + contact lost under the deposit (+ void
+        constriction while stripping), in Ω.
+
+        The deposit pushes the seed layer apart as it grows (1 mAh/cm² is ~5 µm of Li on a
+        5 µm layer); whatever contact the binder cannot keep stays lost until the cycle ends,
+        so the term follows the plated Li while plating and its peak while stripping.
+        """
         f = self.params.r_ct_li_fraction
         li = np.maximum(x - self.cap_As, 0.0)
         r = seg.r_b_ohm + seg.r_sei_ohm + seg.r_ct_ohm * (f + (1 - f) * np.exp(-li / self.q_cover_As))
         if direction is Direction.STRIP:
             gone = 1.0 - li / seg.li_peak_As if seg.li_peak_As > 0 else np.ones_like(li)
-            r = r + self.r_void_ohm * np.clip(gone, 0.0, 1.0) ** 4
+            r = r + self.r_void_ohm * np.clip(gone, 0.0, 1.0) ** 4 + seg.r_contact_ohm_per_As * seg.li_peak_As
+        else:
+            r = r + seg.r_contact_ohm_per_As * li
         out: FloatArray = r
         return out
+
+    def _plating_stages(self, st: HalfCellState, seg: Segment) -> tuple[float, float, float, float, float]:
+        """Charge (from the segment's start) where each stage of plating ends, and x there:
+        (p_a, x_a) refilled blocking charge and reversible seed Li, (p_b, x_b) the first seed
+        fill done, p_c this cycle's SEI formed (x stays x_b)."""
+        f = self.params.f_rev
+        x_a = max(st.x_As, f * st.seed_filled_As)
+        p_a = x_a - st.x_As
+        fill = self.q_seed_As - st.seed_filled_As
+        p_b, x_b = p_a + fill, x_a + f * fill
+        p_c = p_b + max(seg.sei_charge_As - seg.sei_done_As, 0.0)
+        return p_a, x_a, p_b, x_b, p_c
 
     def path(self, st: HalfCellState, seg: Segment, p_As: FloatArray) -> FloatArray:
         """x after the cell passed charge p: stripping takes 1:1; plating first refills blocking
         charge and reversible seed Li, then finishes the first seed fill (only f_rev of it stays
-        recoverable), then plates Li of which `loss_fraction` is lost."""
+        recoverable), then forms this cycle's SEI on the fresh deposit, then plates Li of which
+        `loss_fraction` is lost (dead Li)."""
         x0 = st.x_As
         if seg.direction is Direction.STRIP:
             return x0 - p_As
         if seg.direction is Direction.REST:
             return np.full(p_As.shape, x0)
-        f = self.params.f_rev
-        x_a = max(x0, f * st.seed_filled_As)
-        p_a = x_a - x0
-        fill = self.q_seed_As - st.seed_filled_As
-        p_b, x_b = p_a + fill, x_a + f * fill
+        p_a, x_a, p_b, x_b, p_c = self._plating_stages(st, seg)
         kept = 1.0 - seg.loss_fraction
-        first_fill = np.where(p_As < p_b, x_a + f * (p_As - p_a), x_b + kept * (p_As - p_b))
+        li = np.where(p_As < p_c, x_b, x_b + kept * (p_As - p_c))
+        first_fill = np.where(p_As < p_b, x_a + self.params.f_rev * (p_As - p_a), li)
         return np.where(p_As < p_a, x0 + p_As, first_fill)
+
+    def sei_after(self, st: HalfCellState, seg: Segment, plated_As: float) -> float:
+        """This cycle's SEI charge after a plating segment that passed `plated_As`."""
+        _, _, p_b, _, p_c = self._plating_stages(st, seg)
+        return seg.sei_done_As + min(max(plated_As - p_b, 0.0), p_c - p_b)
 
     def seed_filled_after(self, st: HalfCellState, plated_As: float) -> float:
         """Progress of the first seed fill after plating `plated_As` from `st`."""

@@ -166,7 +166,7 @@ async def test_four_emulated_channels_every_sample_once_in_order_through_a_broke
         refused = [e["message"] for e in store.events() if e["run_id"] is None]
         assert sorted(runs) == sorted(PROTOCOLS), refused
         for channel, run in runs.items():
-            assert run.state == "completed", (channel, store.events(run.id))
+            assert run.state == "completed", (channel, [e["message"] for e in store.events(run.id)])
             stored = store.samples(run.id)
             got, resent = in_seq_order([m for m in received[channel] if m["run"] == run.id])
             np.testing.assert_array_equal(got["seq"], stored["seq"])  # every sample, in order

@@ -213,6 +213,7 @@ class _Compiler:
             ),
             body=body,
             innermost=not any(isinstance(node, Loop) for node in body),
+            retention_reference=loop.retention_reference,
         )
 
     def _next(self) -> int:

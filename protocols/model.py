@@ -289,6 +289,13 @@ class Repeat(Strict):
     label: str | None = None
     count: int | None = Field(None, gt=0, description="Number of cycles at most.", examples=[100])
     until: CycleUntil = Field(default_factory=CycleUntil)
+    retention_reference: int | None = Field(
+        None,
+        gt=0,
+        description="The run's cycle this loop's capacity retention is measured against"
+        " (default: the loop's own first cycle).",
+        examples=[2],
+    )
     steps: list[Step] = Field(min_length=1)
 
 

@@ -217,6 +217,7 @@ class Loop:
     until: CycleLimits
     body: tuple[Node, ...]
     innermost: bool
+    retention_reference: int | None = None  # a cycle of the run; None: the loop's first cycle
 
 
 Node: TypeAlias = StepCommand | Loop

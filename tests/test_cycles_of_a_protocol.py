@@ -20,6 +20,7 @@ from cyclerd.engine.sinks import StoreSink
 from cyclerd.engine.states import RunState
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
+from cyclerd.protocols.program import Loop
 from cyclerd.simulators.channel import SimulatedChannel
 from cyclerd.simulators.presets import make_cell
 from cyclerd.store.database import Store
@@ -167,3 +168,36 @@ def test_show_averages_ce_only_over_the_cycles_before_the_short(tmp_path: Path) 
     store = Store(Path(db))
     short = next(e for e in store.events(1) if e["kind"] == "short_circuit")["data"]["cycle"]
     assert f"average CE, cycles 2–{short - 1}, before the short" in ran.output
+
+
+def test_a_loop_can_name_the_cycle_its_retention_is_measured_against(tmp_path: Path) -> None:
+    """`retention_reference: 1`: the cycling loop's retention (its stop rule, show, the plot)
+    counts from the formation cycle instead of its own first."""
+    text = """
+name: formation then cycling against the formation cycle
+cell: {area: 0.785 cm^2}
+record: {every: 1 min}
+steps:
+  - repeat:
+      count: 1
+      steps:
+        - plate: {current: 0.1 mA/cm^2, until: {charge: 1 mAh/cm^2}}
+        - strip: {current: 0.1 mA/cm^2, until: {voltage_above: 1 V, duration: 20 h}}
+  - repeat:
+      count: 3
+      retention_reference: 1
+      steps:
+        - plate: {current: 1 mA/cm^2, until: {charge: 1 mAh/cm^2}}
+        - strip: {current: 1 mA/cm^2, until: {voltage_above: 1 V, duration: 2 h}}
+"""
+    program = compile_protocol(loads(text))
+    assert [node.retention_reference for node in program.body if isinstance(node, Loop)] == [None, 1]
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run(program.name, "sim", text, {}, {})
+    clock = VirtualClock()
+    channel = SimulatedChannel(make_cell("mgagsn", seed=1, area_m2=AREA_CM2 * 1e-4), clock)
+    assert (
+        asyncio.run(Runner(program, channel, clock, StoreSink(store, run_id)).run()).state
+        is RunState.COMPLETED
+    )
+    assert store.cycle_references(run_id) == {1: 1, 2: 1, 3: 1, 4: 1}

@@ -74,8 +74,9 @@ class CycleLedger:
         if until.coulombic_efficiency_below is not None and ce < until.coulombic_efficiency_below:
             return summary, f"CE {100 * ce:.2f} % below {100 * until.coulombic_efficiency_below:g} %"
         if until.capacity_retention_below is not None:
+            # Against the loop's reference cycle (its first, or the one the protocol names).
             in_loop = [c for c in self.cycles if c.cycle >= first_cycle]
-            retention = float(capacity_retention(in_loop)[-1])
+            retention = float(capacity_retention(in_loop)[-1]) if in_loop else 1.0
             limit = until.capacity_retention_below
             if retention < limit:
                 return summary, f"capacity retention {100 * retention:.1f} % below {100 * limit:g} %"

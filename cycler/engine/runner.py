@@ -251,7 +251,8 @@ class Runner:
                 self.ledger.start_cycle()
             taken_up = None
             await self._nodes(loop.body)
-            if loop.innermost and (why := self._end_of_cycle(loop, first_cycle)):
+            reference = loop.retention_reference or first_cycle
+            if loop.innermost and (why := self._end_of_cycle(loop, reference)):
                 self._event(
                     "loop", f"{loop.label} ended after cycle {self.cycle}: {why}", {"cycle": self.cycle}
                 )
@@ -263,13 +264,13 @@ class Runner:
         if loop.innermost:  # steps after the loop belong to no cycle (design.md: Conventions)
             self.cycle = 0
 
-    def _end_of_cycle(self, loop: Loop, first_cycle: int) -> str:
+    def _end_of_cycle(self, loop: Loop, reference: int) -> str:
         """Summarise the cycle just finished and record it; the reason the loop must end, or ''."""
         short_before = self.ledger.short
-        summary, why = self.ledger.close_cycle(loop.until, first_cycle)
+        summary, why = self.ledger.close_cycle(loop.until, reference)
         if summary is None:
             return ""
-        self.sinks.cycle_closed({**summary.as_row(), "reference_cycle": first_cycle})
+        self.sinks.cycle_closed({**summary.as_row(), "reference_cycle": reference})
         short = self.ledger.short
         if short is not None and short_before is None:
             self._event(

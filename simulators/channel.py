@@ -301,7 +301,10 @@ class SimulatedChannel:
         watch = EndWatch(command, limits)
         t_now = start.t_s
         first: Batch | None = None  # the step's first sample: sent with the first chunk's samples
-        at_start = t_now == 0.0  # the step's first sample, before any current has flowed, is due
+        # The step's first sample, before any current flows, is due; so is the first sample of a
+        # stretch that resumes the step after an every-block, so that charge integrated from the
+        # stored samples never spans the block (design.md: every step records its first sample).
+        at_start = True
         before: Sample | None = None  # the last sample (at t_now), when it is short of every level
         opening: Sample | None = None  # the step's first sample, its levels not yet looked at
 
@@ -321,17 +324,17 @@ class SimulatedChannel:
                 # about as much for one sample as for a chunk, so the first sample rides along.
                 at_start = False
                 voltage, current = respond(np.concatenate(([0.0], rel)))
-                t0, v0, i0 = np.zeros(1), voltage[:1], current[:1]
+                t0, v0, i0 = np.full(1, t_now), voltage[:1], current[:1]
                 voltage, current = voltage[1:], current[1:]
                 # One sample: the scalar forms, the same arithmetic without numpy's per-call cost.
-                q0, e0 = (np.array([x]) for x in counter.add_one(0.0, float(v0[0]), float(i0[0])))
-                select_one(command.record, 0.0, float(v0[0]), float(i0[0]), record)  # always logged
+                q0, e0 = (np.array([x]) for x in counter.add_one(t_now, float(v0[0]), float(i0[0])))
+                select_one(command.record, t_now, float(v0[0]), float(i0[0]), record)  # always logged
                 index, reason, detail = safety_end_one(limits, float(v0[0]), float(i0[0]))
                 if index >= 0:
                     yield Batch(t0, v0, i0, q0, e0, final=True)
-                    yield StepEnd(reason, StepProgress(0.0, 0.0, 0.0), detail)
+                    yield StepEnd(reason, StepProgress(t_now, float(q0[0]), float(e0[0])), detail)
                     return
-                first, opening = Batch(t0, v0, i0, q0, e0), Sample(0.0, float(v0[0]), float(i0[0]))
+                first, opening = Batch(t0, v0, i0, q0, e0), Sample(t_now, float(v0[0]), float(i0[0]))
             else:
                 voltage, current = respond(rel)
             seg = _Segment(t_now + rel, voltage, current)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -371,26 +372,20 @@ Frequency = Annotated[float, _field(FREQUENCY, positive=True)]
 ScanRate = Annotated[float, _field(SCAN_RATE, positive=True)]
 Temperature = Annotated[float, _field(TEMPERATURE)]
 Fraction = Annotated[float, _field(FRACTION)]
-Current = Annotated[
-    Amount,
-    PlainValidator(parse_current, json_schema_input_type=str),
-    PlainSerializer(lambda a: a.text("A"), return_type=str),
-]
-Charge = Annotated[
-    Amount,
-    PlainValidator(parse_charge, json_schema_input_type=str),
-    PlainSerializer(lambda a: a.text("Ah"), return_type=str),
-]
-SpecificCharge = Annotated[
-    Amount,
-    PlainValidator(parse_specific_charge, json_schema_input_type=str),
-    PlainSerializer(lambda a: a.text("Ah"), return_type=str),
-]
-Mass = Annotated[
-    Amount,
-    PlainValidator(parse_mass, json_schema_input_type=str),
-    PlainSerializer(lambda a: a.text("g"), return_type=str),
-]
+
+
+def _amount(parse: Callable[[object], Amount], unit: str) -> Any:
+    """A field read by `parse` and written back as text in `unit` (its basis decides the rest)."""
+    return (
+        PlainValidator(parse, json_schema_input_type=str),
+        PlainSerializer(lambda a: a.text(unit), return_type=str),
+    )
+
+
+Current = Annotated[Amount, *_amount(parse_current, "A")]
+Charge = Annotated[Amount, *_amount(parse_charge, "Ah")]
+SpecificCharge = Annotated[Amount, *_amount(parse_specific_charge, "Ah")]
+Mass = Annotated[Amount, *_amount(parse_mass, "g")]
 
 
 _PREFIXES = ((1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"))

@@ -212,11 +212,24 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, filename: str) -> Problem:
     return Problem(filename, line, column, f"YAML: {what}" + (f"; {hint}" if hint else ""))
 
 
+MAX_TEXT_CHARS = 1_000_000  # the library's longest protocol is ~8 kB
+MAX_VALUES = 100_000  # values in the file once every alias is written out
+MAX_STEPS = 10_000  # step entries written in the file (a loop's count does not multiply them)
+
+
 def _parse_yaml(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
+    if len(text) > MAX_TEXT_CHARS:
+        message = (
+            f"the file has {len(text):,} characters, more than a protocol may ({MAX_TEXT_CHARS:,}); "
+            "write long sequences as `repeat` loops and keep notes short"
+        )
+        raise ProtocolError([Problem(filename, 1, 1, message)])
     try:
         loader = yaml.SafeLoader(text)
         try:
             root = loader.get_single_node()
+            if root is not None:
+                _refuse_expansion(root, filename)
             constructor = _Constructor()
             data = None if root is None else _plain(constructor.construct_document(root))
         finally:
@@ -240,7 +253,67 @@ def _parse_yaml(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
         raise ProtocolError([Problem(filename, 1, 1, message)]) from None
     if root is None:
         raise ProtocolError([Problem(filename, 1, 1, "the file is empty; a protocol needs name and steps")])
+    steps = _count_steps(data.get("steps") if isinstance(data, dict) else None)
+    if steps > MAX_STEPS:
+        node = _locate(root, ("steps",), key=True) or root
+        message = (
+            f"{steps:,} steps are written here, more than a protocol may have ({MAX_STEPS:,}); "
+            "repeat steps with `repeat: {count: N}` instead of writing them out"
+        )
+        raise ProtocolError([_at(filename, node, message)])
     return root, data
+
+
+def _count_steps(steps: Any) -> int:
+    """Step entries in a `steps` list, those inside `repeat` blocks included."""
+    if not isinstance(steps, list):
+        return 0
+    count = len(steps)
+    for step in steps:
+        if isinstance(step, dict) and isinstance(step.get("repeat"), dict):
+            count += _count_steps(step["repeat"].get("steps"))
+    return count
+
+
+def _refuse_expansion(root: yaml.Node, filename: str) -> None:
+    """ProtocolError if the file stands for more than MAX_VALUES values with its aliases written
+    out: a few hundred bytes of nested aliases can stand for billions, which would take all
+    the daemon's memory. Counted on the composed nodes, where an alias is the node it names, so
+    the count itself costs one visit per distinct node."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # being counted: met again below itself, it contains itself
+    pending: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while pending:  # iterative: depth is the YAML parser's problem, not this count's
+        node, children_done = pending.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if not children_done:
+            if id(node) in open_nodes:
+                line, column = node.start_mark.line + 1, node.start_mark.column + 1
+                message = "an alias ('*a') is used inside its own anchor ('&a'); write the inner one out"
+                raise ProtocolError([Problem(filename, line, column, message)])
+            open_nodes.add(id(node))
+            pending.append((node, True))
+            pending.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        open_nodes.discard(id(node))
+        sizes[id(node)] = 1 + sum(sizes.get(id(child), 1) for child in children)
+        if sizes[id(node)] > MAX_VALUES:
+            line, column = node.start_mark.line + 1, node.start_mark.column + 1
+            message = (
+                f"with its aliases ('*name') written out this holds more than {MAX_VALUES:,} values, "
+                "more than any protocol needs; repeat steps with `repeat: {count: N}` instead"
+            )
+            raise ProtocolError([Problem(filename, line, column, message)])
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def _plain(data: Any) -> Any:

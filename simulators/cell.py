@@ -86,6 +86,9 @@ class LiveState:
     """
 
     LIVE: ClassVar[tuple[str, ...]] = ()  # the attributes that change as the cell runs
+    # Answers remembered for one state object the cell holds (keyed by identity): a restored
+    # state is a new object, so a cache never answers for it and need not travel.
+    CACHES: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

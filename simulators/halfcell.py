@@ -21,7 +21,11 @@ from cyclerd.simulators.impedance import CircuitParams, circuit_impedance
 from cyclerd.simulators.presets_halfcell import HalfCellParams, ShortSchedule, preset
 from cyclerd.simulators.seed_electrode import AS_PER_AH, SeedElectrode
 
-_GRID = 8192  # points of the charge grid when the cell current must be integrated
+_GRID = 8192  # most points of the charge grid when the cell current must be integrated
+_MIN_GRID = 512  # fewest: a short hold spans a sliver of one plateau
+_POINTS_PER_FEATURE = 16  # grid points across the narrowest feature of the potential
+
+Trajectory = tuple[FloatArray, FloatArray]  # (charge grid, time to reach each charge)
 _RATE_FLOOR_A = 1e-15  # below this the cell is at equilibrium: the time to move is ~forever
 _MIN_RCT_FACTOR = 0.2  # keeps R_ct(n) positive for the fast-growing seeds before cycle 5
 _HOLD_STRIP_MIN_Ah_per_m2 = 0.01  # 0.001 mAh/cm²: less, and a held voltage is no strip step
@@ -41,6 +45,7 @@ class HalfCell(LiveState):
     """
 
     LIVE = ("_state", "_cycle_rng", "_noise_rng", "_ce_jitter")  # the rest is set once, in __init__
+    CACHES = ("_last_hold",)
 
     def __init__(self, params: HalfCellParams | str, area_m2: float = 0.785e-4, seed: int = 0) -> None:
         self.params = preset(params) if isinstance(params, str) else params
@@ -53,6 +58,7 @@ class HalfCell(LiveState):
         self.short = ShortSchedule.draw(p, short_rng)
         self._void_rate = self._void_rate_for(self.short.reference_onset_cycle)
         self._ce_jitter: list[float] = []
+        self._last_hold: tuple[HalfCellState, float, float, Trajectory | None] | None = None
         self._state = HalfCellState(x_As=self.electrode.pristine_x_As)
 
     @property
@@ -345,9 +351,17 @@ class HalfCell(LiveState):
     ) -> tuple[FloatArray, FloatArray]:
         if seg.direction is Direction.REST:
             return np.zeros(t.shape), np.zeros(t.shape)
+        t_end = float(t.max()) if t.size else 0.0
+        # A hold is asked for its current and then advanced over the same time (every point of
+        # a sweep is): the second question has the first one's answer.
+        key = (self._state, voltage_V, t_end)
+        if self._last_hold is not None and self._last_hold[0] is key[0] and self._last_hold[1:3] == key[1:]:
+            return _on_trajectory(self._last_hold[3], t)
         u0 = abs(float(self._potential(seg.direction, np.array([self._state.x_As]))[0]))
         bound_A = (abs(voltage_V) + max(u0, self.params.blocking_V) + self.params.nucleation_V) / seg.r_b_ohm
-        return self._integrate(seg, lambda x: self._cell_current_cv(seg, voltage_V, x), t, bound_A)
+        trajectory = self._trajectory(seg, lambda x: self._cell_current_cv(seg, voltage_V, x), t_end, bound_A)
+        self._last_hold = (*key, trajectory)
+        return _on_trajectory(trajectory, t)
 
     def _integrate(
         self,
@@ -356,26 +370,40 @@ class HalfCell(LiveState):
         t: FloatArray,
         bound_A: float,
     ) -> tuple[FloatArray, FloatArray]:
-        """Charge passed by times t, and its rate, when the cell current depends on the state.
+        """Charge passed by times t, and its rate, when the cell current depends on the state."""
+        t_end = float(t.max()) if t.size else 0.0
+        return _on_trajectory(self._trajectory(seg, cell_current, t_end, bound_A), t)
+
+    def _trajectory(
+        self,
+        seg: Segment,
+        cell_current: Callable[[FloatArray], FloatArray],
+        t_end: float,
+        bound_A: float,
+    ) -> Trajectory | None:
+        """The charge grid and the time to reach each charge, up to t_end; None if nothing passes.
 
         dp/dt = |i(x(p))| is autonomous, so t(p) = ∫dp/|i| on a charge grid, inverted by
-        interpolation: vectorised, and a split segment follows the same trajectory. A second
-        pass refines the grid to the charge actually reached. The rate is the slope of that
-        interpolant, so it falls to zero where the cell reaches equilibrium.
+        interpolation: vectorised, and a split segment follows the same trajectory. A coarse
+        pass over everything the bound allows finds about where t_end is reached; the grid is
+        then laid, as fine as the potential's features need, up to just past that charge (and
+        widened should the charge run on past it). The rate is the slope of the interpolant, so
+        it falls to zero where the cell reaches equilibrium.
         """
-        t_end = float(t.max()) if t.size else 0.0
-        p_max = bound_A * t_end
-        if p_max <= 0.0:
-            return np.zeros(t.shape), np.zeros(t.shape)
-        grid = t_grid = np.zeros(1)
-        for _ in range(2):
-            grid = np.linspace(0.0, p_max, _GRID)
+        ceiling = bound_A * t_end
+        if ceiling <= 0.0:
+            return None
+        p_max, points, fine = ceiling, _MIN_GRID, False
+        while True:
+            grid = np.linspace(0.0, p_max, points)
             inv = 1.0 / np.maximum(np.abs(cell_current(self._path(seg, grid))), _RATE_FLOOR_A)
             t_grid = np.concatenate(([0.0], np.cumsum((inv[1:] + inv[:-1]) * (grid[1] / 2.0))))
-            p_max = min(p_max, float(np.interp(t_end, t_grid, grid)) * 1.02 + 2.0 * grid[1])
-        cell = np.clip(np.searchsorted(t_grid, t, side="right") - 1, 0, _GRID - 2)
-        speed_A = grid[1] / (t_grid[cell + 1] - t_grid[cell])
-        return np.interp(t, t_grid, grid), speed_A
+            if fine and (t_grid[-1] >= t_end or p_max >= ceiling):
+                return grid, t_grid
+            reached = float(np.interp(t_end, t_grid, grid))
+            p_max = min(ceiling, 2.0 * p_max if fine else reached * 1.02 + 2.0 * grid[1])
+            wanted = _POINTS_PER_FEATURE * p_max / self.electrode.feature_As
+            points, fine = int(min(max(wanted, _MIN_GRID), _GRID)), True
 
     def _voltage_noise(self, seg: Segment, t: FloatArray) -> FloatArray:
         """0.2 mV rms normally; 1–5 mV once shorted, plus telegraph flicker while soft."""
@@ -389,3 +417,13 @@ class HalfCell(LiveState):
             noise = noise + sigma * (2.0 * level - 1.0)
         out: FloatArray = noise
         return out
+
+
+def _on_trajectory(trajectory: Trajectory | None, t: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Charge passed by times t along a `_trajectory`, and its rate (the interpolant's slope)."""
+    if trajectory is None:
+        return np.zeros(t.shape), np.zeros(t.shape)
+    grid, t_grid = trajectory
+    cell = np.clip(np.searchsorted(t_grid, t, side="right") - 1, 0, len(grid) - 2)
+    speed_A = grid[1] / (t_grid[cell + 1] - t_grid[cell])
+    return np.interp(t, t_grid, grid), speed_A

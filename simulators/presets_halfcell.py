@@ -141,6 +141,8 @@ class HalfCellParams:
     critical_strip_A_per_m2: float = 0.2 * MA_PER_CM2  # below it Li creep refills voids
     sei_loss_share: float = 0.5  # of the reference Li loss that is per-cycle SEI, not dead Li
     c_block_F_per_m2: float = 1e-3 * PER_CM2  # double layer of the Li-free (blocking) electrode
+    oxidation_V: float = 2.5  # LPSCl oxidises above ~2.3-2.5 V vs Li [lit]: the blocking rise ends
+    oxidation_width_V: float = 0.05  # how sharply it ends there
     reservoir_window_V: float = 0.1  # held Li acts as a capacitance Q_Li / this (EIS tail)
     r_ct_plating_rise_ohm_m2: float = 0.5 * OHM_CM2  # contact loss per reference capacity plated
 

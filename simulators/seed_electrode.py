@@ -65,12 +65,10 @@ def _add_edges_in_order(
     """
     lo = np.searchsorted(u, edges - SATURATED * width, side="left")
     hi = np.searchsorted(u, edges + SATURATED * width, side="right")
-    beyond = np.zeros(len(u) + 1)
-    np.add.at(beyond, hi, steps)  # from hi on the edge has risen fully
-    out += np.cumsum(beyond[:-1])
     for a, b, edge, step in zip(lo.tolist(), hi.tolist(), edges.tolist(), steps.tolist(), strict=True):
         if b > a:
             out[a:b] += step * ((1.0 + np.tanh((u[a:b] - edge) / width)) / 2.0)
+        out[b:] += step  # from here on the edge has risen fully
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: the plateau arrays have no single truth value
@@ -140,10 +138,19 @@ class SeedElectrode:
             below = x[blocked]
             rise = self.u_top + (p.blocking_V - self.u_top) * np.tanh(-below / self.w_block_As)
             # Past the pristine state there is no Li and nothing left to oxidise: only the
-            # double layer charges, so the potential climbs as q/C and the current dies away.
-            u[blocked] = rise + np.maximum(self.pristine_x_As - below, 0.0) / self.c_block_F
+            # double layer charges, so the potential climbs as q/C and the current dies away,
+            # until the electrolyte itself oxidises and carries a forced current (a soft minimum).
+            charged = rise + np.maximum(self.pristine_x_As - below, 0.0) / self.c_block_F
+            ox, width = p.oxidation_V, p.oxidation_width_V
+            u[blocked] = ox - width * np.logaddexp(0.0, (ox - charged) / width)
         out: FloatArray = u
         return out
+
+    @property
+    def feature_As(self) -> float:
+        """The narrowest charge over which the potential changes shape: a plateau edge, the
+        nucleation dip or the blocking rise. A grid finer than this resolves the potential."""
+        return min(self.w_u * self.cap_As, self.q_nuc_As, self.w_block_As)
 
     def li_held_As(self, st: HalfCellState) -> float:
         """Li in the electrode: strippable (plated, reversible seed alloy) and trapped in alloys."""

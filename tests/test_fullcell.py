@@ -20,7 +20,7 @@ PRESET = PRESETS["ncm811-anodeless"]
 QUIET = PRESET.with_overrides(noise_V=0.0, noise_A_per_m2=0.0, impedance_noise=0.0)
 AREA_CM2 = 0.785
 V_MAX, V_MIN = 4.25, 2.5
-# Seed 3 puts the Weibull short onset far beyond cycle 100 (with n0 = 400, k = 3 about 1.5 % of
+# Seed 3 draws its short onset in E8 far beyond cycle 100 (with n0 = 400, k = 3 about 1.5 % of
 # seeds short by cycle 100), so the retention test measures fade and nothing else.
 SEED = 3
 
@@ -119,9 +119,10 @@ class Cycling:
 def cycled() -> Cycling:
     """E7 + E8: formation, then 100 cycles at 0.5C (shared by several tests: ~1 s)."""
     cell = FullCell(PRESET, seed=SEED)
-    assert cell.short_onset_cycle > 120, "pick another SEED: this one shorts early"
+    assert cell.reference_onset_cycle > 120, "pick another SEED: this one shorts early"
     first = formation(cell)
     runs = [cycle(cell, 0.5) for _ in range(100)]
+    assert cell.short_onset_cycle is None
     return Cycling(
         cell,
         first,
@@ -152,7 +153,7 @@ def test_100_cycles_at_half_c_retain_70_percent(cycled: Cycling) -> None:
     dis = np.array(cycled.discharge_As)
     assert dis[-1] / dis[0] == pytest.approx(0.70, abs=0.02)
     ce = dis[1:] / np.array(cycled.charge_As[1:])
-    assert np.mean(ce) == pytest.approx(0.9964, abs=0.001)
+    assert np.mean(ce) == pytest.approx(0.7 ** (1 / 99), abs=0.001)
     assert np.all(np.diff(dis) < 0)  # no reservoir: every cycle loses Li
     # R0 grows 0.5 %/cycle, so the end-of-charge constant-voltage hold gets longer.
     assert cycled.cv_duration_s[-1] > 1.2 * cycled.cv_duration_s[0]
@@ -183,9 +184,10 @@ def test_rate_capability_follows_the_table() -> None:
     dis = np.array([cycle(cell, 0.2, discharge_C=rate)[1] for rate in rates])
     assert np.all(np.diff(dis) < 0)
     np.testing.assert_allclose(dis / dis[0], PRESET.rate_fraction, atol=0.025)
-    # Stable up to 1C (E9): back at 0.1C the capacity returns, less one cycle of Li loss each.
+    # Stable up to 1C (E9): back at 0.1C the capacity returns, less one cycle of Li loss each
+    # (plated at 0.2C, 0.4 mA/cm²: m = 0.4, about 0.4 of the 0.5C loss).
     again = cycle(cell, 0.2, discharge_C=0.1)[1]
-    assert again / dis[0] == pytest.approx(PRESET.ce**4, abs=0.01)
+    assert again / dis[0] == pytest.approx((1 - 0.4 * (1 - PRESET.ce)) ** 4, abs=0.005)
 
 
 def test_a_constant_voltage_discharge_collects_what_the_rate_left_behind() -> None:
@@ -251,25 +253,29 @@ def test_splitting_a_constant_voltage_hold_follows_the_same_trajectory() -> None
 
 
 def test_a_short_circuit_shows_as_noise_excess_charge_and_low_ce() -> None:
-    # Onset before the first cycle after formation; the leak hardens 5x per cycle (default
-    # 0.35 per cycle) so that a few cycles go from soft to hard short.
+    # An early draw: E8 cannot short before cycle 2 (the 0.1C formation strip leaves no voids),
+    # and this cell's voids let cycle 2's 0.5C plating meet the CCD. The leak hardens 5x per
+    # cycle (default 0.35 per cycle) so that a few cycles go from soft to hard short.
     params = PRESET.with_overrides(short_n0=0.5, short_decay_per_cycle=0.2)
     healthy, shorted = FullCell(PRESET, seed=SEED), FullCell(params, seed=SEED)
-    assert shorted.short_onset_cycle < 1
+    assert shorted.reference_onset_cycle == 1
     for cell in (healthy, shorted):
         formation(cell)
+        cycle(cell, 0.5)
+    assert shorted.short_onset_cycle is None
     charge_ok, discharge_ok, _ = cycle(healthy, 0.5)
     charge_bad, discharge_bad, _ = cycle(shorted, 0.5)
+    assert shorted.short_onset_cycle == 2
     assert charge_bad > charge_ok
     assert discharge_bad / charge_bad < discharge_ok / charge_ok - 0.05
     one_c = shorted.nominal_capacity_Ah
     cycle(shorted, 0.5)
-    stalled = cc(shorted, 0.5 * one_c, V_MAX, max_s=4 * 3600.0)  # cycle 3: a noisy plateau
+    stalled = cc(shorted, 0.5 * one_c, V_MAX, max_s=4 * 3600.0)  # cycle 4: a noisy plateau
     normal = cc(healthy, 0.5 * one_c, V_MAX)
     assert not stalled.reached_limit
     assert stalled.values.max() < V_MAX - 0.1
     assert np.std(np.diff(stalled.values)) > 5 * np.std(np.diff(normal.values))
-    while shorted.cycle < 7:  # hard short: the spectrum collapses onto R_ss
+    while shorted.cycle < 8:  # hard short: the spectrum collapses onto R_ss
         cycle(shorted, 0.5)
     f = np.array([1e3, 0.1])
     assert np.all(np.abs(shorted.impedance(f)) < 0.5 * np.abs(healthy.impedance(f)))

@@ -284,3 +284,40 @@ def test_the_staircase_skipping_saturated_edges_equals_every_edge_evaluated(
     np.testing.assert_allclose(
         staircase(u, levels, edges, width), every_edge, rtol=0, atol=4e-16 * len(edges)
     )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    volts=st.floats(min_value=-0.02, max_value=1.2),
+    seconds=st.floats(min_value=1.0, max_value=600.0),
+    plated_s=st.sampled_from([0.0, 600.0, 3600.0]),
+)
+def test_a_held_voltage_ends_in_one_place_however_it_is_asked_and_split(
+    volts: float, seconds: float, plated_s: float
+) -> None:
+    """A hold advanced whole, in pieces, or after its current was asked for (as each point of
+    a sweep is, at its own and at other voltages) ends with the same charge passed."""
+    quiet = preset("mgagsn").with_overrides(noise_V=0.0)
+    same, other, direct, pieces = (HalfCell(quiet, seed=2) for _ in range(4))
+    for cell in (same, other, direct, pieces):
+        cell.advance_at_current(-CURRENT_DENSITY_A_PER_M2 * cell.area_m2, plated_s)
+    t = np.linspace(0.0, seconds, 101)
+    same.current_at_voltage(volts, t)
+    other.current_at_voltage(volts + 0.05, t)
+    for cell in (same, other, direct):
+        cell.advance_at_voltage(volts, seconds)
+    for _ in range(4):
+        pieces.advance_at_voltage(volts, seconds / 4)
+    assert same.state == direct.state
+    assert other.state == direct.state
+    scale_As = CURRENT_DENSITY_A_PER_M2 * direct.area_m2 * 36.0  # 1 % of 1 mAh/cm²
+    assert pieces.state.x_As == pytest.approx(direct.state.x_As, abs=0.01 * scale_As)
+
+
+def test_a_fresh_cell_driven_past_its_critical_current_density_plates_and_shorts() -> None:
+    """A filament across the terminals pulls ~9 mA/cm² out of the pristine cell: above the CCD,
+    so the short starts at once and its leak carries nearly all of the current."""
+    cell = HalfCell("mgagsn", seed=1)
+    cell.advance_at_current(-0.007008746984652855, 1.0)
+    assert cell.short_onset_cycle == 1
+    assert cell.state.x_As > -0.0028259999999999995

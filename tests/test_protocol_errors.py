@@ -722,9 +722,9 @@ CASES = [
               - rest: 10 min
               - *loop
             """),
-        at="1:1",
-        wrong="nested too deeply",
-        fix="write out any alias ('*a') used inside its own anchor",
+        at="2:8",  # the anchored value that contains itself
+        wrong="inside its own anchor",
+        fix="write the inner one out",
     ),
     Broken(
         "control-character",

@@ -60,7 +60,11 @@ def test_stripping_past_the_last_lithium_runs_into_the_cut_off_within_seconds() 
     current_A = MA_PER_CM2 * cell.area_m2
     cycle(cell, 1.0, 1.0, 1)  # plated, then stripped to 1.0 V: nothing strippable is left
     v = cell.voltage_at_current(current_A, np.arange(1.0, 11.0))
-    assert v[-1] > 3.0  # the double layer charges at 1 V/s: no current without Li
+    assert v[-1] > 2.0  # the double layer charges at 1 V/s: no current without Li
+    # ... until LPSCl oxidises (~2.5 V vs Li) and carries the current: not hundreds of volts,
+    # which an instrument sampling every few seconds would report past any safety limit.
+    longer = cell.voltage_at_current(current_A, np.arange(1.0, 601.0))
+    assert longer.max() < 2.7
 
 
 def test_a_li_free_electrode_shows_a_blocking_spectrum_and_a_plated_one_does_not() -> None:
@@ -96,14 +100,15 @@ def test_a_spectrum_held_at_the_ocv_mid_plating_starts_no_new_cycle() -> None:
     assert cell.state.sei_As >= sei_before > 0
 
 
-@pytest.mark.parametrize("name", ["mgagsn", "mg", "ag", "sn"])
-def test_the_library_cv_sweeps_to_its_end_on_every_seed(tmp_path, name: str) -> None:  # type: ignore[no-untyped-def]
-    """E10, its first scan (the one from the Li-free electrode), to keep the test short."""
-    run = run_experiment(tmp_path, "cv.yaml", name, seed=1, **{"scans: 3": "scans: 1"})
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "seed"), [("mgagsn", 1), ("mg", 2), ("ag", 3), ("sn", 1)])
+def test_the_library_cv_sweeps_to_its_end_on_every_seed(tmp_path, name: str, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """E10 as the library has it: three scans, 2.0 V -> 0 V -> 2.0 V, ~34 h of test time."""
+    run = run_experiment(tmp_path, "cv.yaml", name, seed=seed)
     assert run.result.state is RunState.COMPLETED, run.result.reason
     samples = run.store.samples(run.run_id)
-    swept = samples["voltage"] < 2.0
-    assert swept.any()
+    assert samples["voltage"].min() == pytest.approx(0.0, abs=0.002)
+    assert samples["t"][-1] == pytest.approx(34.33 * 3600, rel=0.01)
 
 
 # --- 2. outcomes answer the protocol ----------------------------------------------------------

@@ -14,7 +14,16 @@ from typer.testing import CliRunner
 from cyclerd.analysis.plot_data import load_run
 from cyclerd.analysis.plots import KINDS, NoDataToPlot, figure
 from cyclerd.analysis.report import build_report, voltammetry_rows
-from cyclerd.analysis.voltammetry import peaks, scan_peaks, scans, segments
+from cyclerd.analysis.voltammetry import (
+    Peak,
+    alloy_of,
+    peak_rows,
+    peaks,
+    scan_peaks,
+    scans,
+    seed_metals,
+    segments,
+)
 from cyclerd.cli.main import app
 from cyclerd.store.database import Store
 
@@ -163,6 +172,23 @@ def test_the_simulated_seed_peaks_are_in_the_table(cv_db: Path) -> None:
     rows = voltammetry_rows([run])
     assert rows
     assert all(row["current"].endswith("mA/cm²") for row in rows)
+    # cv.yaml names its seed (MgAgSn): each peak is put to the alloys expected at its potential.
+    alloys = {(row["peak"], row["alloy (by potential)"]) for row in rows}
+    assert {("cathodic", "Li–Sn"), ("anodic", "Li–Sn"), ("cathodic", "Li–Mg or Li–Ag")} <= alloys
+
+
+def test_a_peak_is_put_to_the_alloys_of_the_named_seed_expected_at_its_potential() -> None:
+    assert seed_metals("MgAgSn") == ("Mg", "Ag", "Sn")
+    assert seed_metals("Sn (150 nm)") == ("Sn",)
+    assert seed_metals(None) == ()
+    tin = Peak(step=2, scan=1, direction="cathodic", potential_V=0.53, current_A=-1e-4)
+    low = Peak(step=2, scan=1, direction="cathodic", potential_V=0.03, current_A=-1e-4)
+    assert alloy_of(tin, ("Mg", "Ag", "Sn")) == "Li–Sn"
+    assert alloy_of(low, ("Mg", "Ag", "Sn")) == "Li–Mg or Li–Ag"
+    assert alloy_of(low, ("Sn",)) == ""
+    rows = peak_rows([tin, low], None, ("Sn",))
+    assert [row["alloy (by potential)"] for row in rows] == ["Li–Sn", "—"]
+    assert "alloy (by potential)" not in peak_rows([tin], None)[0]  # no seed named: no column
 
 
 def test_the_cv_figure_draws_current_density_against_potential_per_scan(cv_db: Path, tmp_path: Path) -> None:

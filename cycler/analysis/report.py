@@ -23,7 +23,7 @@ from cyclerd.analysis.plot_data import PlotError, RunData, load_run
 from cyclerd.analysis.plot_eis import Trends, fit_rows, fit_runs, nyquist_figure, resistance_figure
 from cyclerd.analysis.plot_profiles import dqdv_figure, profile_figure, voltage_figure
 from cyclerd.analysis.plots import figure_bytes
-from cyclerd.analysis.voltammetry import peak_rows, peaks
+from cyclerd.analysis.voltammetry import peak_rows, peaks, seed_metals
 from cyclerd.store.database import Store
 
 
@@ -182,7 +182,8 @@ def voltammetry_rows(runs: Sequence[RunData]) -> list[dict[str, str]]:
     """The peak table: each cathodic and anodic peak of each scan of each run's sweeps."""
     rows = []
     for run in runs:
-        for row in peak_rows(peaks(run_scans(run)), run.area_m2):
+        metals = seed_metals(run.program.metadata.get("seed")) if run.program else ()
+        for row in peak_rows(peaks(run_scans(run)), run.area_m2, metals):
             rows.append({"run": run.label, **row})
     return rows
 

@@ -6,6 +6,7 @@ current; `scans` cuts a run's stored samples using the protocol's sweep (scan ra
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -25,6 +26,16 @@ NOISE_SIGMAS = 4.0  # noise is smoothed until this many standard deviations are 
 MA_PER_CM2 = 0.1  # per A/m²
 
 Direction = Literal["cathodic", "anodic"]
+
+# Where each seed metal's alloying (cathodic) and de-alloying (anodic) peaks are expected, V vs
+# Li: the plateaus of shared/cell-physics.md §1 (Li–Sn after Wang, Raistrick & Huggins [src];
+# Li–Mg and Li–Ag [lit]), widened by the few tens of mV a peak sits past its plateau at
+# 0.1 mV/s. Li–Mg and Li–Ag overlap below ~0.12 V, so a peak there is named as either.
+ALLOY_WINDOWS_V: Mapping[str, Mapping[Direction, tuple[float, float]]] = {
+    "Sn": {"cathodic": (0.30, 0.80), "anodic": (0.40, 0.90)},
+    "Mg": {"cathodic": (-0.01, 0.12), "anodic": (0.08, 0.30)},
+    "Ag": {"cathodic": (-0.01, 0.12), "anodic": (0.10, 0.35)},
+}
 
 
 @dataclass(frozen=True)
@@ -193,8 +204,26 @@ def peaks(run_scans: Sequence[Scan], prominence: float = PROMINENCE) -> list[Pea
     return found
 
 
-def peak_rows(found: Sequence[Peak], area_m2: float | None) -> list[dict[str, str]]:
-    """The peaks as text for a table: per scan, cathodic then anodic, each by potential."""
+def seed_metals(seed: object) -> tuple[str, ...]:
+    """The seed metals a protocol's `cell.metadata.seed` names ("MgAgSn" -> Mg, Ag, Sn)."""
+    return tuple(dict.fromkeys(re.findall("|".join(ALLOY_WINDOWS_V), seed))) if isinstance(seed, str) else ()
+
+
+def alloy_of(peak: Peak, metals: Sequence[str]) -> str:
+    """The Li alloys of `metals` whose peaks are expected at this peak's potential ("" if none)."""
+    names = []
+    for metal in metals:
+        low, high = ALLOY_WINDOWS_V[metal][peak.direction]
+        if low <= peak.potential_V <= high:
+            names.append(f"Li–{metal}")
+    return " or ".join(names)
+
+
+def peak_rows(
+    found: Sequence[Peak], area_m2: float | None, metals: Sequence[str] = ()
+) -> list[dict[str, str]]:
+    """The peaks as text for a table: per scan, cathodic then anodic, each by potential; with
+    the alloy each may belong to when the seed metals are known (`seed_metals`)."""
     several_steps = len({p.step for p in found}) > 1
     # In the order a sweep meets them: cathodic from high to low potential, then anodic upwards.
     ordered = sorted(
@@ -213,7 +242,8 @@ def peak_rows(found: Sequence[Peak], area_m2: float | None) -> list[dict[str, st
             current = f"{p.current_A / area_m2 * MA_PER_CM2:+.4f} mA/cm²"
         else:
             current = f"{p.current_A * 1e3:+.4f} mA"
-        rows.append(
-            {"scan": scan, "peak": p.direction, "potential": f"{p.potential_V:.3f} V", "current": current}
-        )
+        row = {"scan": scan, "peak": p.direction, "potential": f"{p.potential_V:.3f} V", "current": current}
+        if metals:
+            row["alloy (by potential)"] = alloy_of(p, metals) or "—"
+        rows.append(row)
     return rows

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cyclerd.analysis.cycles import (
@@ -41,16 +42,18 @@ def render_summary(
     run = store.run(run_id)
     samples = store.samples(run_id)
     cycles = summarise(samples)
-    source = ", ".join(f"{k} {v}" for k, v in run.source.items())
+    # What is not set (a daemon's sim channel has no instrument) is left out, not printed as None.
+    given = {"cell": run.cell.get("cell")} | run.source
+    source = ", ".join(f"{k} {v}" for k, v in given.items() if v is not None and v != "")
     hours = float(samples["t"][-1]) / AH if len(samples["t"]) else 0.0
-    console.print(
-        f"[bold]run {run.id}[/bold] {run.name} — {run.state}, {hours:.1f} h, {len(samples['t'])} samples"
-    )
+    count = len(samples["t"])
+    name = escape(run.name)
+    console.print(f"[bold]run {run.id}[/bold] {name} — {run.state}, {hours:.1f} h, {count} samples")
     if source:
         console.print(f"  {source}", markup=False)
     for event in store.events(run_id):
         if event["kind"] in ("safety", "short_circuit", "loop", "fault"):
-            console.print(f"  [yellow]{event['kind']}[/yellow]: {event['message']}")
+            console.print(f"  [yellow]{event['kind']}[/yellow]: {escape(event['message'])}")
     _peaks(console, store, run_id, samples)
     if not cycles:
         return cycles
@@ -160,12 +163,13 @@ def _peaks(console: Console, store: Store, run_id: int, samples: dict[str, Float
         return
     # Here, not at the top: scipy.signal loads scipy.optimize and scipy.stats, which every command
     # would pay for (cyclerd.cli.main imports this module).
-    from cyclerd.analysis.voltammetry import peak_rows, peaks, scans
+    from cyclerd.analysis.voltammetry import peak_rows, peaks, scans, seed_metals
 
     run = store.run(run_id)
     program = program_of(store.protocol_text(run_id), run.cell)
     area = run.cell.get("area_m2")
-    rows = peak_rows(peaks(scans(samples, steps, program)), float(area) if area else None)
+    metals = seed_metals(program.metadata.get("seed")) if program else ()
+    rows = peak_rows(peaks(scans(samples, steps, program)), float(area) if area else None, metals)
     if not rows:
         console.print("  voltammetry: no peaks stand out of the scans' current")
         return

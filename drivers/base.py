@@ -163,6 +163,16 @@ class Reopenable(Protocol):
 
 
 @runtime_checkable
+class LinkWatched(Protocol):
+    """An instrument that can tell, without asking it anything, that its link was closed (a
+    socket the other end closed): a polling stepper then need not wait for its next poll."""
+
+    def link_lost(self) -> bool:
+        """Blocking: only in the instrument's worker thread."""
+        ...
+
+
+@runtime_checkable
 class Snapshotting(Protocol):
     """A channel whose cell has a state to checkpoint (a simulated cell): after a restart the
     runner restores it, so the cell is as the crash left it, as a real cell would be."""

@@ -35,6 +35,11 @@ class Clock(Protocol):
         a real one has already seen them pass."""
         ...
 
+    def wall_s(self, seconds: float) -> float:
+        """How long `seconds` of this clock take on the wall clock: how long to wait for an
+        instrument that keeps this time (0 on a virtual clock, whose instruments wait for us)."""
+        ...
+
 
 class RealClock:
     def now(self) -> float:
@@ -48,6 +53,9 @@ class RealClock:
 
     def elapse(self, seconds: float) -> None:
         pass
+
+    def wall_s(self, seconds: float) -> float:
+        return seconds
 
 
 class VirtualClock:
@@ -82,6 +90,9 @@ class VirtualClock:
     def elapse(self, seconds: float) -> None:
         self._now += max(0.0, seconds)
 
+    def wall_s(self, seconds: float) -> float:
+        return 0.0
+
 
 class AcceleratedClock:
     """Real time sped up by `factor`: for demos against emulators, where sockets need real time."""
@@ -103,6 +114,9 @@ class AcceleratedClock:
 
     def elapse(self, seconds: float) -> None:
         pass
+
+    def wall_s(self, seconds: float) -> float:
+        return seconds / self.factor
 
 
 def _wait(seconds: float, halt: threading.Event | None) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -37,6 +39,7 @@ SCPI = {
     "clear": "*CLS",
     "operation_complete": "*OPC?",
     "next_error": ":SYST:ERR?",
+    "error_count": ":SYST:ERR:COUN?",
     "output_on": ":OUTP ON",
     "output_off": ":OUTP OFF",
     "off_mode_current": ":OUTP:CURR:SMOD HIMP",  # relay opens when off: no current from the cell
@@ -54,9 +57,13 @@ SCPI = {
     "remote_sense": ":SENS:VOLT:RSEN {}",
     "voltage_autorange": ":SENS:VOLT:RANG:AUTO ON",
     "integration": ":SENS:VOLT:NPLC {:g}",
-    "read": ':READ? "defbuffer1", READ, SOUR, REL',
+    # A reading and the error queue's length in one round trip: an error the instrument queues
+    # during a step (a refused level, a front-panel change) is seen with the next reading.
+    "read": ':READ? "defbuffer1", READ, SOUR, REL;:SYST:ERR:COUN?',
     "measure_current": ":MEAS:CURR?",
 }
+
+CLOSED = "link failed: the instrument closed the connection"
 
 CAPABILITIES = Capabilities(
     kinds=frozenset({"rest", "cc", "plate", "strip", "cv", "cccv"}),
@@ -84,6 +91,7 @@ class Keithley2450:
         self.identity = ""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"k2450-{resource}")
         self._session: Any = None
+        self._lost = False  # the link failed and is closed: the output's state is unknown
         self._mode = "off"  # "current" | "voltage" | "off"
         self._voltage_limit_V = 0.0
 
@@ -122,7 +130,7 @@ class Keithley2450:
             SCPI["voltage_autorange"],
             SCPI["integration"].format(self.nplc),
         )
-        self._mode = "off"
+        self._mode, self._lost = "off", False
 
     async def reopen(self) -> None:
         """Reconnect after a dropped link; the instrument is reset, so its output is off."""
@@ -130,8 +138,14 @@ class Keithley2450:
         await self._call(self._open)
 
     async def close(self) -> None:
+        """Output off, then release the link. An output-off the link cannot carry (it was lost, or
+        a stalled instrument left late replies in it) is sent once more over a new link: the
+        reset that opening sends leaves the output off."""
         try:
-            await self.output_off()
+            try:
+                await self.output_off()
+            except (InstrumentTimeout, InstrumentDisconnected):
+                await self.reopen()
         finally:
             await self._call(self._close)
             self._executor.shutdown(wait=False)
@@ -179,8 +193,16 @@ class Keithley2450:
         reading: Reading = await self._call(self._measure)
         return reading
 
+    def link_lost(self) -> bool:
+        return self._lost or (self._session is not None and self._peer_closed())
+
     def _measure(self) -> Reading:
-        reading, source, t = self._numbers(self._query(SCPI["read"]), 3)
+        if self._session is not None and self._peer_closed():
+            self._lose()
+            raise InstrumentDisconnected(self.name, CLOSED)
+        values, _, count = self._query(SCPI["read"]).rpartition(";")
+        self._raise_queued(count)
+        reading, source, t = self._numbers(values, 3)
         if self._mode == "voltage":
             return Reading(t, source, reading, in_limit=False)
         # Sourcing current: near the voltage limit the 2450 clamps and the current tapers; only
@@ -188,7 +210,7 @@ class Keithley2450:
         near_limit = self._voltage_limit_V and abs(reading) >= 0.99 * self._voltage_limit_V
         if near_limit and self._query(SCPI["voltage_limit_tripped"]).strip() == "1":
             (actual,) = self._numbers(self._query(SCPI["measure_current"]), 1)
-            self._session.write(SCPI["sense_voltage"])  # :MEAS:CURR? left current sensing on
+            self._write(SCPI["sense_voltage"])  # :MEAS:CURR? left current sensing on
             return Reading(t, reading, actual, in_limit=True)
         return Reading(t, reading, source)
 
@@ -201,17 +223,16 @@ class Keithley2450:
         return reading
 
     def output_off_now(self) -> None:
-        if self._session is not None:
+        if self._session is not None or self._lost:
             self._guarded(self._output_off)
 
     async def output_off(self) -> None:
-        if self._session is None:
-            return
-        await self._call(self._output_off)
+        if self._session is not None or self._lost:
+            await self._call(self._output_off)
 
     def _output_off(self) -> None:
         # Wait for *OPC? so "safe" means the instrument has acted, not that a line was sent.
-        self._session.write(SCPI["output_off"])
+        self._write(SCPI["output_off"])
         self._mode = "off"
         self._query(SCPI["operation_complete"])
 
@@ -230,24 +251,66 @@ class Keithley2450:
         try:
             return function(*args)
         except visa_errors.VisaIOError as exc:
-            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
-                raise InstrumentTimeout(self.name, f"no reply within {self.timeout_s:g} s") from None
-            raise InstrumentDisconnected(self.name, f"link failed: {exc.description}") from None
+            if exc.error_code != pyvisa.constants.StatusCode.error_timeout:
+                self._lose()
+                raise InstrumentDisconnected(self.name, f"link failed: {exc.description}") from None
+            if self._peer_closed():
+                self._lose()  # nothing more can pass this link: fail at once, not after a timeout
+                raise InstrumentDisconnected(self.name, CLOSED) from None
+            raise InstrumentTimeout(self.name, f"no reply within {self.timeout_s:g} s") from None
         except (ConnectionError, OSError) as exc:
+            self._lose()
             raise InstrumentDisconnected(self.name, f"link failed: {exc}") from None
+
+    def _peer_closed(self) -> bool:
+        """Whether the instrument closed the connection (a reboot, a pulled cable at its end).
+
+        pyvisa-py reads a socket closed by the other end as a timeout; its socket tells the two
+        apart: readable with nothing to read means closed. Other links answer False.
+        """
+        try:
+            link = self._session.visalib.sessions[self._session.session].interface
+        except (AttributeError, KeyError, TypeError):
+            return False
+        if not isinstance(link, socket.socket):
+            return False
+        try:
+            readable, _, _ = select.select([link], [], [], 0)
+            return bool(readable) and link.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):  # ValueError: already closed
+            return True
+
+    def _lose(self) -> None:
+        self._close()
+        self._lost = True
 
     def _query(self, command: str) -> str:
         if self._session is None:
-            raise InstrumentDisconnected(self.name, "not connected")
+            raise InstrumentDisconnected(self.name, "not connected: the link was lost")
         return str(self._session.query(command))
+
+    def _write(self, command: str) -> None:
+        if self._session is None:
+            raise InstrumentDisconnected(self.name, "not connected: the link was lost")
+        self._session.write(command)
 
     def _configure(self, *commands: str) -> None:
         """Send a configuration block, then make sure the instrument accepted all of it."""
         for command in commands:
-            self._session.write(command)
+            self._write(command)
         queued = self._drain()
         if queued:
             code, text = queued[0]
+            raise InstrumentError(self.name, code, text)
+
+    def _raise_queued(self, count: str) -> None:
+        """An error the instrument queued (`count` is the queue's length) as InstrumentError."""
+        try:
+            queued = int(count)
+        except ValueError:
+            raise InstrumentGarbled(self.name, f"unreadable error count {count!r}") from None
+        if queued > 0 and (found := self._drain()):
+            code, text = found[0]
             raise InstrumentError(self.name, code, text)
 
     def _drain(self) -> list[tuple[int, str]]:

@@ -103,9 +103,39 @@ class MethodScriptChannel:
         log.info("%s: %s, firmware %s", self.name, info.family.name, info.firmware)
         return info
 
+    async def reconnect(self) -> None:
+        """After a dropped link or a confused conversation: a new link, the device resynchronised
+        (whatever still runs is aborted) and identified again, then the cell switched off.
+
+        A real device goes on running its script when the host is gone; this is how the host
+        gets the cell back. Raises when the device cannot be reached or is another one; the
+        channel then has no link, and safe_state says the cell's state is unknown.
+        """
+        old, self._link = self._link, None
+        try:
+            link = Link(self.url, self.baudrate, self.name, self.timeout_s)
+            info = await link.open()  # closes the port again if it fails
+            if self._info is not None and info.serial_number != self._info.serial_number:
+                with contextlib.suppress(InstrumentFault):
+                    await link.close()
+                raise InstrumentFault(
+                    self.name,
+                    f"device {info.serial_number} answers where {self._info.serial_number} was: "
+                    "another instrument on this port; check the cabling",
+                )
+            self._link, self._info = link, info
+            await link.cell_off()
+            log.info("%s: reconnected to %s", self.name, self.url)
+        finally:
+            # Released after the cell is off: closing a socket:// port takes pyserial 0.3 s.
+            if old is not None:
+                with contextlib.suppress(InstrumentFault):
+                    await old.close()
+
     async def close(self) -> None:
         """Cell off if the device still answers, then release the port and the worker thread."""
         if self._link is None:
+            self._info = None  # a link lost and never regained: nothing left to release
             return
         try:
             await self.safe_state()
@@ -141,6 +171,8 @@ class MethodScriptChannel:
         """
         if self._link is not None:
             await self._link.cell_off()
+        elif self._info is not None:  # it was open: the link was lost and not regained
+            raise InstrumentDisconnected(self.name, f"no link to {self.url}: the cell's state is unknown")
 
     reset = safe_state  # an instrument reset is exactly that: nothing running, cell off
 
@@ -277,7 +309,10 @@ class MethodScriptChannel:
         step, rate = self.sweep_step_V, spec.scan_rate_V_per_s
         script = ms.cyclic_voltammetry(start_V, vertices, step, rate, spec.scans, currents)
         items = stream(
-            self._open_link(), Plan(script, step / rate, SWEEP_DONE), Tally(command, start, limits)
+            self._open_link(),
+            Plan(script, step / rate, SWEEP_DONE),
+            Tally(command, start, limits),
+            self.clock,
         )
         async with contextlib.aclosing(items):
             async for item in items:
@@ -297,7 +332,7 @@ class MethodScriptChannel:
             if loop_s <= 0:
                 yield StepEnd(scheduled, tally.progress)
                 return
-            items = stream(self._open_link(), plan(interval_s, loop_s, on_end), tally)
+            items = stream(self._open_link(), plan(interval_s, loop_s, on_end), tally, self.clock)
             async with contextlib.aclosing(items):
                 async for item in items:
                     if isinstance(item, StepEnd) and item.reason == CONTINUE:

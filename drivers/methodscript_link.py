@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 
 from cyclerd.drivers import methodscript_scripts as ms
-from cyclerd.drivers.base import InstrumentError, InstrumentFault, InstrumentTimeout
+from cyclerd.drivers.base import InstrumentError, InstrumentFault, InstrumentGarbled, InstrumentTimeout
 from cyclerd.drivers.methodscript_packages import (
     DeviceInfo,
     LineKind,
@@ -161,8 +161,8 @@ class Link:
             if kind is LineKind.PACKAGE:
                 try:
                     found.append(decode_package(line))
-                except ValueError as exc:  # line noise: a lost sample, counted across by Counter
-                    log.warning("%s: skipped an unreadable package: %s", self.name, exc)
+                except ValueError as exc:  # line noise: the step cannot vouch for this sample
+                    raise InstrumentGarbled(self.name, f"unreadable package {line!r}: {exc}") from None
             elif kind is LineKind.ERROR:
                 await self._fail(line)
             elif kind is LineKind.SCRIPT_END:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cyclerd.drivers.base import SAFETY, Batch, StepEnd, StepProgress
+from cyclerd.drivers.base import SAFETY, Batch, InstrumentGarbled, StepEnd, StepProgress
+from cyclerd.drivers.clock import Clock
 from cyclerd.drivers.conditions import NO_END, Counter, End, EndWatch, FloatArray
 from cyclerd.drivers.methodscript_link import Link
 from cyclerd.drivers.methodscript_scripts import Break
@@ -23,6 +24,7 @@ from cyclerd.protocols.program import SafetyLimits, StepCommand
 MAX_SCRIPT_S = 7 * 86400.0  # one script's loop time at most; a longer step goes on in a new script
 INTERVAL_MIN_S = 1e-3  # finest sampling a script is asked for
 CONTINUE = "continue"  # a capped script ended with nothing else due: the next one follows
+HOLE_INTERVALS = 3.0  # consecutive samples further apart than this many intervals: packages were lost
 
 Breaks = tuple[tuple[Break, str], ...]  # device-side conditions and the reason of each
 
@@ -112,15 +114,22 @@ class Tally:
         return last
 
 
-async def stream(link: Link, plan: Plan, tally: Tally) -> AsyncGenerator[Batch | StepEnd, None]:
-    """Run one script; turn its packages into batches until it or an end condition ends it."""
+async def stream(link: Link, plan: Plan, tally: Tally, clock: Clock) -> AsyncGenerator[Batch | StepEnd, None]:
+    """Run one script; turn its packages into batches until it or an end condition ends it.
+
+    A package is due every interval of the device's time (`clock` keeps it); one that does not
+    come within the link's timeout after that is a stalled device or a dead line.
+    """
     token = await link.start(plan.script)
-    origin = tally.progress.t_s  # device time 0 (timer_start) is this step time
+    origin = previous = tally.progress.t_s  # device time 0 (timer_start) is this step time
+    patience_s = clock.wall_s(plan.interval_s) + link.timeout_s
     while True:
-        packages, over = await link.packages(token, plan.interval_s + link.timeout_s)
+        packages, over = await link.packages(token, patience_s)
         rows = [p for p in packages if len(p) >= (3 if plan.current else 2)]
         if rows:
             t = origin + np.array([p[0].value for p in rows])
+            _check_continuous(link, previous, t, plan.interval_s)
+            previous = float(t[-1])
             v = np.array([p[1].value for p in rows])
             i = np.array([p[2].value for p in rows]) if plan.current else np.zeros(len(rows))
             index, reason, detail = tally.end_in(t, v, i)
@@ -139,6 +148,19 @@ async def stream(link: Link, plan: Plan, tally: Tally) -> AsyncGenerator[Batch |
                 yield last
             yield StepEnd(reason, tally.progress, detail)
             return
+
+
+def _check_continuous(link: Link, previous: float, t: FloatArray, interval_s: float) -> None:
+    """The device samples on its own timer, so a jump in its timestamps is data lost on the way
+    (an overrun, a hiccup of the line): the step cannot count across what it did not see."""
+    steps = np.diff(t, prepend=previous)
+    k = int(np.argmax(steps))
+    if steps[k] > HOLE_INTERVALS * interval_s:
+        raise InstrumentGarbled(
+            link.name,
+            f"lost packages: no sample for {steps[k]:.3g} s of device time (step time"
+            f" {t[k] - steps[k]:.1f} to {t[k]:.1f} s), where one comes every {interval_s:.3g} s",
+        )
 
 
 def _device_reason(plan: Plan, tally: Tally) -> tuple[str, str]:

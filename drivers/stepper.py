@@ -24,6 +24,7 @@ from cyclerd.drivers.base import (
     Batch,
     Capabilities,
     InstrumentFault,
+    LinkWatched,
     Reopenable,
     SourceMeasure,
     Spectrum,
@@ -51,6 +52,7 @@ DEFAULT_VOLTAGE_LIMIT_V = 5.0
 DEFAULT_CURRENT_LIMIT_A = 0.1
 FLUSH_AFTER_S = 1.0  # hand logged samples to the runner at least this often (wall clock)
 FLUSH_AFTER_SAMPLES = 256
+WATCH_SLICES = 10  # a poll interval's wait is cut in this many, to notice a closed link in it
 
 
 class SteppedChannel:
@@ -191,9 +193,21 @@ class SteppedChannel:
                         self.instrument.output_off_now()
                 post(StepEnd(reason, StepProgress(t, counter.charge_As, counter.energy_J), detail))
                 return
-            self.clock.sleep_blocking(self.poll_interval_s, halt)
+            self._idle(halt)
         # Halted (pause or stop): readings since the last batch are dropped. The runner resumes
         # from the last *stored* sample, so stored data and the step's charge stay consistent.
+
+    def _idle(self, halt: threading.Event) -> None:
+        """Wait a poll interval. An instrument that knows its link was closed (it rebooted, its
+        end of the cable went) ends the wait early: the next reading fails at once, and the
+        runner reconnects, while the instrument may still be driving the cell."""
+        if not isinstance(self.instrument, LinkWatched):
+            self.clock.sleep_blocking(self.poll_interval_s, halt)
+            return
+        for _ in range(WATCH_SLICES):
+            if halt.is_set() or self.instrument.link_lost():
+                return
+            self.clock.sleep_blocking(self.poll_interval_s / WATCH_SLICES, halt)
 
 
 def _clamp_for(command: CurrentCommand, limits: SafetyLimits) -> float:

@@ -2,9 +2,11 @@
 
 Drivers are tested against it byte for byte (instrument-protocols.md §1). The output stage's
 compliance (CC→CV at VLIM, current clamp at ILIM) comes from the cell model, in time the
-emulator owns: real time × `speed`, or `virtual_step_s` per reading (deterministic). Faults are
-injected at runtime through `emulator.faults` (see `scpi_server.Faults`). The SCPI vocabulary is
-`keithley2450_commands`, the settings and readings `keithley2450_state`.
+emulator owns: real time × `speed`, or `virtual_step_s` per reading (deterministic; speed 0 means
+1 s). Faults are injected at runtime through `emulator.faults` (see `scpi_server.Faults`) and
+`power_cycle()`; `faults.struck` and `output_log` say, in the emulator's time, when a fault struck
+and when the output switched. The SCPI vocabulary is `keithley2450_commands`, the settings and
+readings `keithley2450_state`.
 
 Choices where the notes say [U] (§8 numbering):
 - K2 error timestamps `YYYY/MM/DD HH:MM:SS.mmm`, host clock. K3 numbers `f"{x:.6E}"`, or
@@ -53,6 +55,7 @@ __all__ = ["Faults", "Keithley2450Emulator", "running", "serve"]
 log = logging.getLogger(__name__)
 
 IDN = "KEITHLEY INSTRUMENTS,MODEL 2450,{serial},1.7.12b"
+VIRTUAL_STEP_S = 1.0  # virtual time per reading when asked for speed 0 without a step
 
 
 class StepClock:
@@ -82,10 +85,14 @@ class Keithley2450Emulator:
     ) -> None:
         # Annotated: the command table reads these, and it imports this module for its types.
         self.cell: CellModel = cell
+        if virtual_step_s is None and speed <= 0:  # speed 0 means virtual time, as for MethodSCRIPT
+            virtual_step_s = VIRTUAL_STEP_S
         self.clock: StepClock | AcceleratedClock = (
             StepClock(virtual_step_s) if virtual_step_s is not None else AcceleratedClock(speed)
         )
-        self.faults: Faults = Faults()
+        self.faults: Faults = Faults(now=self.clock.now)
+        # (instrument time, output on) at every change: what a test reads the host's reaction from
+        self.output_log: list[tuple[float, bool]] = []
         self.errors: ErrorQueue = ErrorQueue()
         self.terminals: Terminals = Terminals()
         self.idn: str = IDN.format(serial=serial)
@@ -99,10 +106,12 @@ class Keithley2450Emulator:
         self._server = ScpiServer(self, self.faults)
         self._port = port
         self._latency_s = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.reset([])
 
     async def start(self) -> int:
         """Listen on 127.0.0.1 (port 0: a free one); returns the port."""
+        self._loop = asyncio.get_running_loop()
         return await self._server.start(self._port)
 
     async def stop(self) -> None:
@@ -114,12 +123,34 @@ class Keithley2450Emulator:
             code, text = self.faults.error_next
             self.faults.error_next = None
             self.error(ScpiError(code), text)
+            self.faults.strike(f"error {code} queued")
         self.sync()
         self._latency_s = 0.0
         replies = DISPATCH.run(self, line, self.error)
+        self._note_output()
         if self._latency_s > 0:
             await asyncio.sleep(self._latency_s)
         return ";".join(replies) if replies else None
+
+    def power_cycle(self) -> None:
+        """A power failure or a reboot (from any thread): output off, settings reset, the
+        connection gone. The error queue starts empty, as after power-on."""
+
+        def reboot() -> None:
+            self.sync()
+            self.reset([])
+            self.clear_status([])
+            self.faults.strike("power cycled")
+            self.faults.drop_connection()
+
+        if self._loop is None:
+            reboot()
+        else:
+            self._loop.call_soon_threadsafe(reboot)
+
+    def _note_output(self) -> None:
+        if not self.output_log or self.output_log[-1][1] != self.s.output:
+            self.output_log.append((self.clock.now(), self.s.output))
 
     def error(self, exc: ScpiError, text: str | None = None) -> None:
         log.debug("SCPI error %s", exc)
@@ -185,6 +216,7 @@ class Keithley2450Emulator:
         self.s = Settings()
         self.buffers = {name: deque(maxlen=100_000) for name in BUFFERS}
         self.t_origin = self.clock.now()
+        self._note_output()
 
     def clear_status(self, args: list[Token]) -> None:
         self.errors.clear()
@@ -255,11 +287,16 @@ async def serve(
     virtual_step_s: float | None = None,
     seed: int = 0,
 ) -> None:
-    """Serve a 2450 with the simulated cell `preset` until cancelled (`cyclerd emulate keithley2450`)."""
+    """Serve a 2450 with the simulated cell `preset` until cancelled (`cyclerd emulate keithley2450`).
+
+    `speed` 0 (or `virtual_step_s`) runs in virtual time: `virtual_step_s` (1 s) per reading.
+    """
     cell = make_cell(preset, seed=seed)
     emulator = Keithley2450Emulator(cell, speed=speed, virtual_step_s=virtual_step_s, port=port)
     bound = await emulator.start()
-    log.info("Keithley 2450 emulator with a %s cell on 127.0.0.1:%d", preset, bound)
+    clock = emulator.clock
+    pace = f"{clock.step_s:g} s per reading" if isinstance(clock, StepClock) else f"{speed:g}x real time"
+    log.info("Keithley 2450 emulator with a %s cell on 127.0.0.1:%d, %s", preset, bound, pace)
     try:
         await asyncio.Event().wait()
     finally:

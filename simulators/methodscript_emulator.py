@@ -5,9 +5,10 @@ Drivers open it as they open hardware, `serial.Serial(emulator.pty_path, 921600)
 recovery are tested byte for byte (instrument-protocols.md §3, §6). The emulator owns the
 cell's time: accelerated real time (`speed`), or virtual time (`speed=None`), where output
 streams as fast as the client reads and every sample moves the cell by its own interval.
-Faults (slow replies, hang-ups, garbled packages, device errors, a shorted cell) are injected
-from any thread. Here: the online-command session; the links are in `methodscript_transport`,
-the scripts run in `methodscript_interp` on `methodscript_frontend`.
+Faults (slow replies, hang-ups, garbled or lost packages, device errors, a reboot, a shorted cell)
+are injected from any thread; `faults.struck` and `frontend.switches` say, in device time, when a
+fault struck and when the cell was switched. Here: the online-command session; the links are in
+`methodscript_transport`, the scripts run in `methodscript_interp` on `methodscript_frontend`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cyclerd.drivers.clock import AcceleratedClock, Clock, VirtualClock
 from cyclerd.simulators import methodscript_packages as pk
@@ -53,9 +54,20 @@ class Faults:
     """What the next replies suffer; set through the emulator's methods."""
 
     delay_s: float = 0.0  # before each online command is handled; inf: never answered
+    delay_count: float = math.inf  # ... for this many next commands (inf: all, until delay_s is 0)
     garble_packages: int = 0  # this many next `P` lines get non-hex digits
     error_code: int | None = None  # raised instead of a `P` line once ...
     error_after_packages: int = 0  # ... this many more packages went out
+    lose_until: float = -math.inf  # `P` lines are lost until this device time (a hole in the data)
+    # When each fault struck, in device time: what a test measures the host's reaction from.
+    struck: list[tuple[float, str]] = field(default_factory=list)
+
+    def next_delay(self) -> float:
+        """How late the next online command is handled (0: at once); counts a one-off down."""
+        if self.delay_s <= 0 or self.delay_count <= 0:
+            return 0.0
+        self.delay_count -= 1
+        return self.delay_s
 
 
 class MethodScriptEmulator:
@@ -134,9 +146,14 @@ class MethodScriptEmulator:
 
     # -- faults (from any thread) ---------------------------------------------------------------
 
-    def set_delay(self, seconds: float) -> None:
-        """Answer online commands `seconds` late (math.inf: never): a busy or hung device."""
-        self.faults.delay_s = seconds
+    def set_delay(self, seconds: float, count: float = math.inf) -> None:
+        """Answer the next `count` online commands (inf: all) `seconds` late (math.inf: never):
+        a busy or hung device."""
+
+        def arm() -> None:
+            self.faults.delay_s, self.faults.delay_count = seconds, count
+
+        self._in_loop(arm)
 
     def garble_packages(self, count: int = 1) -> None:
         """Scramble the hex digits of the next `count` data packages (line noise)."""
@@ -150,9 +167,37 @@ class MethodScriptEmulator:
 
         self._in_loop(arm)
 
+    def lose_packages(self, seconds: float) -> None:
+        """Lose the data packages of the next `seconds` of device time (an overrun on the line):
+        the script goes on, the host sees a hole."""
+
+        def arm() -> None:
+            self.faults.lose_until = self.clock.now() + seconds
+
+        self._in_loop(arm)
+
     def drop_connection(self, tcp: bool = True, pty: bool = True) -> None:
         """Hang up: close the TCP client's socket; close the pty and open a new one (new path)."""
-        self._in_loop(lambda: self.transport.drop(tcp, pty))
+
+        def drop() -> None:
+            self._strike("connection dropped")
+            self.transport.drop(tcp, pty)
+
+        self._in_loop(drop)
+
+    def power_cycle(self) -> None:
+        """A reboot (power lost, a watchdog): the running script is gone without its
+        on_finished, the cell is off, the pgstat unpowered, and the link drops (as USB does)."""
+
+        def reboot() -> None:
+            if self._script is not None:
+                self._script.cancel()
+            self._capturing, self._loaded = None, None
+            self.frontend.power_off()
+            self._strike("power cycled")
+            self.transport.drop(True, True)
+
+        self._in_loop(reboot)
 
     def short_cell(self, resistance_ohm: float = 1e-3) -> None:
         """Put `resistance_ohm` across the cell terminals (a Li filament through the separator)."""
@@ -160,6 +205,9 @@ class MethodScriptEmulator:
 
     def clear_short(self) -> None:
         self._in_loop(lambda: self.frontend.short(None))
+
+    def _strike(self, what: str) -> None:
+        self.faults.struck.append((self.clock.now(), what))
 
     def _in_loop(self, action: Callable[[], None]) -> None:
         loop = self._loop
@@ -189,8 +237,13 @@ class MethodScriptEmulator:
                 else:
                     (letter, lines), self._capturing = self._capturing, None
                     await self._load(letter, lines)
-            elif line and not math.isinf(self.faults.delay_s):  # a bare newline flushes a half command
-                await asyncio.sleep(self.faults.delay_s)
+            elif line:  # a bare newline flushes a half command
+                delay = self.faults.next_delay()
+                if math.isinf(delay):
+                    continue  # a hung device: never answered
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    self._strike(f"an online command handled {delay:g} s late")
                 await self._online(line)
 
     async def _online(self, line: str) -> None:
@@ -270,11 +323,17 @@ class MethodScriptEmulator:
         if line.startswith("P") and faults.error_code is not None:
             if faults.error_after_packages <= 0:
                 code, faults.error_code = faults.error_code, None
+                self._strike(f"device error {code:04X}")
                 raise pk.DeviceError(code)
             faults.error_after_packages -= 1
+        if line.startswith("P") and self.clock.now() < faults.lose_until:
+            if not any(what == "packages lost" for _, what in faults.struck[-1:]):
+                self._strike("packages lost")
+            return
         if line.startswith("P") and faults.garble_packages > 0:
             faults.garble_packages -= 1
             line = line[:3] + line[3:10].translate(_GARBLE) + line[10:]
+            self._strike("a garbled package")
         await self.transport.write(line)
 
 

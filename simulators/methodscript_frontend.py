@@ -88,6 +88,8 @@ class AnalogFrontend:
         self.levels = {"E": 0.0, "I": 0.0}
         self.windows: dict[str, tuple[float, float] | None] = {"ba": None, "ab": None}  # None: all
         self.settings: dict[str, object] = {}  # accepted, not modelled (bandwidth, applied ranges)
+        # (device time, cell on) at every switch: what a test reads the host's reaction from
+        self.switches: list[tuple[float, bool]] = []
         self._t = clock.now()  # the clock time the cell has been advanced to
         self._chunk: _Chunk | None = None
         self._generation = 0  # bumped by a fault so that precomputed samples are dropped
@@ -109,7 +111,7 @@ class AnalogFrontend:
             if first not in PGSTAT_MODES:
                 raise pk.DeviceError(pk.ERR_UNKNOWN_MODE)
             self.mode = int(first)
-            self.on = self.on and self.mode != 0
+            self._switch(self.on and self.mode != 0)
         elif isinstance(first, str):  # set_range / set_range_minmax / set_autoranging <vartype> ...
             magnitudes = [abs(float(v)) for v in values[1:]]
             if first not in ("ba", "ab", "da", "db"):
@@ -130,6 +132,17 @@ class AnalogFrontend:
         self.sync()
         if on and self.mode == 0:
             raise pk.DeviceError(pk.ERR_WRONG_MODE)
+        self._switch(on)
+
+    def power_off(self) -> None:
+        """Power lost: the cell relay opens and the pgstat is off, as at power-up."""
+        self.sync()
+        self.mode = 0
+        self._switch(False)
+
+    def _switch(self, on: bool) -> None:
+        if on != self.on or not self.switches:
+            self.switches.append((self.clock.now(), on))
         self.on = on
 
     def level(self, kind: str, value: float) -> None:

@@ -72,7 +72,7 @@ class Interpreter:
         self._package: list[str] = []
         self._output = True
         self._finishing = False
-        self._timer0 = self._int0 = runtime.now()
+        self._device_t = self._timer0 = self._int0 = runtime.now()  # see _now
         self._interval = 0.0
 
     async def run(self) -> None:
@@ -163,16 +163,16 @@ class Interpreter:
         elif name == "set_script_output":
             self._output = self._num(a[0]) != 0  # [U] gates P and T lines only
         elif name == "timer_start":
-            self._timer0 = self.rt.now()
+            self._timer0 = self._now()
         elif name == "timer_get":
-            self._set(_ref(a[0]), Value(self.rt.now() - self._timer0, "eb"))
+            self._set(_ref(a[0]), Value(self._now() - self._timer0, "eb"))
         elif name == "set_int":
-            self._interval, self._int0 = self._time(a[0]), self.rt.now()
+            self._interval, self._int0 = self._time(a[0]), self._now()
         elif name == "await_int" and self._interval > 0:
-            periods = math.floor((self.rt.now() - self._int0) / self._interval + 1e-9) + 1
+            periods = math.floor((self._now() - self._int0) / self._interval + 1e-9) + 1
             await self._pause_until(self._int0 + periods * self._interval)
         elif name == "wait":
-            await self._pause_until(self.rt.now() + self._time(a[0]))
+            await self._pause_until(self._now() + self._time(a[0]))
         elif name in ("cell_on", "cell_off"):
             self.fe.cell_switch(name == "cell_on")
         elif name in ("set_e", "set_i"):
@@ -186,7 +186,7 @@ class Interpreter:
         if vartype not in ("ab", "ba"):
             raise pk.DeviceError(pk.ERR_BAD_VARTYPE)
         self.fe.begin("meas")
-        await self._pause_until(self.rt.now() + duration)
+        await self._pause_until(self._now() + duration)
         voltage, current = self.fe.sample(duration)
         self._set(ref, self._measured(vartype, voltage if vartype == "ab" else current))
 
@@ -232,7 +232,7 @@ class Interpreter:
             self.fe.apply(kind, level)
 
     async def _hold(self, name: str, r: list[pk.Ref], level: float, t_int: float, count: int) -> _Points:
-        t0 = self.rt.now()
+        t0 = self._now()
         for k in range(1, count + 1):  # [U] the first point comes after one interval
             await self._pause_until(t0 + k * t_int)
             voltage, current = self.fe.sample(t_int)
@@ -251,7 +251,7 @@ class Interpreter:
         for a, b in itertools.pairwise(vertices):
             n = max(1, round(abs(b - a) / step))
             grid += [a + (b - a) * k / n for k in range(1, n + 1)]
-        k, t0 = 0, self.rt.now()
+        k, t0 = 0, self._now()
         for scan in range(scans):
             if scans > 1:
                 yield f"C{scan:04X}"  # [U] the scan index
@@ -270,7 +270,7 @@ class Interpreter:
         """EIS / GEIS: Z of the cell at the frequencies, held at the DC level meanwhile."""
         for f, z in zip(freqs, self.fe.spectrum(freqs), strict=True):
             duration = max(2.0 / f, 0.05)  # [U] two periods, at least 50 ms per frequency
-            await self.rt.pause(duration)
+            await self._pause_until(self._now() + duration)
             self.fe.sample(duration)
             i_ac = amplitude / abs(z) if potentiostatic else amplitude
             i_meta, e_meta = self.fe.reading("ba", i_ac)[1], self.fe.reading("ab", i_ac * abs(z))[1]
@@ -336,8 +336,19 @@ class Interpreter:
             raise pk.DeviceError(pk.ERR_INVALID_TIME)
         return seconds
 
+    def _now(self) -> float:
+        """The device's time: the time it last waited for.
+
+        A device runs a loop body in microseconds and samples on its own timer; an emulator on a
+        busy machine (or at 3600x) wakes late and computes for a while. It keeps pace with its
+        clock (a late wait is no wait), but its timer reads the schedule, so timestamps are those
+        of the samples, each of which moves the cell by its own interval.
+        """
+        return self._device_t
+
     async def _pause_until(self, t: float) -> None:
         await self.rt.pause(max(0.0, t - self.rt.now()))
+        self._device_t = max(self._device_t, min(t, self.rt.now()))  # an abort wakes it early
 
 
 def _ref(arg: pk.Arg) -> pk.Ref:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,12 +22,16 @@ log = logging.getLogger(__name__)
 class Faults:
     """Faults injected at runtime (from any thread): transport ones here, cell ones for the physics."""
 
-    delay_s: float = 0.0  # every reply waits this long: clients time out
+    delay_s: float = 0.0  # replies wait this long: clients time out
+    delay_count: float = math.inf  # ... this many next replies (inf: every one until delay_s is 0)
     garble_next: int = 0  # this many next replies are scrambled (no longer numbers)
     error_next: tuple[int, str] | None = None  # queued when the next line arrives
     short_cell: bool = False  # a near-zero resistance across the cell: the voltage collapses
     short_ohm: float = 0.01
     open_circuit: bool = False  # the cell is disconnected from the terminals
+    # When each fault struck, in the instrument's time: what a test measures the host's reaction from.
+    struck: list[tuple[float, str]] = field(default_factory=list)
+    now: Callable[[], float] = field(default=time.monotonic, repr=False)
     _drop: Callable[[], None] | None = field(default=None, repr=False)
 
     def drop_connection(self) -> None:
@@ -36,6 +42,16 @@ class Faults:
     def on_drop(self, drop: Callable[[], None]) -> None:
         """What `drop_connection` does: the server closes its client (thread-safe)."""
         self._drop = drop
+
+    def strike(self, what: str) -> None:
+        self.struck.append((self.now(), what))
+
+    def next_delay(self) -> float:
+        """How late the next reply goes out (0: on time); counts a one-off delay down."""
+        if self.delay_s <= 0 or self.delay_count <= 0:
+            return 0.0
+        self.delay_count -= 1
+        return self.delay_s
 
 
 def garble(reply: str) -> str:
@@ -54,6 +70,7 @@ class ScpiServer:
         self.instrument, self.faults, self.host = instrument, faults, host
         self._server: asyncio.Server | None = None
         self._client: tuple[asyncio.StreamWriter, asyncio.Task[Any]] | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()  # replaced clients' may still be finishing
         self.port = 0
 
     async def start(self, port: int = 0) -> int:
@@ -63,6 +80,7 @@ class ScpiServer:
 
         def drop() -> None:
             loop.call_soon_threadsafe(self._close_client)
+            self.faults.strike("connection dropped")
 
         self.faults.on_drop(drop)
         return self.port
@@ -73,9 +91,12 @@ class ScpiServer:
         client, self._client = self._client, None
         if client is not None:
             client[0].close()  # the handler sees end of file and returns
-            if not (await asyncio.wait({client[1]}, timeout=1.0))[0]:
-                client[1].cancel()  # still sleeping on a delay fault
-                await asyncio.wait({client[1]})
+        if self._handlers:
+            _, pending = await asyncio.wait(set(self._handlers), timeout=1.0)
+            for task in pending:
+                task.cancel()  # still sleeping on a delay fault
+            if pending:
+                await asyncio.wait(pending)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -91,19 +112,22 @@ class ScpiServer:
             log.info("new client: closing the previous connection")
             self._client[0].close()
         self._client = (writer, task)
+        self._handlers.add(task)
         try:
             while line := await reader.readline():
                 text = line.decode("ascii", errors="replace").rstrip("\r\n")
                 reply = await self.instrument.handle(text)
                 if reply is None or writer.is_closing():
                     continue
-                if self.faults.delay_s > 0:
-                    await asyncio.sleep(self.faults.delay_s)
+                if (delay := self.faults.next_delay()) > 0:
+                    await asyncio.sleep(delay)
+                    self.faults.strike(f"a reply {delay:g} s late")
                     if writer.is_closing():
                         continue
                 if self.faults.garble_next > 0:
                     self.faults.garble_next -= 1
                     reply = garble(reply)
+                    self.faults.strike("a garbled reply")
                 writer.write(reply.encode("ascii", errors="replace") + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -115,6 +139,7 @@ class ScpiServer:
         finally:
             if self._client is not None and self._client[1] is task:
                 self._client = None
+            self._handlers.discard(task)
             writer.close()
 
 

@@ -29,7 +29,7 @@ def _channels() -> dict[str, object]:
     [
         ("simulated", {Named, Snapshotting}),
         ("stepped", {Named, Reconnectable}),
-        ("methodscript", {Named}),
+        ("methodscript", {Named, Reconnectable}),
     ],
 )
 def test_each_channel_has_the_features_it_claims(channel: str, expected: set[type]) -> None:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +16,7 @@ import pytest
 from watch import stored_and_watched
 
 from cyclerd.analysis.cycles import summarise
-from cyclerd.drivers.base import InstrumentError, InstrumentTimeout, unmet_needs
+from cyclerd.drivers.base import InstrumentDisconnected, InstrumentError, InstrumentTimeout, unmet_needs
 from cyclerd.drivers.clock import VirtualClock
 from cyclerd.drivers.keithley2450 import Keithley2450
 from cyclerd.drivers.stepper import SteppedChannel
@@ -269,3 +274,163 @@ def test_a_shorted_cell_is_detected_and_ends_the_loop(
     assert "cycle 2" in shorts[0]["message"]
     assert store.run(1).state == "completed"  # the loop ended on its short-circuit condition
     assert not device.s.output
+
+
+def test_an_error_queued_during_a_step_is_read_with_the_next_reading(
+    emulator: tuple[Keithley2450Emulator, str],
+) -> None:
+    device, resource = emulator
+
+    async def check() -> None:
+        smu = Keithley2450(resource)
+        await smu.open()
+        await smu.source_current(1e-4, 3.0)
+        await smu.measure()
+        device.faults.error_next = (-222, "Parameter data out of range")  # queued mid-step
+        with pytest.raises(InstrumentError) as raised:
+            await smu.measure()
+        assert (raised.value.code, raised.value.text) == (-222, "Parameter data out of range")
+        assert await smu.errors() == []  # read and drained: not left to fail the next command
+        await smu.close()
+
+    asyncio.run(check())
+
+
+def test_an_error_queued_mid_step_stops_the_run_with_the_output_off_at_once(
+    emulator: tuple[Keithley2450Emulator, str], tmp_path: Path
+) -> None:
+    device, resource = emulator
+    text = (
+        "name: plate\ncell: {area: 0.785 cm^2}\nrecord: {every: 10 s}\n"
+        "steps:\n  - plate: {current: 1 mA/cm^2, until: {duration: 10 h}}\n"
+    )
+
+    async def run() -> tuple[RunState, Store]:
+        clock = VirtualClock()
+        smu = Keithley2450(resource)
+        await smu.open()
+        store = Store(tmp_path / "error.db")
+        run_id = store.create_run("plate", "k2450", text, {}, {})
+
+        def once(columns: Columns) -> None:
+            if not device.faults.struck:
+                device.faults.error_next = (-222, "Parameter data out of range")
+
+        channel = SteppedChannel(smu, clock, STEP_S)
+        result = await Runner(
+            compile_protocol(loads(text)), channel, clock, stored_and_watched(store, run_id, once)
+        ).run()
+        await smu.close()
+        return result.state, store
+
+    state, store = asyncio.run(run())
+    assert state is RunState.STOPPED
+    faults = [e["message"] for e in store.events(1) if e["kind"] == "fault"]
+    assert len(faults) == 1
+    assert "instrument error -222: Parameter data out of range" in faults[0]
+    (struck, _), *_ = device.faults.struck
+    # In virtual time the emulator's clock moves one step per reading: the reading that came
+    # with the error was the last one with the output on.
+    assert [t - struck for t, on in device.output_log if t >= struck] == [STEP_S]
+
+
+def test_a_connection_the_instrument_closed_fails_at_once_not_after_a_timeout(
+    emulator: tuple[Keithley2450Emulator, str],
+) -> None:
+    device, resource = emulator
+
+    async def check() -> None:
+        smu = Keithley2450(resource, timeout_s=2.0)
+        await smu.open()
+        await smu.source_current(1e-4, 3.0)
+        assert not await smu.in_worker(smu.link_lost)
+        device.faults.drop_connection()
+        for _ in range(100):  # the FIN crosses the loopback in microseconds
+            if await smu.in_worker(smu.link_lost):
+                break
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(InstrumentDisconnected, match="closed the connection"):
+            await smu.measure()
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(InstrumentDisconnected):  # the output's state is unknown: not "safe"
+            await smu.output_off()
+        assert device.s.output  # the instrument on its own goes on sourcing
+        await smu.close()  # closing reconnects: the reset leaves the output off
+        assert not device.s.output
+
+    asyncio.run(check())
+
+
+def test_separate_recovered_faults_in_one_step_do_not_add_up_to_a_stop(
+    emulator: tuple[Keithley2450Emulator, str], tmp_path: Path
+) -> None:
+    device, resource = emulator
+    text = "name: rest\nrecord: {every: 10 s}\nsteps:\n  - rest: 12 h\n"
+
+    async def run() -> tuple[RunState, Store]:
+        clock = VirtualClock()
+        smu = Keithley2450(resource, timeout_s=0.5)
+        await smu.open()
+        store = Store(tmp_path / "repeated.db")
+        run_id = store.create_run("rest", "k2450", text, {}, {})
+        injected = 0
+
+        def after_each_recovery(columns: Columns) -> None:
+            nonlocal injected
+            if injected < 4 and len(device.faults.struck) == injected:  # the last one struck
+                injected += 1
+                device.faults.garble_next = 1
+
+        channel = SteppedChannel(smu, clock, STEP_S)
+        result = await Runner(
+            compile_protocol(loads(text)),
+            channel,
+            clock,
+            stored_and_watched(store, run_id, after_each_recovery),
+        ).run()
+        await smu.close()
+        return result.state, store
+
+    state, store = asyncio.run(run())
+    faults = [e for e in store.events(1) if e["kind"] == "fault"]
+    assert state is RunState.COMPLETED, [e["message"] for e in faults]
+    assert [e["data"]["attempt"] for e in faults] == [1, 1, 1, 1]
+    gaps = [e for e in store.events(1) if e["kind"] == "gap"]
+    assert len(gaps) == 4
+    assert all(e["data"]["hole_s"] > 0 for e in gaps)
+    assert store.steps(1)[0]["end_reason"] == "duration"
+
+
+def test_speed_zero_serves_the_2450_in_virtual_time(tmp_path: Path) -> None:
+    """`cyclerd emulate keithley2450 --speed 0`: one second per reading, whatever the wall clock."""
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "cyclerd"),
+            "emulate",
+            "keithley2450",
+            "--speed",
+            "0",
+            "--port",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        found = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert found, line
+        with socket.create_connection(("127.0.0.1", int(found.group(1))), timeout=5.0) as link:
+            replies = link.makefile("r")
+            times = []
+            for _ in range(3):
+                link.sendall(b':READ? "defbuffer1", REL\n')
+                times.append(float(replies.readline()))
+                time.sleep(0.05)
+        assert np.diff(times) == pytest.approx([1.0, 1.0])
+        assert "1 s per reading" in line
+    finally:
+        process.terminate()
+        process.wait(5.0)

@@ -23,6 +23,7 @@ from cyclerd.drivers.base import (
     InstrumentDisconnected,
     InstrumentError,
     InstrumentFault,
+    InstrumentGarbled,
     InstrumentTimeout,
     StepEnd,
     StepProgress,
@@ -370,7 +371,7 @@ async def test_no_reply_is_a_timeout_and_safe_state_recovers(
         assert _cell_is_off(emulator)
 
 
-async def test_a_dropped_link_is_a_disconnect_and_a_new_link_makes_the_cell_safe(
+async def test_a_dropped_link_is_a_disconnect_and_reconnecting_makes_the_cell_safe(
     bench: Bench,
 ) -> None:
     emulator, _, url = bench
@@ -385,11 +386,60 @@ async def test_a_dropped_link_is_a_disconnect_and_a_new_link_makes_the_cell_safe
     try:
         with pytest.raises(InstrumentDisconnected):
             await pull_the_cable()
+        assert emulator.frontend.on  # the device still drives the cell: nobody could tell it otherwise
+        if url.startswith("socket://"):  # the same address again: the channel gets the cell back
+            await channel.reconnect()
+            assert _cell_is_off(emulator)
+            _, end = await _run(channel, _command(current_A=0.001, duration_s=10.0))
+            assert end.reason == "duration"
+        else:  # a pty comes back under a new name: the old one leads nowhere, and says so
+            with pytest.raises(InstrumentDisconnected):
+                await channel.reconnect()
+            with pytest.raises(InstrumentDisconnected, match="state is unknown"):
+                await channel.safe_state()
     finally:
         await channel.close()
-    assert emulator.frontend.on  # the device still drives the cell: nobody could tell it otherwise
     async with MethodScriptChannel(_url(emulator, url)) as again:
         await again.safe_state()
+        assert _cell_is_off(emulator)
+
+
+async def test_a_rebooted_device_is_taken_up_again(bench: Bench) -> None:
+    emulator, _, url = bench
+    if not url.startswith("socket://"):
+        pytest.skip("a pty comes back under a new name")
+
+    async def reboot_mid_step(channel: MethodScriptChannel) -> None:
+        async for item in channel.run(_command(current_A=0.01, duration_s=1e5), StepProgress(), LIMITS):
+            if isinstance(item, Batch):
+                emulator.power_cycle()
+
+    async with MethodScriptChannel(url) as channel:
+        with pytest.raises(InstrumentDisconnected):
+            await reboot_mid_step(channel)
+        assert _cell_is_off(emulator)  # the reboot switched it off
+        await channel.reconnect()
+        _, end = await _run(channel, _command(current_A=0.001, duration_s=10.0))
+        assert end.reason == "duration"
+
+
+async def test_a_garbled_package_is_a_fault_not_a_silent_hole(bench: Bench) -> None:
+    emulator, _, url = bench
+    async with MethodScriptChannel(url) as channel:
+        emulator.garble_packages(1)
+        with pytest.raises(InstrumentGarbled, match="unreadable package"):
+            await _run(channel, _command(current_A=0.01, duration_s=100.0))
+        assert _cell_is_off(emulator)
+        _, end = await _run(channel, _command(current_A=0.001, duration_s=10.0))  # still usable
+        assert end.reason == "duration"
+
+
+async def test_lost_packages_are_a_fault_not_a_silent_hole(bench: Bench) -> None:
+    emulator, _, url = bench
+    async with MethodScriptChannel(url, interval_s=1.0) as channel:
+        emulator.lose_packages(7.5)  # the step's first seven 1 s samples
+        with pytest.raises(InstrumentGarbled, match=r"lost packages: no sample for 8 s"):
+            await _run(channel, _command(current_A=0.01, duration_s=100.0))
         assert _cell_is_off(emulator)
 
 

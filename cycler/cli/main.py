@@ -96,7 +96,7 @@ def emulate(
         if instrument == "keithley2450":
             from cyclerd.simulators.keithley2450_emulator import serve as serve_keithley
 
-            asyncio.run(serve_keithley(preset, port, speed or 1.0, virtual_step, seed))
+            asyncio.run(serve_keithley(preset, port, speed, virtual_step, seed))
         elif instrument == "methodscript":
             from cyclerd.simulators.methodscript_emulator import serve as serve_methodscript
 

@@ -59,12 +59,17 @@ class FaultStop(Exception):
 
 
 class _Reading:
-    """The progress of the last batch a stretch stored: where the step resumes after a fault."""
+    """The last batch a stretch stored: where the step resumes after a fault, and when (test
+    time) its last sample was taken; `stored` counts the stretch's batches. `hole_from`: the
+    stretch resumes after a fault, and its first sample closes the hole that began then."""
 
-    __slots__ = ("progress",)
+    __slots__ = ("hole_from", "progress", "stored", "t_s")
 
-    def __init__(self, progress: StepProgress) -> None:
+    def __init__(self, progress: StepProgress, t_s: float, hole_from: float | None) -> None:
         self.progress = progress
+        self.t_s = t_s
+        self.stored = 0
+        self.hole_from = hole_from
 
 
 class Executor:
@@ -97,11 +102,11 @@ class Executor:
         self.sinks.event(RunEvent(self.test_time(), kind, message, data or {}))
 
     async def make_safe(self) -> None:
-        """Tell the channel to go safe; if it cannot even answer that, say so in the record."""
-        try:
-            await self.channel.safe_state()
-        except InstrumentFault as exc:
-            self.event("fault", f"could not confirm the cell is safe: {exc}")
+        """Tell the channel to go safe, through a new link if the old one is gone; if it cannot
+        even answer that, say so in the record."""
+        unsafe, _ = await self._go_safe()
+        if unsafe is not None:
+            self.event("fault", f"could not confirm the cell is safe: {unsafe}")
 
     async def hold(self, number: int, progress: StepProgress) -> None:
         """Paused: the cell is held safe until someone resumes or stops the run."""
@@ -121,26 +126,31 @@ class Executor:
         stored: BatchStored,
     ) -> StepEnd:
         """Run the step from `progress` until it ends or reaches step time `pause_at`; a pause or
-        a fault that may pass resumes it from the last stored sample."""
+        a fault that may pass resumes it from the last stored sample.
+
+        Faults are counted in a row: a stretch that stored samples before its fault has
+        recovered from the one before, so separate faults in a long step never add up to a stop.
+        """
         faults = 0
+        last_t: float | None = None  # test time of the last stored sample, once a fault cut in
         while True:
             if self.control.paused:  # paused before the step began, or taken up paused
                 await self.hold(number, progress)
-            reading = _Reading(progress)
-            stream = self.channel.run(command, progress, self.safety, pause_at)
             start = self.test_time() - progress.t_s  # test time at this stretch's step time 0
+            reading = _Reading(progress, start + progress.t_s if last_t is None else last_t, last_t)
+            stream = self.channel.run(command, progress, self.safety, pause_at)
             try:
                 return await self.control.interruptible(
                     self._consume(stream, number, cycle, start, reading, stored)
                 )
             except Interrupted:
-                progress = reading.progress
+                progress, last_t = reading.progress, reading.hole_from  # a hole not yet closed stays open
                 if self.control.stop_requested:
                     raise StopRequested from None
                 await self.hold(number, progress)
             except InstrumentFault as exc:
-                progress = reading.progress
-                faults += 1
+                progress, last_t = reading.progress, reading.t_s
+                faults = 1 if reading.stored else faults + 1
                 await self._recover(exc, faults, number, progress)
             finally:
                 await stream.aclose()
@@ -156,13 +166,18 @@ class Executor:
     ) -> StepEnd:
         async for item in stream:
             if isinstance(item, StepEnd):
+                if reading.hole_from is not None:  # the step ended without a sample after the fault
+                    self._gap(number, reading, self.test_time())
                 return item
             columns, crossed = clipped_at_violation(
                 self.safety, stored_columns(item, self.next_seq, number, cycle, start)
             )
+            if reading.hole_from is not None:
+                self._gap(number, reading, float(columns["t"][0]))
             t_end = float(columns["t"][-1])  # the batch's last sample, or the one that crossed a limit
             progress = StepProgress(t_end - start, float(columns["charge"][-1]), float(columns["energy"][-1]))
-            reading.progress = progress
+            reading.progress, reading.t_s = progress, t_end
+            reading.stored += 1
             stored(columns, progress, item.final)
             self.next_seq += len(columns["seq"])
             if crossed is not None:
@@ -175,16 +190,31 @@ class Executor:
         raise InstrumentFault(self.name, f"its data for step {number} ended before the step did")
 
     async def _recover(
-        self, fault: InstrumentFault, attempt: int, number: int, progress: StepProgress
+        self, fault: InstrumentFault, attempt: int, number: int, progress: StepProgress, what: str = "step"
     ) -> None:
-        """Record the fault in the instrument's words, make the cell safe, retry or give up."""
+        """Make the cell safe, record the fault in the instrument's words, retry or give up.
+
+        A cell that cannot be confirmed safe (the link is gone) is not left to the backoff: the
+        instrument is reconnected at once. Otherwise it is reconnected after the backoff, so that
+        the step goes on over a fresh link (no late reply left in it).
+        """
         transient = isinstance(fault, InstrumentTimeout | InstrumentDisconnected | InstrumentGarbled)
+        unsafe, reconnected = await self._go_safe()
+        if unsafe is None:
+            outcome = "cell made safe" + (" after reconnecting" if reconnected else "")
+        else:
+            outcome = f"could not confirm the cell is safe: {unsafe}"
         self.event(
             "fault",
-            f"step {number}: {fault}; cell made safe",
-            {"step": number, "step_time": progress.t_s, "attempt": attempt, "transient": transient},
+            f"{what} {number}: {fault}; {outcome}",
+            {
+                "step": number,
+                "step_time": progress.t_s,
+                "attempt": attempt,
+                "transient": transient,
+                "safe": unsafe is None,
+            },
         )
-        await self.make_safe()
         if not transient or attempt > self.retries:
             raise FaultStop(str(fault)) from fault
         backoff = min(RETRY_BACKOFF_S * 2 ** (attempt - 1), RETRY_BACKOFF_MAX_S)
@@ -193,14 +223,61 @@ class Executor:
         except Interrupted:
             if self.control.stop_requested:
                 raise StopRequested from None
-        if isinstance(self.channel, Reconnectable):
-            try:
-                await self.channel.reconnect()
-            except InstrumentFault as exc:
-                self.event("fault", f"reconnecting failed: {exc}")
+        if not reconnected and isinstance(self.channel, Reconnectable):
+            await self._reconnect(self.channel)
+
+    async def _go_safe(self) -> tuple[InstrumentFault | None, bool]:
+        """Make the cell safe, through a new link if the old one is gone (a device on its own
+        goes on driving the cell): the fault that still prevents it or None, and whether the
+        channel was reconnected."""
+        unsafe = await self._try_safe()
+        if unsafe is None or not isinstance(self.channel, Reconnectable):
+            return unsafe, False
+        if not await self._reconnect(self.channel):
+            return unsafe, False
+        return await self._try_safe(), True
+
+    async def _try_safe(self) -> InstrumentFault | None:
+        try:
+            await self.channel.safe_state()
+        except InstrumentFault as exc:
+            return exc
+        return None
+
+    async def _reconnect(self, channel: Reconnectable) -> bool:
+        try:
+            await channel.reconnect()
+        except InstrumentFault as exc:
+            self.event("fault", f"reconnecting failed: {exc}")
+            return False
+        return True
+
+    def _gap(self, number: int, reading: _Reading, until: float) -> None:
+        """The audit event of a step taken up again after a fault: the hole in its samples,
+        from the last one stored before the fault to the first one after it."""
+        start, reading.hole_from = reading.hole_from, None
+        assert start is not None
+        carried = reading.progress
+        self.event(
+            "gap",
+            f"step {number} resumed after a fault at {carried.t_s:.1f} s of step time,"
+            f" {carried.charge_As / 3.6:.4g} mAh carried over: no samples from {start:.1f} s"
+            f" to {until:.1f} s of test time ({until - start:.1f} s); the cell was switched off at"
+            " the fault, and what it went through after the last stored sample is not counted",
+            {
+                "step": number,
+                "step_time": carried.t_s,
+                "charge_As": carried.charge_As,
+                "from_t": start,
+                "to_t": until,
+                "hole_s": until - start,
+            },
+        )
 
     async def impedance(self, spec: ImpedanceSpec, number: int) -> Spectrum:
-        """One spectrum; a pause measures it again whole afterwards (a spectrum has no middle)."""
+        """One spectrum; a pause or a fault that may pass measures it again whole afterwards (a
+        spectrum has no middle)."""
+        faults = 0
         while True:
             if self.control.paused:
                 await self.hold(number, StepProgress())
@@ -210,5 +287,5 @@ class Executor:
                 if self.control.stop_requested:
                     raise StopRequested from None
             except InstrumentFault as exc:
-                self.event("fault", f"spectrum in step {number}: {exc}")
-                raise FaultStop(str(exc)) from exc
+                faults += 1
+                await self._recover(exc, faults, number, StepProgress(), "spectrum in step")

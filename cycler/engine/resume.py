@@ -44,7 +44,7 @@ def gap_event(cursor: Cursor, outage_s: float, next_seq: int) -> tuple[str, dict
     """The audit event of a resumed run: where it took up, and what the gap may hide."""
     message = (
         f"resumed after a restart: step {cursor.step_number} ({cursor.phase}) at"
-        f" {cursor.progress.t_s:.1f} s of step time, {cursor.progress.charge_As * 1e3 / 3.6:.4g} mAh"
+        f" {cursor.progress.t_s:.1f} s of step time, {cursor.progress.charge_As / 3.6:.4g} mAh"
         f" carried over; {outage_s:.1f} s of test time without the daemon, first new sample seq {next_seq}"
     )
     if outage_s > 0:

@@ -325,7 +325,7 @@ async def test_a_dead_encoder_process_loses_no_batch(
     """The encoder child is killed mid-stream: its pending batches are encoded in the daemon."""
     async with collecting(broker, f"cyclerd/{LAB}/{CHANNEL}/data") as data, make_bus(broker, store) as bus:
         await asyncio.wait_for(bus.wait_connected(), 5.0)
-        encoder = bus._encoder
+        encoder = bus._encoding.process
         assert encoder is not None
         assert encoder.alive
         producer = Producer(store, bus)
@@ -339,5 +339,5 @@ async def test_a_dead_encoder_process_loses_no_batch(
         assert data.seqs() == list(range(400))
         received = np.concatenate([p["voltage"] for p in data.payloads()])
         assert received.tobytes() == store.samples(producer.run_id)["voltage"].tobytes()
-        assert bus._encoder is None
+        assert bus._encoding.process is None
         assert "encoding in the daemon from now on" in caplog.text

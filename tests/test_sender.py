@@ -14,6 +14,7 @@ import aiomqtt
 import pytest
 
 from cyclerd.bus.sender import Outgoing, Sender
+from cyclerd.store.marks import Marks
 
 
 class HeldClient:
@@ -41,7 +42,14 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def sending(delivered: dict[int, int], *firsts: int) -> tuple[HeldClient, Sender, asyncio.Task[None]]:
+def delivered_up_to(seq: int) -> Marks:
+    """The marks of run 1, its samples acknowledged up to `seq` (kept in memory only)."""
+    marks = Marks(None)
+    marks.take_on(1, "ch", {"data": seq})
+    return marks
+
+
+async def sending(delivered: Marks, *firsts: int) -> tuple[HeldClient, Sender, asyncio.Task[None]]:
     """A running sender on a held client, given ten-sample batches of run 1 starting at `firsts`."""
     client = HeldClient()
     sender = Sender(client, delivered, asyncio.Lock(), lambda out: out.payload, window=8)  # type: ignore[arg-type]
@@ -53,38 +61,38 @@ async def sending(delivered: dict[int, int], *firsts: int) -> tuple[HeldClient, 
 
 
 async def test_acknowledgements_out_of_order_move_the_mark_only_in_send_order() -> None:
-    delivered = {1: -1}
+    delivered = delivered_up_to(-1)
     client, sender, running = await sending(delivered, 0, 10, 20)
     assert [payload for _, payload in client.sent] == ["0..9", "10..19", "20..29"]  # all in flight
     client.acks[2].set_result(None)
     client.acks[1].set_result(None)
     await settle()
-    assert delivered[1] == -1  # 10..29 acknowledged, but 0..9 not yet
+    assert delivered.get("data", 1) == -1  # 10..29 acknowledged, but 0..9 not yet
     client.acks[0].set_result(None)
     await settle()
-    assert delivered[1] == 29
+    assert delivered.get("data", 1) == 29
     assert sender.in_transit == 0
     running.cancel()
 
 
 async def test_after_a_failed_publish_no_later_acknowledgement_moves_the_mark() -> None:
-    delivered = {1: -1}
+    delivered = delivered_up_to(-1)
     client, sender, running = await sending(delivered, 0, 10, 20)
     client.acks[0].set_result(None)
     client.acks[1].set_exception(aiomqtt.MqttError("connection lost"))
     client.acks[2].set_result(None)  # acknowledged, but after a gap: the replay must resend it
     await settle()
-    assert delivered[1] == 9
+    assert delivered.get("data", 1) == 9
     await sender.put(batch(1, 30, 39))  # the sender notices and stops, for the bus to reconnect
     with pytest.raises(aiomqtt.MqttError):
         await asyncio.wait_for(running, 1.0)
 
 
 async def test_what_a_replay_already_sent_is_skipped() -> None:
-    delivered = {1: 49}
+    delivered = delivered_up_to(49)
     client, sender, running = await sending(delivered, 40, 50)
     assert [payload for _, payload in client.sent] == ["50..59"]
     client.acks[0].set_result(None)
     await asyncio.wait_for(sender.join(), 1.0)
-    assert delivered[1] == 59
+    assert delivered.get("data", 1) == 59
     running.cancel()

@@ -1,21 +1,26 @@
-"""The bus: a live view of one lab's runs over MQTT 5 (state, data, events, daemon status).
+"""The bus: a live view of one lab's runs over MQTT 5 (state, data, events, spectra, daemon status).
 
 Publishing never blocks acquisition: the runner only enqueues and a background task sends.
 Turning samples into JSON is a large part of what the daemon does with them, so it runs in
 an encoder process (cyclerd.bus.encoder) on the lab PC's other core, ahead of the
 sender (cyclerd.bus.sender), which keeps many messages awaiting their acknowledgement at once.
-The store is the source of truth, so whatever the bus misses while the broker is away is
-replayed from the store afterwards, by sequence number, without gaps: from the first sample
-the broker had not acknowledged. A message the broker took as it stopped, whose PUBACK never
-came, is therefore sent again (QoS 1 is at least once); its samples keep their seq, so
-viewers drop what they already have.
+The store is the source of truth, so whatever the bus misses while the broker is away, or
+while the daemon is down, is sent from the store afterwards (cyclerd.bus.backlog): from the
+first sample, event or spectrum the broker had not acknowledged, as the marks kept in the store
+say (cyclerd.store.marks). A message the broker took as it stopped, whose PUBACK never came, is
+therefore sent again (QoS 1 is at least once); its samples keep their seq, so viewers drop what
+they already have.
+
+The bus task never ends on its own (cyclerd.bus.connection): a lost broker is retried with
+backoff, and anything else that fails inside it is logged as an error, the status set
+"offline", and the bus started again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import itertools
 import json
 import logging
 import ssl
@@ -26,15 +31,28 @@ from typing import Any
 import aiomqtt
 import numpy as np
 
-from cyclerd.bus.encoder import Encoder, EncoderGone
-from cyclerd.bus.payloads import DATA_COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, data_payload
+from cyclerd.bus.backlog import Backlog
+from cyclerd.bus.connection import Broker, keep_connected
+from cyclerd.bus.encoding import Encoding
+from cyclerd.bus.payloads import (
+    DATA_COLUMNS,
+    FLOAT_COLUMNS,
+    INT_COLUMNS,
+    data_payload,
+    event_payload,
+    spectrum_payload,
+)
 from cyclerd.bus.replies import CommandHandler, answer
-from cyclerd.bus.sender import QOS, Outgoing, Sender
+from cyclerd.bus.sender import QOS, Outgoing, Sender, ready
+from cyclerd.engine.sinks import RunEvent, SpectrumTaken
 from cyclerd.store.database import Store
+from cyclerd.store.marks import NOTHING, Kind, Marks
 
 __all__ = ["FLOAT_COLUMNS", "INT_COLUMNS", "QOS", "Bus", "CommandHandler", "data_payload"]
 
 log = logging.getLogger(__name__)
+
+MARKS_EVERY_S = 0.5  # how often acknowledged marks reach the store: what a kill -9 may send twice
 
 
 @dataclass(frozen=True)
@@ -48,17 +66,36 @@ class _Batch:
 
 @dataclass(frozen=True)
 class _Message:
+    """An event or spectrum of a bus without a store, sent as it came."""
+
     topic: str
     payload: str
-    retain: bool
+
+
+@dataclass(frozen=True)
+class _State:
+    """A channel's state changed; its latest is sent (an older one never after a newer)."""
+
+    channel: str
+
+
+@dataclass(frozen=True)
+class _News:
+    """The store holds more of `kind` of this run than was handed to the broker: send it."""
+
+    run_id: int
+    kind: Kind
 
 
 class Bus:
     """Publishes one lab's channels to `cyclerd/<lab>/...`; use as `async with Bus(...) as bus:`.
 
-    Per run the bus remembers the last sequence number the broker acknowledged (`delivered`).
-    A batch reaching the sender after a gap (the broker was away, the queue overflowed) first
-    makes the bus replay the store from `delivered`; batches at or below it are skipped.
+    Per run the bus keeps what the broker acknowledged (`delivered`, and the like for events
+    and spectra), in the store when it has one. A batch reaching the sender after a gap (the
+    broker was away, the queue overflowed) first makes the bus replay the store from
+    `delivered`; batches at or below it are skipped. With a store, a run's events and spectra
+    are sent from the store (the runner's call only says there is something new), so none is
+    lost to an outage or a restart either.
     """
 
     def __init__(
@@ -83,27 +120,38 @@ class Bus:
         self.host = host
         self.port = port
         self.username = username
-        self._password = password
-        self._tls_context = tls_context
+        self._broker = Broker(
+            host,
+            port,
+            username,
+            password,
+            tls_context,
+            f"cyclerd-{lab}-daemon",
+            self.status_topic,
+            timeout_s,
+            in_flight,
+        )
         self._store = store
-        self._queue: asyncio.Queue[_Batch | _Message] = asyncio.Queue(maxsize=queue_size)
-        self._replay_batch = replay_batch
+        self._queue: asyncio.Queue[_Batch | _Message | _State | _News] = asyncio.Queue(maxsize=queue_size)
+        self._pending = 0  # items enqueued and not yet handed to the sender (or dropped)
         self._backoff_s = backoff_s
-        self._timeout_s = timeout_s
-        self._delivered: dict[int, int] = {}
-        self._produced: dict[int, int] = {}
-        self._channels: dict[int, str] = {}
-        self._states: dict[str, str] = {}
+        self._marks = Marks(store)
+        self._produced: dict[int, int] = {}  # per run: the last seq given to the bus
+        self._states: dict[str, tuple[int, str]] = {}  # per channel: (version, payload)
+        self._state_sent: dict[str, int] = {}  # per channel: the version last handed over
+        self._versions = itertools.count(1)
         self._send_lock = asyncio.Lock()
         self._connected = asyncio.Event()
+        self._caught_up = False  # this connection sent what the previous ones missed
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._on_command = on_command
         self._handlers: set[asyncio.Task[None]] = set()
-        self._encoder = Encoder() if encoder else None  # None: encode in the daemon's process
+        self._encoding = Encoding(child=encoder)  # False: encode in the daemon's process
         self._in_flight = in_flight
         self._handed: dict[int, int] = {}  # per run: last seq handed to the sender this connection
         self._sender: Sender | None = None
+        self._backlog = Backlog(store, self._marks, self.topic, self._encoding, replay_batch)
         self.dropped = 0
 
     def __repr__(self) -> str:  # never shows the password
@@ -120,14 +168,19 @@ class Bus:
 
     # -- the runner's side: synchronous, never blocks ------------------------------------
 
+    def track(self, channel: str, run_id: int) -> None:
+        """Take run `run_id` on: from now on what the broker acknowledged of it is kept (in the
+        store), and whatever of it the broker misses, even across a restart, is sent later."""
+        self._marks.take_on(run_id, channel)
+
     def publish_batch(self, channel: str, run_id: int, columns: Mapping[str, Any]) -> None:
         """Enqueue one stored batch (the Runner's `on_batch` columns); drops when it must."""
         seq = columns["seq"]
         if len(seq) == 0:
             return
         first, last = int(seq[0]), int(seq[-1])
-        self._channels[run_id] = channel
-        self._delivered.setdefault(run_id, first - 1)  # the run's first batch sets the baseline
+        if run_id not in self._marks:  # a run nobody announced: shown from its first batch on
+            self._marks.take_on(run_id, channel, {"data": first - 1})
         self._produced[run_id] = max(self._produced.get(run_id, last), last)
         if self.connected:
             self._enqueue(_Batch(channel, run_id, columns, first, last))
@@ -136,30 +189,53 @@ class Bus:
 
     def publish_state(self, channel: str, state: Mapping[str, Any]) -> None:
         """Enqueue the channel's state (retained; republished after each reconnect)."""
-        payload = json.dumps(state, sort_keys=True)
-        self._states[channel] = payload
+        self._states[channel] = (next(self._versions), json.dumps(state, sort_keys=True))
         if self.connected:
-            self._enqueue(_Message(self.topic(channel, "state"), payload, retain=True))
+            self._enqueue(_State(channel))
 
-    def publish_event(self, channel: str, event: Mapping[str, Any]) -> None:
-        """Enqueue an event (not retained; the store keeps the events, the bus only shows them)."""
-        if self.connected:
-            self._enqueue(_Message(self.topic(channel, "events"), json.dumps(event, sort_keys=True), False))
+    def publish_event(self, channel: str, run_id: int, event: RunEvent) -> None:
+        """Enqueue an event of run `run_id` (not retained; the store keeps them all)."""
+        if self._store is not None:
+            self._news(channel, run_id, "events")
+        elif self.connected:
+            payload = event_payload(run_id, event.t_s, event.kind, event.message, event.data)
+            self._enqueue(_Message(self.topic(channel, "events"), payload))
 
-    def publish_spectrum(self, channel: str, spectrum: Mapping[str, Any]) -> None:
-        """Enqueue one impedance spectrum (frequency, z_real, z_imag and where it was taken)."""
-        if self.connected:
-            self._enqueue(_Message(self.topic(channel, "eis"), json.dumps(spectrum), False))
+    def publish_spectrum(self, channel: str, run_id: int, spectrum: SpectrumTaken) -> None:
+        """Enqueue one impedance spectrum of run `run_id` (and where it was taken)."""
+        if self._store is not None:
+            self._news(channel, run_id, "eis")
+        elif self.connected:
+            z = spectrum.impedance_ohm
+            payload = spectrum_payload(
+                run_id,
+                spectrum.sequence,
+                spectrum.t_s,
+                spectrum.step,
+                spectrum.cycle,
+                spectrum.frequency_Hz,
+                z.real,
+                z.imag,
+            )
+            self._enqueue(_Message(self.topic(channel, "eis"), payload))
 
     def handle_commands(self, handler: CommandHandler) -> None:
         """Answer commands on cyclerd/<lab>/<channel>/cmd with `handler` (from the next connection)."""
         self._on_command = handler
 
-    def _enqueue(self, item: _Batch | _Message) -> None:
+    def _news(self, channel: str, run_id: int, kind: Kind) -> None:
+        if run_id not in self._marks:  # a run nobody announced: all of this kind it has stored
+            self._marks.take_on(run_id, channel, {kind: NOTHING[kind]})
+        if self.connected:  # else the catch-up after reconnecting finds it in the store
+            self._enqueue(_News(run_id, kind))
+
+    def _enqueue(self, item: _Batch | _Message | _State | _News) -> None:
         if self._queue.full():  # the newest is the most useful live; the store fills the gap
             self._queue.get_nowait()
+            self._pending -= 1
             self.dropped += 1
         self._queue.put_nowait(item)
+        self._pending += 1
 
     # -- state ---------------------------------------------------------------------------
 
@@ -171,20 +247,29 @@ class Bus:
         await self._connected.wait()
 
     async def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until the broker has every sample produced so far; False if it did not in time."""
+        """Wait until the broker has every sample produced so far, the latest states, and all
+        the store holds of the runs taken on; False if it did not in time."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
-            behind = any(last > self.delivered(run) for run, last in self._produced.items())
-            in_transit = self._sender is not None and self._sender.in_transit > 0
-            if self.connected and self._queue.empty() and not in_transit and not behind:
-                return True
+            if self._idle():
+                behind = any(last > self.delivered(run) for run, last in self._produced.items())
+                owed = self._marks.owed()
+                if not behind and not owed:
+                    return True
+                for run in owed:  # stored beside the sinks (a gap, an instrument's note)
+                    for kind in run.kinds:
+                        self._enqueue(_News(run.run_id, kind))
             await asyncio.sleep(0.05)
         return False
 
+    def _idle(self) -> bool:
+        in_transit = self._sender is not None and self._sender.in_transit > 0
+        return self.connected and self._caught_up and self._pending == 0 and not in_transit
+
     def delivered(self, run_id: int) -> int:
         """The last sequence number of `run_id` the broker acknowledged (-1: none)."""
-        return self._delivered.get(run_id, -1)
+        return self._marks.get("data", run_id)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -198,120 +283,121 @@ class Bus:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"bus {self.lab}")
+            self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The last line of defence: `_run` catches what fails inside it, yet if the task ends
+        other than by `close`, that is an error in the log and the bus starts again."""
+        if task.cancelled() or task is not self._task:
+            return
+        error = task.exception()
+        log.error("the bus stopped unexpectedly (%r); starting it again", error, exc_info=error)
+        self._task = None
+        self.start()
 
     async def close(self) -> None:
         """Say "offline" (retained) and disconnect; the last will covers a crash."""
         client = self._client
         if client is not None:
-            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                async with asyncio.timeout(self._timeout_s):
-                    await client.publish(self.status_topic, "offline", qos=QOS, retain=True)
+            await self._broker.say(client, "offline")
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._encoder is not None:
-            await self._encoder.close()
-
-    def _new_client(self) -> aiomqtt.Client:
-        # A fresh client per connection: no half-sent QoS 1 message from the previous session
-        # is resent behind the replay's back (that would be a duplicate).
-        client = aiomqtt.Client(
-            self.host,
-            self.port,
-            username=self.username,
-            password=self._password,
-            identifier=f"cyclerd-{self.lab}-daemon",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            will=aiomqtt.Will(self.status_topic, "offline", qos=QOS, retain=True),
-            clean_start=True,
-            tls_context=self._tls_context,
-            timeout=self._timeout_s,
-            max_inflight_messages=self._in_flight,
-        )
-        # Many publishes awaiting their PUBACK is the sender's design, not a sign of trouble
-        # (aiomqtt warns from 10 on).
-        client.pending_calls_threshold = self._in_flight + 16
-        return client
+        self._marks.save()
+        await self._encoding.close()
 
     async def _run(self) -> None:
-        if self._encoder is not None:
-            try:
-                await self._encoder.start()
-            except EncoderGone as error:
-                self._lose_encoder(error)
-        delay = self._backoff_s[0]
+        """Connect and publish until cancelled (`close`), whatever fails meanwhile."""
+        await self._encoding.start()
+        await keep_connected(self._broker, self._serve, self._backoff_s, self._gone)
+
+    def _gone(self) -> None:
+        self._connected.clear()
+        self._client = None
+        self._marks.save()
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """One connection: catch up, then publish as things come; returns only by raising."""
+        self._client = client
+        await client.publish(self.status_topic, "online", qos=QOS, retain=True)
+        self._caught_up = False
+        self._handed = {}
+        self._backlog.reset()
+        self._connected.set()  # batches from now on queue up behind the catch-up
+        sender = Sender(client, self._marks, self._send_lock, self._encoding.payload, self._in_flight)
+        self._sender = sender
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._watch(client))
+                tasks.create_task(self._drain(client, sender))
+                tasks.create_task(sender.run())
+                tasks.create_task(self._keep_marks())
+        finally:
+            sender.close()
+            self._sender = None
+
+    async def _keep_marks(self) -> None:
         while True:
-            try:
-                async with self._new_client() as client:
-                    self._client = client
-                    delay = self._backoff_s[0]
-                    log.info("bus connected to %s:%d as %s", self.host, self.port, self.username)
-                    await client.publish(self.status_topic, "online", qos=QOS, retain=True)
-                    self._connected.set()  # batches from now on queue up behind the catch-up
-                    self._handed = {}
-                    sender = Sender(client, self._delivered, self._send_lock, self._payload, self._in_flight)
-                    self._sender = sender
-                    try:
-                        async with asyncio.TaskGroup() as tasks:
-                            tasks.create_task(self._watch(client))
-                            tasks.create_task(self._drain(client, sender))
-                            tasks.create_task(sender.run())
-                    finally:
-                        sender.close()
-                        self._sender = None
-            except* (aiomqtt.MqttError, OSError) as group:
-                log.warning(
-                    "bus: broker %s:%d unavailable (%s); retrying in %.1f s",
-                    self.host,
-                    self.port,
-                    group.exceptions[0],
-                    delay,
-                )
-            finally:
-                self._connected.clear()
-                self._client = None
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, self._backoff_s[1])
+            await asyncio.sleep(MARKS_EVERY_S)
+            self._marks.save()
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         """Return only by raising: the message iterator raises when the connection is lost."""
         await client.subscribe(f"cyclerd/{self.lab}/+/cmd", qos=QOS)
         async for message in client.messages:
-            task = asyncio.create_task(answer(client, message, self._on_command))
+            task = asyncio.create_task(answer(client, message, self._on_command, self.lab))
             self._handlers.add(task)  # keep a reference until it is done
             task.add_done_callback(self._handlers.discard)
         raise aiomqtt.MqttError("disconnected from the broker")
 
-    async def _catch_up(self, client: aiomqtt.Client) -> None:
-        """After (re)connecting: retained states again, and every run's stored samples not yet sent."""
-        for channel, payload in self._states.items():
-            await client.publish(self.topic(channel, "state"), payload, qos=QOS, retain=True)
-        if self._store is None:
-            return
-        for run_id, produced in list(self._produced.items()):
-            if produced > self.delivered(run_id):
-                await self._replay(
-                    client, self._store, run_id, self._channels[run_id], self.delivered(run_id)
-                )
+    async def _catch_up(self, client: aiomqtt.Client, sender: Sender) -> None:
+        """After (re)connecting: the retained states again, then whatever the store holds of the
+        runs taken on that the broker has not acknowledged (an outage, or before a restart)."""
+        for channel in list(self._states):  # channels keep arriving meanwhile: queued, sent after
+            await self._send_state(channel, sender)
+        for owed in self._marks.owed():
+            for kind in owed.kinds:
+                await self._send_news(client, sender, owed.run_id, kind)
 
     async def _drain(self, client: aiomqtt.Client, sender: Sender) -> None:
         """Hand each queued item to the sender in order, batches encoding meanwhile."""
-        await self._catch_up(client)
+        await self._catch_up(client, sender)
+        self._caught_up = True
         while True:
             item = await self._queue.get()
-            if isinstance(item, _Message):
-                await sender.put(Outgoing(item.topic, _ready(item.payload), item.retain))
-            else:
-                await self._hand_over(client, item, sender)
+            try:
+                if isinstance(item, _Batch):
+                    await self._hand_over(client, item, sender)
+                elif isinstance(item, _State):
+                    await self._send_state(item.channel, sender)
+                elif isinstance(item, _News):
+                    await self._send_news(client, sender, item.run_id, item.kind)
+                else:
+                    await sender.put(Outgoing(item.topic, ready(item.payload)))
+            finally:
+                self._pending -= 1
+
+    async def _send_state(self, channel: str, sender: Sender) -> None:
+        version, payload = self._states[channel]
+        if self._state_sent.get(channel, 0) >= version and self._caught_up:
+            return  # this version went already (a channel's states queue up faster than they go)
+        self._state_sent[channel] = version
+        await sender.put(Outgoing(self.topic(channel, "state"), ready(payload), retain=True))
+
+    async def _send_news(self, client: aiomqtt.Client, sender: Sender, run_id: int, kind: Kind) -> None:
+        if kind == "data":
+            await sender.join()  # everything handed over is acknowledged: delivered == handed
+            await self._replay(client, run_id, self._marks.channel(run_id), self.delivered(run_id))
+        else:
+            await self._backlog.send(sender, run_id, kind)
 
     async def _hand_over(self, client: aiomqtt.Client, batch: _Batch, sender: Sender) -> None:
         handed = self._handed.get(batch.run_id, self.delivered(batch.run_id))
         if batch.first > handed + 1 and self._store is not None:  # batches were dropped: the store has them
             await sender.join()  # everything handed over is acknowledged, so delivered == handed
-            delivered = self.delivered(batch.run_id)
-            await self._replay(client, self._store, batch.run_id, batch.channel, delivered)
+            await self._replay(client, batch.run_id, batch.channel, self.delivered(batch.run_id))
             handed = self.delivered(batch.run_id)
         if batch.last <= handed:
             return
@@ -321,41 +407,8 @@ class Bus:
             columns = {name: values[keep] for name, values in columns.items()}
         self._handed[batch.run_id] = batch.last
         topic, first = self.topic(batch.channel, "data"), int(columns["seq"][0])
-        encoded = self._encode(batch.run_id, columns)
+        encoded = self._encoding.encode(batch.run_id, columns)
         await sender.put(Outgoing(topic, encoded, False, batch.run_id, first, batch.last, columns))
-
-    def _encode(self, run_id: int, columns: Mapping[str, Any]) -> asyncio.Future[str | bytes]:
-        if self._encoder is not None:
-            try:
-                return asyncio.ensure_future(self._encoder.encode(run_id, columns))
-            except EncoderGone as error:
-                self._lose_encoder(error)
-        return _ready(data_payload(run_id, columns))
-
-    async def _payload(self, out: Outgoing) -> str | bytes:
-        try:
-            return await out.payload
-        except EncoderGone as error:  # the encoder died: this daemon encodes from now on
-            self._lose_encoder(error)
-            assert out.run_id is not None
-            assert out.columns is not None
-            return data_payload(out.run_id, out.columns)
-
-    def _lose_encoder(self, error: BaseException) -> None:
-        encoder, self._encoder = self._encoder, None
-        if encoder is not None:
-            log.warning("bus: %s; encoding in the daemon from now on", error)
-            reaping = asyncio.get_running_loop().create_task(encoder.close())  # its pipes and process
-            self._handlers.add(reaping)
-            reaping.add_done_callback(self._handlers.discard)
-
-    async def _publish_slice(self, client: aiomqtt.Client, out: Outgoing) -> int:
-        """Send one replayed slice; returns how many samples it held."""
-        assert out.run_id is not None
-        assert out.columns is not None
-        await client.publish(out.topic, await self._payload(out), qos=QOS)
-        self._delivered[out.run_id] = max(self.delivered(out.run_id), out.last)
-        return len(out.columns["seq"])
 
     # -- replay --------------------------------------------------------------------------
 
@@ -364,39 +417,12 @@ class Bus:
         client = self._client
         if client is None:
             raise aiomqtt.MqttError("the bus is not connected to the broker")
-        return await self._replay(client, store, run_id, channel, after_seq)
+        return await self._replay(client, run_id, channel, after_seq, store)
 
     async def _replay(
-        self, client: aiomqtt.Client, store: Store, run_id: int, channel: str, after: int
+        self, client: aiomqtt.Client, run_id: int, channel: str, after: int, store: Store | None = None
     ) -> int:
         async with self._send_lock:
             if self._sender is not None:
                 await self._sender.settled()  # what is in flight counts before `after` is read
-            return await self._replay_locked(client, store, run_id, channel, after)
-
-    async def _replay_locked(
-        self, client: aiomqtt.Client, store: Store, run_id: int, channel: str, after: int
-    ) -> int:
-        sent, last = 0, after
-        ahead: collections.deque[Outgoing] = collections.deque()  # slices encoding meanwhile
-        while True:  # a slice at a time: a long run is never loaded whole
-            samples = store.samples(run_id, after_seq=last, limit=self._replay_batch)
-            seq = samples["seq"].astype(np.int64)
-            if len(seq) == 0:
-                break
-            columns = {"seq": seq, **{name: samples[name] for name in DATA_COLUMNS[1:]}}
-            topic, first, last = self.topic(channel, "data"), int(seq[0]), int(seq[-1])
-            ahead.append(Outgoing(topic, self._encode(run_id, columns), False, run_id, first, last, columns))
-            if len(ahead) >= self._in_flight:
-                sent += await self._publish_slice(client, ahead.popleft())
-        while ahead:
-            sent += await self._publish_slice(client, ahead.popleft())
-        if sent:
-            log.info("bus replayed %d samples of run %d after seq %d", sent, run_id, after)
-        return sent
-
-
-def _ready(payload: str | bytes) -> asyncio.Future[str | bytes]:
-    future: asyncio.Future[str | bytes] = asyncio.get_running_loop().create_future()
-    future.set_result(payload)
-    return future
+            return await self._backlog.samples(client, run_id, channel, after, self._in_flight, store)

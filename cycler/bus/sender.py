@@ -4,9 +4,10 @@ The daemon's event loop also runs every channel, so a sender that waited for eac
 before the next publish would get one message out per turn of a loop that is busy with the
 channels between turns, and fall ever further behind. This one starts each publish as soon as
 its payload is ready, keeps up to `window` unacknowledged, and settles acknowledgements in the
-order the messages were sent: a run's `delivered` mark moves only past messages that were
-acknowledged together with every message before them. After the first failure nothing moves
-it any more; the bus reconnects and replays from the store what was not acknowledged.
+order the messages were sent: a run's marks (cyclerd.store.marks: its samples, events and
+spectra) move only past messages that were acknowledged together with every message before
+them. After the first failure nothing moves them any more; the bus reconnects and replays
+from the store what was not acknowledged.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import aiomqtt
 import numpy as np
 
 from cyclerd.bus.payloads import data_payload
+from cyclerd.store.marks import Kind, Marks
 
 QOS = 1  # at least once on the wire; sequence numbers and the delivered mark make it exactly once
 
@@ -32,10 +34,18 @@ class Outgoing:
     topic: str
     payload: asyncio.Future[str | bytes]
     retain: bool = False
-    run_id: int | None = None  # a batch of this run's samples, seq first..last
+    run_id: int | None = None  # of this run: samples seq first..last, or an event or spectrum `last`
     first: int = 0
     last: int = -1
     columns: Mapping[str, Any] | None = None
+    kind: Kind = "data"
+
+
+def ready(payload: str | bytes) -> asyncio.Future[str | bytes]:
+    """A payload that needs no encoding, as the sender takes payloads: a future."""
+    future: asyncio.Future[str | bytes] = asyncio.get_running_loop().create_future()
+    future.set_result(payload)
+    return future
 
 
 class Sender:
@@ -44,13 +54,13 @@ class Sender:
     def __init__(
         self,
         client: aiomqtt.Client,
-        delivered: dict[int, int],
+        marks: Marks,
         lock: asyncio.Lock,
         payload: Callable[[Outgoing], Awaitable[str | bytes]],
         window: int,
     ) -> None:
         self._client = client
-        self._delivered = delivered  # shared with the bus: the marks outlive the connection
+        self._marks = marks  # shared with the bus: the marks outlive the connection
         self._lock = lock  # held by a replay, which publishes around the sender
         self._payload = payload
         self._window = window
@@ -96,7 +106,7 @@ class Sender:
 
     def _start(self, out: Outgoing, payload: str | bytes) -> bool:
         if out.run_id is not None:
-            delivered = self._delivered.get(out.run_id, -1)
+            delivered = self._marks.get(out.kind, out.run_id)
             if out.last <= delivered:
                 return False  # a replay sent it meanwhile
             if out.first <= delivered and out.columns is not None:
@@ -114,7 +124,7 @@ class Sender:
             if error is not None:
                 self._failed = self._failed or error
             elif out.run_id is not None and self._failed is None:
-                self._delivered[out.run_id] = max(self._delivered.get(out.run_id, -1), out.last)
+                self._marks.advance(out.kind, out.run_id, out.last)
             self._settled_one()
 
     def _settled_one(self) -> None:

@@ -11,7 +11,11 @@ from cyclerd.engine.states import RunState
 
 
 class BusSink(Sink):
-    """Publishes run `run_id` on `channel`'s topics: data, events, spectra and the retained state."""
+    """Publishes run `run_id` on `channel`'s topics: data, events, spectra and the retained state.
+
+    The bus takes the run on as the sink is made, before the run records anything, so that
+    whatever of it the broker misses (an outage, a restart) is sent from the store later.
+    """
 
     def __init__(self, bus: Bus, channel: str, run_id: int) -> None:
         self.bus = bus
@@ -19,19 +23,13 @@ class BusSink(Sink):
         self.run_id = run_id
         self._state = RunState.CREATED
         self._cycle = 0
+        bus.track(channel, run_id)
 
     def batch(self, columns: Columns, cursor: Cursor | None, final: bool) -> None:
         self.bus.publish_batch(self.channel, self.run_id, columns)
 
     def event(self, event: RunEvent) -> None:
-        payload = {
-            "run": self.run_id,
-            "t": event.t_s,
-            "kind": event.kind,
-            "message": event.message,
-            "data": dict(event.data),
-        }
-        self.bus.publish_event(self.channel, payload)
+        self.bus.publish_event(self.channel, self.run_id, event)
         if event.kind in ("state", "gap"):
             state = {"run": self.run_id, "state": self._state.value, "cycle": self._cycle}
             self.bus.publish_state(self.channel, state)
@@ -43,14 +41,4 @@ class BusSink(Sink):
         self._cycle = int(summary["cycle"])
 
     def spectrum(self, spectrum: SpectrumTaken) -> None:
-        payload = {
-            "run": self.run_id,
-            "sequence": spectrum.sequence,
-            "t": spectrum.t_s,
-            "step": spectrum.step,
-            "cycle": spectrum.cycle,
-            "frequency": spectrum.frequency_Hz.tolist(),
-            "z_real": spectrum.impedance_ohm.real.tolist(),
-            "z_imag": spectrum.impedance_ohm.imag.tolist(),
-        }
-        self.bus.publish_spectrum(self.channel, payload)
+        self.bus.publish_spectrum(self.channel, self.run_id, spectrum)

@@ -68,6 +68,13 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL,
     data TEXT NOT NULL DEFAULT '{}'
 );
+CREATE INDEX IF NOT EXISTS events_run ON events (run_id);  -- a run's events, and its latest
+CREATE TABLE IF NOT EXISTS bus_marks (  -- per run the bus took on, the last of each kind the MQTT
+    run_id INTEGER PRIMARY KEY,         -- broker acknowledged (cyclerd.store.marks)
+    data INTEGER NOT NULL,           -- sample seq (-1: none)
+    events INTEGER NOT NULL,         -- events.id (0: none)
+    eis INTEGER NOT NULL             -- spectra.sequence (0: none)
+);
 CREATE TABLE IF NOT EXISTS cycles (  -- written when a cycle ends, from its stored samples
     run_id INTEGER NOT NULL,
     cycle INTEGER NOT NULL,

@@ -8,6 +8,7 @@ stepper, or vectorised in a simulator) is the channel's business.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -66,10 +67,30 @@ class StepEnd:
     detail: str = ""
 
 
+DC_SAMPLE_S = 10.0  # during a spectrum, the cell's DC state is logged this often (E1's record interval)
+
+
+def dc_sample_times(duration_s: float) -> FloatArray:
+    """Times (from 0) at which a spectrum of `duration_s` logs the cell's DC state, both ends included."""
+    return np.linspace(0.0, duration_s, max(2, math.ceil(duration_s / DC_SAMPLE_S) + 1))
+
+
 @dataclass(frozen=True, slots=True)
 class Spectrum:
+    """An impedance spectrum, and what the channel knows of the cell's DC state meanwhile.
+
+    `dc_potential_V`: the potential the spectrum was measured around (the OCV measured just
+    before a `dc_level: ocv` spectrum, or the DC voltage set), None if the channel does not know
+    it. `potential`: samples of the cell's voltage and current over the measurement, in the
+    spectrum's own time from 0, where the channel knows them (a potentiostat holding the OCV
+    passes no DC current); stored as the EIS step's samples, so a plating step interrupted for
+    a spectrum has no hole in its record.
+    """
+
     frequency_Hz: FloatArray
     impedance_ohm: NDArray[np.complex128]
+    dc_potential_V: float | None = None
+    potential: Batch | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from cyclerd.drivers.base import (
     Spectrum,
     StepEnd,
     StepProgress,
+    dc_sample_times,
     hold_after_switch,
 )
 from cyclerd.drivers.clock import Clock, RealClock
@@ -379,7 +380,15 @@ class MethodScriptChannel:
         values = np.array([[v.value for v in p[:3]] for p in packages if len(p) >= 3], dtype=np.float64)
         if len(values) == 0:
             raise InstrumentFault(self.name, "the EIS script ended without a single frequency")
-        return Spectrum(values[:, 0], (values[:, 1] + 1j * values[:, 2]).astype(np.complex128))
+        impedance = (values[:, 1] + 1j * values[:, 2]).astype(np.complex128)
+        if spec.galvanostatic:  # the DC potential under a DC current is not reported
+            return Spectrum(values[:, 0], impedance)
+        held = None
+        if spec.dc_level is None:  # held at the OCV just measured: no DC current flows
+            times = dc_sample_times(spec.duration_s())
+            nothing = np.zeros(len(times))
+            held = Batch(times, np.full(len(times), dc_V), nothing, nothing, nothing, final=True)
+        return Spectrum(values[:, 0], impedance, dc_V, held)
 
     async def _open_circuit_voltage(self) -> float:
         span = max(map(abs, self._voltage_span(SafetyLimits())))

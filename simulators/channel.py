@@ -26,6 +26,7 @@ from cyclerd.drivers.base import (
     Spectrum,
     StepEnd,
     StepProgress,
+    dc_sample_times,
     hold_after_switch,
 )
 from cyclerd.drivers.clock import Clock
@@ -133,13 +134,19 @@ class SimulatedChannel:
         self.output_on = False
 
     async def impedance(self, spec: ImpedanceSpec) -> Spectrum:
-        """The spectrum of the cell now; the cell rests (and the clock runs) while it is measured."""
+        """The spectrum of the cell now; the cell rests (and the clock runs) while it is measured,
+        and its open-circuit voltage meanwhile is the DC level it is measured at."""
         frequencies = np.asarray(spec.frequencies_Hz(), dtype=np.float64)
-        z = self._touched().impedance(frequencies)
+        cell = self._touched()
         duration = spec.duration_s()
-        self._touched().advance_at_current(0.0, duration)
+        t = dc_sample_times(duration)
+        resting_V = cell.voltage_at_current(0.0, t)
+        z = cell.impedance(frequencies)
+        cell.advance_at_current(0.0, duration)
         await self.clock.sleep(duration)
-        return Spectrum(frequencies, z)
+        nothing = np.zeros(len(t))
+        rest = Batch(t, resting_V, nothing, nothing, nothing, final=True)
+        return Spectrum(frequencies, z, float(resting_V[0]), rest)
 
     async def run(
         self,

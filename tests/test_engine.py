@@ -272,8 +272,10 @@ def test_every_checkpoint_holds_the_cell_as_it_is_and_reads_it_only_after_it_mov
     asyncio.run(runner.run())
     assert checking.checked
     assert all(checking.checked)
-    # Once at the start, then once after each batch and each spectrum moved the cell.
-    assert reads == 1 + checking.batches + len(store.spectra(run_id))
+    # Once at the start, then once after each batch moved the cell; a spectrum moves it too,
+    # and comes with a batch of its own (the DC potential logged while it was measured).
+    assert len(store.spectra(run_id)) > 0
+    assert reads == 1 + checking.batches
     state = store.checkpoint(run_id)
     assert state is not None
     assert isinstance(state[1]["cell"], dict)

@@ -133,7 +133,11 @@ def test_spectra_carry_step_label_dc_level_and_the_fitted_curve(recorded: Path, 
     potential = table.column("DC Potential / V").to_pylist()
     assert set(level[first]) == {"ocv"}
     assert set(level[last]) == {"1.0 V"}
-    assert {potential[i] for i in np.flatnonzero(first)} == {None}, "at OCV the protocol sets none"
+    # At OCV the potential is the one measured as the spectrum began: its step's first sample.
+    with Store(recorded) as store:
+        samples = store.samples(1)
+    ocv = float(samples["voltage"][samples["step"] == stored[0]["step"]][0])
+    assert {potential[i] for i in np.flatnonzero(first)} == {ocv}
     assert {potential[i] for i in np.flatnonzero(last)} == {1.0}
     back = bdf_import.read_spectra(tmp_path / "run1.spectra.parquet")  # import still reads it
     assert all(

@@ -315,6 +315,14 @@ async def test_a_spectrum_matches_the_cells_impedance(
     np.testing.assert_allclose(
         galvanostatic.impedance_ohm, cell.impedance(galvanostatic.frequency_Hz), rtol=1e-3
     )
+    # Held at the OCV it measured first: that potential, at zero current, through the spectrum.
+    rest_V = float(cell.voltage_at_current(0.0, np.zeros(1))[0])
+    assert spectrum.dc_potential_V == pytest.approx(rest_V, abs=2e-3)
+    assert spectrum.potential is not None
+    assert spectrum.potential.t_s[-1] == pytest.approx(spec.duration_s())
+    assert np.all(spectrum.potential.voltage_V == spectrum.dc_potential_V)
+    assert np.all(spectrum.potential.current_A == 0.0)
+    assert galvanostatic.potential is None  # under a DC current the potential is not reported
 
 
 async def test_a_sweep_streams_to_its_end(bench: Bench) -> None:

@@ -70,7 +70,8 @@ def cycles_table(store: Store, run_id: int) -> pa.Table:
 @dataclass(frozen=True)
 class DcLevel:
     """What a spectrum was taken around, from the protocol: `text` ("ocv", "0.1 V", "0.0001 A")
-    and the set potential in V (NaN for ocv and for a DC current)."""
+    and the potential in V: the set one, or for ocv the OCV stored as the spectrum's first
+    sample (NaN for a DC current, and for ocv where the instrument reported no potential)."""
 
     text: str
     potential_V: float
@@ -123,6 +124,12 @@ def spectra_tables(store: Store, run_id: int, trends: EisTrends | None = None) -
     own = [steps.get(sp["step"], {"label": "", "command": -1}) for sp in spectra]
     labels = [row["label"] for row in own]
     dc = None if levels is None else [levels.get(row["command"], DcLevel("", math.nan)) for row in own]
+    if dc is not None:
+        held = _first_voltage_of_steps(store, run_id)
+        dc = [
+            DcLevel(level.text, held.get(sp["step"], math.nan)) if level.text == "ocv" else level
+            for level, sp in zip(dc, spectra, strict=True)
+        ]
 
     sizes = [len(sp["frequency_Hz"]) for sp in spectra]
     frequency = np.concatenate([sp["frequency_Hz"] for sp in spectra])
@@ -147,6 +154,13 @@ def spectra_tables(store: Store, run_id: int, trends: EisTrends | None = None) -
     points[FIT_REAL] = _nullable(fitted.real.copy())
     points[FIT_IMAG] = _nullable(fitted.imag.copy())
     return SpectraExport(pa.table(points), _fits_table(trends, spectra, labels, dc), dc is not None)
+
+
+def _first_voltage_of_steps(store: Store, run_id: int) -> dict[int, float]:
+    """The voltage of each step's first stored sample: for an EIS step, the OCV it began at."""
+    samples = store.samples(run_id)
+    steps, first = np.unique(samples["step"].astype(np.int64), return_index=True)
+    return dict(zip(steps.tolist(), samples["voltage"][first].tolist(), strict=True))
 
 
 def _fits_table(

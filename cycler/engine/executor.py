@@ -189,6 +189,17 @@ class Executor:
         # Asking again would get the same: a fault, not a loop without end.
         raise InstrumentFault(self.name, f"its data for step {number} ended before the step did")
 
+    def _store_held(self, batch: Batch, number: int, cycle: int, start: float, stored: BatchStored) -> None:
+        columns, crossed = clipped_at_violation(
+            self.safety, stored_columns(batch, self.next_seq, number, cycle, start)
+        )
+        t_end = float(columns["t"][-1])
+        progress = StepProgress(t_end - start, float(columns["charge"][-1]), float(columns["energy"][-1]))
+        stored(columns, progress, batch.final)
+        self.next_seq += len(columns["seq"])
+        if crossed is not None:
+            raise SafetyStop(crossed, progress, t_end)
+
     async def _recover(
         self, fault: InstrumentFault, attempt: int, number: int, progress: StepProgress, what: str = "step"
     ) -> None:
@@ -274,15 +285,20 @@ class Executor:
             },
         )
 
-    async def impedance(self, spec: ImpedanceSpec, number: int) -> Spectrum:
+    async def impedance(self, spec: ImpedanceSpec, number: int, cycle: int, stored: BatchStored) -> Spectrum:
         """One spectrum; a pause or a fault that may pass measures it again whole afterwards (a
-        spectrum has no middle)."""
+        spectrum has no middle). The cell's potential meanwhile, where the channel knows it, is
+        stored as the step's samples, checked against the safety limits like any others."""
         faults = 0
         while True:
             if self.control.paused:
                 await self.hold(number, StepProgress())
+            start = self.test_time()
             try:
-                return await self.control.interruptible(self.channel.impedance(spec))
+                spectrum = await self.control.interruptible(self.channel.impedance(spec))
+                if spectrum.potential is not None and len(spectrum.potential):
+                    self._store_held(spectrum.potential, number, cycle, start, stored)
+                return spectrum
             except Interrupted:
                 if self.control.stop_requested:
                     raise StopRequested from None

@@ -385,7 +385,7 @@ class Runner:
         noted = self._note(command, number, Phase.STEP, None)
         started = StepStarted(number, command.index, command.kind, command.label, self.cycle, start)
         self.sinks.step_started(started, self._cursor(StepProgress()) if noted else None)
-        spectrum = await self.executor.impedance(command.spec, number)
+        spectrum = await self.executor.impedance(command.spec, number, self.cycle, self._stored)
         self._spectrum += 1
         self.sinks.spectrum(
             SpectrumTaken(

@@ -171,7 +171,7 @@ def test_run_on_an_instrument_checks_its_capabilities_first(tmp_path: Path) -> N
     with running(Keithley2450Emulator(make_cell("mgagsn", seed=1), speed=3600)) as port:
         resource = f"TCPIP::127.0.0.1::{port}::SOCKET"
         refused = runner.invoke(app, ["run", str(insitu), "--instrument", resource, "--db", str(db)])
-        assert refused.exit_code == 2
+        assert refused.exit_code == 4  # refused: docs/cli.md
         assert "cannot measure impedance spectra (EIS)" in refused.output
         ran = runner.invoke(
             app,

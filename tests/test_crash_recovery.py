@@ -43,6 +43,7 @@ def _lab(tmp_path: Path, name: str) -> tuple[Path, Path]:
     config = tmp_path / f"{name}.toml"
     config.write_text(LAB.format(db=db.name))
     protocol = files("cyclerd.protocols") / "library" / "plating_stripping.yaml"
+    Store(db).close()  # the lab's store, as serve creates it: submit never creates one
     submitted = subprocess.run(
         [CYCLERD, "submit", str(protocol), "--channel", "ch1", "--db", str(db)], capture_output=True
     )

@@ -46,6 +46,7 @@ def test_serve_runs_every_queued_job_and_a_dead_instrument_spares_the_others(tmp
     protocol = tmp_path / "e1.yaml"
     protocol.write_text(E1_TWO_CYCLES)
     db = str(tmp_path / "lab.db")
+    Store(db).close()  # the lab's store, as serve creates it: submit never creates one
     for channel in ("ch1", "ch1", "ch2", "ch3"):
         assert cli.invoke(app, ["submit", str(protocol), "--channel", channel, "--db", db]).exit_code == 0
     served = cli.invoke(app, ["serve", "--config", str(tmp_path / "lab.toml"), "--until-idle"])

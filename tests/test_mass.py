@@ -264,6 +264,7 @@ def test_submit_queues_the_mass_with_the_job(tmp_path: Path) -> None:
     protocol = tmp_path / "g.yaml"
     protocol.write_text(MASS_CELL.replace("active_mass: 10.3 mg, ", ""))
     db = tmp_path / "lab.db"
+    Store(db).close()  # the lab's store, as serve creates it: submit never creates one
     refused = runner.invoke(app, ["submit", str(protocol), "--channel", "a", "--db", str(db)])
     assert refused.exit_code == 2
     queued = runner.invoke(

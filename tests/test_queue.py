@@ -30,6 +30,7 @@ def test_submit_checks_the_protocol_and_queues_it(tmp_path: Path) -> None:
     bad.write_text("name: x\nsteps:\n  - rest: 600\n")
     crate.write_text("name: c\nsteps: [Charge at 0.1C until 4.2 V]\n")
     db = str(tmp_path / "lab.db")
+    Store(db).close()  # the lab's store, as serve creates it: submit never creates one
     ok = cli.invoke(app, ["submit", str(good), "--channel", "ch1", "--cell", "MgAgSn-07", "--db", db])
     assert ok.exit_code == 0, ok.output
     assert "queued as job 1 for channel ch1" in ok.output

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cyclerd.cli.lab import ConfigOption, ReadDbOption, fail, open_lab
 from cyclerd.cli.options import ReferenceCycleOption
 from cyclerd.store.database import Store
 
@@ -26,39 +27,26 @@ KIND_NAMES = (
 )
 
 console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)  # one problem, one line
-
-# The same options as cyclerd.cli.main's (which imports this module, so it cannot be imported from here).
-DbOption = Annotated[Path, typer.Option("--db", help="The SQLite store holding the runs.")]
-DEFAULT_DB = Path("cyclerd.db")
 RunsArgument = Annotated[
     list[int], typer.Argument(metavar="RUN...", help="The run number(s) (see 'cyclerd runs').")
 ]
 
 
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    return typer.Exit(2)
-
-
-def _open(db: Path) -> Store:
-    """The store at `db`; refuse a missing file rather than create an empty store and say 'no run'."""
-    if not db.exists():
-        raise _fail(f"no store at {db}; give the file the runs were stored in with --db")
-    return Store(db)
-
-
-def _check_runs(store: Store, run_ids: list[int], db: Path) -> None:
+def _open(db: Path | None, config: Path | None, run_ids: list[int]) -> Store:
+    """The store holding the runs, refused when missing rather than created empty to say 'no run'."""
+    store, where = open_lab(db, config, fallback=True)
     for run_id in run_ids:
         try:
             store.run(run_id)
         except KeyError as exc:
-            raise _fail(f"{exc.args[0]}; 'cyclerd runs --db {db}' lists the runs it holds") from None
+            store.close()
+            raise fail(f"{exc.args[0]}; 'cyclerd runs --db {where.path}' lists the runs it holds") from None
+    return store
 
 
 def _check_output(path: Path) -> None:
     if not path.parent.is_dir():
-        raise _fail(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
+        raise fail(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
 
 
 def plot(
@@ -68,7 +56,8 @@ def plot(
         Path | None,
         typer.Option("--output", "-o", help="PNG or SVG file (by its suffix); default run<RUN>-<KIND>.png."),
     ] = None,
-    db: DbOption = DEFAULT_DB,
+    db: ReadDbOption = None,
+    config: ConfigOption = None,
     cycle: Annotated[
         int | None,
         typer.Option("--cycle", help="The cycle drawn by first-cycle and dqdv (default: the first)."),
@@ -79,20 +68,22 @@ def plot(
     from cyclerd.analysis.plots import PlotError, figure_of, output_format, save_figure
 
     if kind not in KIND_NAMES:
-        raise _fail(f"no plot kind {kind!r}; choose one of {', '.join(KIND_NAMES)}")
+        raise fail(f"no plot kind {kind!r}; choose one of {', '.join(KIND_NAMES)}")
     path = output or Path(f"run{'-'.join(map(str, run_ids))}-{kind}.png")
     try:
         output_format(path)
     except PlotError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     _check_output(path)
-    with _open(db) as store:
-        _check_runs(store, run_ids, db)
+    with _open(db, config, run_ids) as store:
         try:
             figure = figure_of(store, run_ids, kind, cycle, reference_cycle)
         except PlotError as exc:
-            raise _fail(str(exc)) from None
-    save_figure(figure, path)
+            raise fail(str(exc)) from None
+    try:
+        save_figure(figure, path)
+    except OSError as exc:
+        raise fail(f"cannot write {path}: {exc.strerror or exc}") from None
     console.print(f"wrote {path}", markup=False)
 
 
@@ -102,19 +93,26 @@ def report(
         Path | None,
         typer.Option("--output", "-o", help="The HTML file; default report-run<RUN>.html."),
     ] = None,
-    db: DbOption = DEFAULT_DB,
+    db: ReadDbOption = None,
+    config: ConfigOption = None,
     reference_cycle: ReferenceCycleOption = None,
 ) -> None:
     """Write one self-contained HTML page for one run or a comparison of several (opens from file://)."""
     path = output or Path(f"report-run{'-'.join(map(str, run_ids))}.html")
     if path.suffix.lower() not in (".html", ".htm"):
-        raise _fail(f"{path}: a report is an HTML page; end the file name in .html")
+        raise fail(f"{path}: a report is an HTML page; end the file name in .html")
     _check_output(path)
-    with _open(db) as store:
-        _check_runs(store, run_ids, db)
+    with _open(db, config, run_ids) as store:
         from cyclerd.analysis.report import write_report
 
-        write_report(store, run_ids, path, reference_cycle=reference_cycle)
+        try:
+            write_report(store, run_ids, path, reference_cycle=reference_cycle)
+        except OSError as exc:
+            raise fail(f"cannot write {path}: {exc.strerror or exc}") from None
+        except UnicodeEncodeError:  # the page names its store, and cannot hold a name that is not text
+            raise fail(
+                f"cannot write {path}: the store's name {store.path} is not UTF-8; rename it"
+            ) from None
     console.print(f"wrote {path}", markup=False)
 
 

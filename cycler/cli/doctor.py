@@ -21,7 +21,7 @@ STYLES = {Verdict.OK: "green", Verdict.WARN: "yellow", Verdict.FAIL: "bold red"}
 
 
 def render(console: Console, config: Path, checks: list[Check]) -> None:
-    table = Table(title=f"cyclerd doctor: {config}", title_justify="left")
+    table = Table(title=Text(f"cyclerd doctor: {config}"), title_justify="left")
     table.add_column("check", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
     table.add_column("detail", overflow="fold")

@@ -9,16 +9,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
-from cyclerd.store.database import Store
+from cyclerd.cli.lab import ConfigOption, NewDbOption, ReadDbOption, fail, open_lab, open_or_create_store
 
 # cyclerd.analysis.bdf, bdf_import and exports (and pyarrow with them) load only when a file is written
 # or read, so the daemon and every other command start fast. The same conventions as cyclerd.cli.main, which
 # imports this module.
 console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)  # one problem, one line
-DbOption = Annotated[Path, typer.Option("--db", help="The SQLite store (created if missing).")]
 DEFAULT_DB = Path("cyclerd.db")
 
 
@@ -29,11 +26,6 @@ class Format(StrEnum):
 
 
 SUFFIX = {Format.bdf_csv: ".bdf.csv", Format.bdf_parquet: ".bdf.parquet", Format.csv: ".csv"}
-
-
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(2)
 
 
 def export(
@@ -65,7 +57,8 @@ def export(
         Path | None,
         typer.Option("--fits", help="Where the fits go, one row per spectrum (default: NAME.fits.csv)."),
     ] = None,
-    db: DbOption = DEFAULT_DB,
+    db: ReadDbOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Write a run's samples, cycle table, spectra and their fits for other tools to read.
 
@@ -80,31 +73,31 @@ def export(
     from cyclerd.analysis.bdf import export_run
     from cyclerd.analysis.exports import export_tables, names
 
-    if not db.exists():
-        raise _fail(f"no store at {db}")
-    output = output or Path(f"run{run_id}{SUFFIX[fmt]}")
-    chosen = {"cycles": cycles, "spectra": spectra, "fits": fits}
-    where = {table: chosen[table] or path for table, path in names(output, fmt.value).items()}
-    paths = [output, *where.values()]
-    for path in paths:
-        if not path.parent.is_dir():
-            raise _fail(f"no directory {path.parent} to write {path.name} in; create it first")
-    clash = next((p for i, p in enumerate(paths) if p.resolve() in {q.resolve() for q in paths[:i]}), None)
-    if clash is not None:
-        raise _fail(
-            f"two tables would go to {clash}; give each of -o, --cycles, --spectra, --fits its own file"
-        )
-    with Store(db) as store:
+    store, _ = open_lab(db, config, fallback=True)  # a wrong --db is named before the output paths
+    with store:
+        output = output or Path(f"run{run_id}{SUFFIX[fmt]}")
+        chosen = {"cycles": cycles, "spectra": spectra, "fits": fits}
+        where = {table: chosen[table] or path for table, path in names(output, fmt.value).items()}
+        paths = [output, *where.values()]
+        for path in paths:
+            if not path.parent.is_dir():
+                raise fail(f"no directory {path.parent} to write {path.name} in; create it first")
+        resolved = [p.resolve() for p in paths]
+        clash = next((p for i, p in enumerate(paths) if resolved[i] in resolved[:i]), None)
+        if clash is not None:
+            raise fail(
+                f"two tables would go to {clash}; give each of -o, --cycles, --spectra, --fits its own file"
+            )
         try:
             store.run(run_id)
         except KeyError as exc:
-            raise _fail(exc.args[0]) from None
+            raise fail(exc.args[0]) from None
         try:
             samples = export_run(store, run_id, output, fmt.value)
             console.print(f"run {run_id}: {samples} samples to {output}", markup=False)
             written = export_tables(store, run_id, where)
         except OSError as exc:
-            raise _fail(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
+            raise fail(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
     what = {"cycles": "cycle(s)", "spectra": "spectrum(s)", "fits": "fit(s), one per spectrum"}
     for table, (path, rows) in written.files.items():
         console.print(f"run {run_id}: {rows} {what[table]} to {path}", markup=False)
@@ -126,17 +119,17 @@ def import_file(
         Path | None,
         typer.Option("--spectra", help="A spectra file (CSV or Parquet, as export writes it) to attach."),
     ] = None,
-    db: DbOption = DEFAULT_DB,
+    db: NewDbOption = DEFAULT_DB,
 ) -> None:
     """Store a file's data as a new run, to show, plot and report like a recorded one."""
     from cyclerd.analysis.bdf_columns import BdfError
     from cyclerd.analysis.bdf_import import import_run
 
-    with Store(db) as store:
+    with open_or_create_store(db) as store:
         try:
             result = import_run(store, file, channel=channel, name=name, spectra=spectra)
         except BdfError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     console.print(
         f"run {result.run_id} in {db}: {result.samples} samples from {file},"
         f" {result.steps} step(s), {result.cycles} cycle(s)",

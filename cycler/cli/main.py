@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import io
 import logging
+import os
+import sys
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
+from cyclerd.alerts.config import AlertsSetupError
+from cyclerd.alerts.notifier import Alerts
+from cyclerd.alerts.watch import watch_lab
 from cyclerd.cli import analysis as analysis_cli
+from cyclerd.cli import control as control_cli
 from cyclerd.cli import doctor as doctor_cli
 from cyclerd.cli import export as export_cli
 from cyclerd.cli import runs as runs_cli
+from cyclerd.cli.exit_codes import ExitCode
+from cyclerd.cli.lab import fail, load_lab, open_or_create_store
 from cyclerd.cli.options import AreaOption, CapacityOption, MassOption, cell_spec, console, errors
 from cyclerd.cli.plan_view import render_plan
-from cyclerd.daemon.config import load_config
 from cyclerd.daemon.service import serve_lab
 from cyclerd.protocols import ProtocolError, load
 from cyclerd.protocols.compiler import CellDataMissing, compile_protocol
@@ -28,6 +39,7 @@ app = typer.Typer(
     help="cyclerd: battery test protocols on real and simulated instruments.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -44,6 +56,11 @@ def _root(
     ] = False,
 ) -> None:
     """Battery test protocols on real and simulated instruments."""
+    # A file name that is not UTF-8 reaches Python with surrogates in it; echoing it back in a
+    # message must not fail, so it is printed escaped (`\udcff`) rather than raise.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
 
 
 @app.command()
@@ -61,29 +78,29 @@ def validate(
             protocol = load(path)
         except ProtocolError as exc:
             failed += 1
-            errors.print(f"[red]✗ {path}[/red]")
+            errors.print(f"[red]✗ {escape(str(path))}[/red]")
             errors.print(str(exc), markup=False)
             continue
         try:
             program = compile_protocol(protocol, spec.area_m2, spec.capacity, spec.mass)
         except CellDataMissing as exc:
-            console.print(f"[yellow]✓ {path}[/yellow] is valid, but {exc}", markup=True)
+            console.print(f"[yellow]✓ {escape(str(path))}[/yellow] is valid, but {escape(str(exc))}")
             console.print(
                 "  give the missing values in the file's cell section or with --area/--capacity/--mass"
             )
             continue
-        console.print(f"[green]✓ {path}[/green]")
+        console.print(f"[green]✓ {escape(str(path))}[/green]")
         render_plan(console, program)
     if failed:
         errors.print(f"[red]{failed} of {len(files)} file(s) have errors[/red]")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.PROBLEMS)
 
 
 @app.command()
 def emulate(
     instrument: Annotated[str, typer.Argument(help="keithley2450 or methodscript.")],
     preset: Annotated[str, typer.Option("--preset", help="The simulated cell on its terminals.")] = "mgagsn",
-    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free one).")] = 5025,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free one).")] = 5025,
     speed: Annotated[float, typer.Option("--speed", help="Real time x this; 0: virtual time.")] = 1.0,
     virtual_step: Annotated[
         float | None, typer.Option("--virtual-step", help="Keithley: seconds of cell time per reading.")
@@ -102,13 +119,13 @@ def emulate(
 
             asyncio.run(serve_methodscript(preset, port, pty=True, speed=speed or None, seed=seed))
         else:
-            errors.print(f"[red]error:[/red] no emulator {instrument!r}; choose keithley2450 or methodscript")
-            raise typer.Exit(2)
+            raise fail(f"no emulator {instrument!r}; choose keithley2450 or methodscript")
     except KeyboardInterrupt:
         pass
     except presets.PresetError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
+    except OSError as exc:  # the port is taken, or a pty cannot be opened
+        raise fail(f"cannot serve the {instrument} emulator: {exc.strerror or exc}") from None
 
 
 @app.command()
@@ -120,15 +137,45 @@ def serve(
 ) -> None:
     """Run the lab: one task per channel, each working through its queued jobs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        lab = load_config(config)
-    except ProtocolError as exc:
-        errors.print(str(exc), markup=False)
-        raise typer.Exit(1) from None
-    console.print(f"cyclerd serving lab {lab.lab}: {len(lab.channels)} channel(s), store {lab.database}")
+    lab = load_lab(config)
+    # What the daemon needs from disk is checked before any channel starts: a message now, not
+    # a traceback from inside the event loop.
+    open_or_create_store(lab.database).close()
+    if lab.mqtt is not None:
+        try:
+            lab.mqtt.password()
+        except (OSError, UnicodeDecodeError) as exc:
+            doctor = f"`cyclerd doctor --config {config}` says more"
+            raise fail(f"cannot read the broker password ({exc}); {doctor}") from None
+    try:  # the alerts' secrets, likewise: a missing webhook token is found now, not at a fault
+        Alerts.from_config(lab.alerts, lab=lab.lab)
+    except AlertsSetupError as exc:
+        raise fail(str(exc)) from None
+    serving = f"cyclerd serving lab {lab.lab}: {len(lab.channels)} channel(s), store {lab.database}"
+    console.print(serving, markup=False)
     # SIGINT and SIGTERM both end here once every channel has made its cell safe: a clean exit.
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        asyncio.run(serve_lab(lab, until_idle))
+        try:
+            asyncio.run(serve_lab(lab, until_idle))
+        except Exception:  # a daemon's own failure: its traceback belongs in the journal
+            logging.getLogger("cyclerd").exception("the daemon stopped on an error it did not expect")
+            raise typer.Exit(ExitCode.INTERNAL_ERROR) from None
+
+
+@app.command()
+def watch(
+    config: Annotated[Path, typer.Option("--config", help="The lab's configuration (see docs/lab.toml).")],
+) -> None:
+    """Alert the lab's receivers when its daemon goes offline (run it on another PC: docs/alerts.md)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    lab = load_lab(config)
+    if lab.alerts is None:
+        raise fail(f"{config} has no [alerts] table: nobody to tell (see docs/alerts.md)")
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        try:
+            asyncio.run(watch_lab(lab, lab.alerts))
+        except (AlertsSetupError, OSError) as exc:
+            raise fail(str(exc)) from None
 
 
 @app.command()
@@ -142,15 +189,53 @@ def schema(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
-        errors.print(f"wrote {output}")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise fail(f"cannot write {output}: {exc.strerror or exc}") from None
+        errors.print(f"wrote {output}", markup=False)
 
 
 runs_cli.register(app)
+control_cli.register(app)
 analysis_cli.register(app)
 export_cli.register(app)
 doctor_cli.register(app)
 
 
+def _said(command: Callable[..., None]) -> Callable[..., None]:
+    """An OSError a command did not foresee (a name too long for the file system, a full disk)
+    is still about a file: it is said in one line, naming the file, with the bad-input code."""
+
+    @functools.wraps(command)
+    def said(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise fail(f"{where}{exc.strerror or exc}") from None
+
+    return said
+
+
+for _info in app.registered_commands:
+    if _info.callback is not None and _info.callback is not serve:
+        _info.callback = _said(_info.callback)
+
+DEBUG_ENV = "CYCLERD_DEBUG"
+
+
 def main() -> None:
-    app()
+    """The `cyclerd` command. A failure no command foresaw is a bug: it is reported in one line
+    with exit code 70, not as a traceback ($CYCLERD_DEBUG=1 shows the traceback)."""
+    try:
+        app()
+    except Exception as exc:  # the last net under every command, for the operator
+        if os.environ.get(DEBUG_ENV):
+            raise
+        errors.print(
+            f"cyclerd: internal error ({type(exc).__name__}: {exc}); please report it with the command"
+            f" you ran ({DEBUG_ENV}=1 shows where it happened)",
+            markup=False,
+        )
+        sys.exit(ExitCode.INTERNAL_ERROR)

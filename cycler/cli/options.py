@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from cyclerd.cli.exit_codes import ExitCode
 from cyclerd.engine.session import CellSpec, Prepared, prepare_file
 from cyclerd.protocols import ProtocolError
 from cyclerd.protocols.compiler import CellDataMissing
@@ -40,8 +42,6 @@ ReferenceCycleOption = Annotated[
         help="Capacity retention against this cycle (default: the first cycle of each cycle's loop).",
     ),
 ]
-DbOption = Annotated[Path, typer.Option("--db", help="The SQLite store (created if missing).")]
-DEFAULT_DB = Path("cyclerd.db")
 
 
 def cell_spec(area: str | None, capacity: str | None, mass: str | None = None) -> CellSpec:
@@ -49,8 +49,8 @@ def cell_spec(area: str | None, capacity: str | None, mass: str | None = None) -
     try:
         return CellSpec.parse(area, capacity, mass)
     except ValueError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        errors.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
 
 
 def prepared_or_exit(path: Path, spec: CellSpec) -> Prepared:
@@ -60,7 +60,7 @@ def prepared_or_exit(path: Path, spec: CellSpec) -> Prepared:
         return prepare_file(path, spec)
     except ProtocolError as exc:
         errors.print(str(exc), markup=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(ExitCode.PROBLEMS) from None
     except CellDataMissing as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        errors.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None

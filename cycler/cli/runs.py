@@ -1,21 +1,36 @@
-"""`cyclerd run`, the queue and the runs: start one, queue one, follow, pause, stop, list and show."""
+"""`cyclerd run`, `runs` and `show`: run a protocol here and now, list the stored runs, show one.
+
+`run` exits with a code that says how the run ended (cyclerd.cli.exit_codes), and beats a
+heartbeat into the store while it runs, so that `cyclerd status` and `stop` in another terminal
+know it is there.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.table import Table
 
 import cyclerd.engine.instruments as instruments
-from cyclerd.cli.options import (
+from cyclerd.cli.exit_codes import ExitCode, of_run
+from cyclerd.cli.lab import (
     DEFAULT_DB,
+    ConfigOption,
+    NewDbOption,
+    ReadDbOption,
+    fail,
+    open_lab,
+    open_or_create_store,
+)
+from cyclerd.cli.options import (
     AreaOption,
     CapacityOption,
-    DbOption,
     MassOption,
     ReferenceCycleOption,
     cell_spec,
@@ -25,12 +40,14 @@ from cyclerd.cli.options import (
 )
 from cyclerd.cli.progress import RunProgress
 from cyclerd.cli.summary_view import render_summary
+from cyclerd.daemon.config import EMULATOR_EXAMPLES, emulated
 from cyclerd.drivers.base import InstrumentFault
 from cyclerd.engine import session as sessions
 from cyclerd.engine.runner import RunResult
-from cyclerd.engine.states import FINAL
+from cyclerd.engine.sinks import Sink
 from cyclerd.protocols.plan import plan
 from cyclerd.simulators import presets
+from cyclerd.store import heartbeat
 from cyclerd.store.database import Store
 
 
@@ -52,8 +69,9 @@ def run(
         float, typer.Option("--speed", help="Time acceleration of an emulated instrument (same as its own).")
     ] = 1.0,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between readings of an SMU.")] = 1.0,
-    db: DbOption = DEFAULT_DB,
+    db: NewDbOption = DEFAULT_DB,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated cell's randomness.")] = 0,
+    cell: Annotated[str | None, typer.Option("--cell", help="Your cell's id, stored with the run.")] = None,
     area: AreaOption = None,
     capacity: CapacityOption = None,
     mass: MassOption = None,
@@ -64,168 +82,155 @@ def run(
         Path | None, typer.Option("--params", help="YAML/JSON file of simulator parameters.")
     ] = None,
 ) -> None:
-    """Run a protocol on a simulated cell (virtual time) or an instrument, storing every sample."""
-    if (sim is None) == (instrument is None):
-        errors.print("[red]error:[/red] say what to run on: --sim PRESET or --instrument RESOURCE")
-        raise typer.Exit(2)
+    """Run a protocol on a simulated cell (virtual time) or an instrument, storing every sample.
+
+    The exit code says how the run ended: 0 completed, 3 instrument fault, 4 refused (the
+    instrument cannot do what the protocol needs), 5 stopped by a safety limit, 6 stopped on
+    request; see docs/cli.md.
+    """
+    if sim is not None and instrument is not None:
+        raise fail("give --sim PRESET or --instrument RESOURCE, not both: a run has one cell")
+    if sim is None and instrument is None:
+        raise fail("say what to run on: --sim PRESET or --instrument RESOURCE")
+    if speed <= 0 or poll <= 0:
+        raise fail(f"--speed and --poll must be more than 0 (got --speed {speed:g}, --poll {poll:g})")
     prepared = prepared_or_exit(protocol_file, cell_spec(area, capacity, mass))
     device: sessions.Device
     try:
         if instrument is not None:
             driver = driver or instruments.guess_driver(instrument)
+            if driver not in instruments.DRIVERS:
+                raise fail(f"no driver {driver!r}; drivers: {', '.join(instruments.DRIVERS)}")
+            if speed != 1.0 and not emulated(instrument):
+                raise fail(
+                    f"--speed {speed:g} is for an emulator on this PC ({EMULATOR_EXAMPLES}); {instrument}"
+                    " is not one, and a real instrument keeps real time: leave --speed out"
+                )
             device = sessions.Instrument(driver, instrument, poll_s=poll, speed=speed)
             channel_name = f"{driver}:{instrument}"
             source: dict[str, object] = {"instrument": instrument, "driver": driver}
         else:
             assert sim is not None
-            values = presets.parse_overrides(overrides or [], params_file)
+            values = _overrides(overrides or [], params_file)
             presets.make_cell(sim, seed=seed, area_m2=prepared.program.area_m2, overrides=values)  # checks
             device = sessions.SimulatedCell(sim, seed, values)
             channel_name = f"sim:{sim}"
             source = {"preset": sim, "seed": seed} | ({"overrides": overrides} if overrides else {})
     except (presets.PresetError, ValueError) as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    with Store(db) as store, RunProgress(console, plan(prepared.program).total.high) as progress:
-        terminal = sessions.Session(
-            store, channel_name, device, sessions.Controls(), views=lambda run_id: [progress]
-        )
-
-        async def execute() -> tuple[int, RunResult] | list[str]:
-            # `cyclerd pause|resume|stop RUN` from another terminal lands in the store.
-            poller = asyncio.create_task(sessions.forward_requests(store, terminal.controls))
-            try:
-                return await terminal.start(prepared, prepared.cell_info(), source)
-            finally:
-                poller.cancel()
-
-        try:
-            outcome = asyncio.run(execute())
-        except InstrumentFault as exc:
-            errors.print(f"[red]instrument:[/red] {exc}")
-            raise typer.Exit(3) from None
-    if isinstance(outcome, list):
-        for problem in outcome:
-            errors.print(f"[red]refused:[/red] {problem}")
-        raise typer.Exit(2)
-    run_id = outcome[0]
-    with Store(db) as store:
+        raise fail(str(exc)) from None
+    given = {"cell": cell} if cell else {}
+    with (
+        open_or_create_store(db) as store,
+        RunProgress(console, plan(prepared.program).total.high) as progress,
+    ):
+        started: list[int] = []
+        outcome = _execute(store, channel_name, device, progress, prepared, given, source, started)
+        if isinstance(outcome, list):
+            for problem in outcome:
+                errors.print(f"[red]refused:[/red] {problem}")
+            raise typer.Exit(ExitCode.REFUSED)
+        run_id, result = outcome
+    with open_or_create_store(db) as store:
         render_summary(console, store, run_id)
-    console.print(f"stored as run {run_id} in {db}")
+    console.print(f"stored as run {run_id} in {db}", markup=False)
+    code = of_run(result)
+    if code is not ExitCode.OK:
+        errors.print(f"run {run_id} {result.state}: {result.reason}", markup=False)
+        raise typer.Exit(code)
 
 
-def submit(
-    protocol_file: Annotated[Path, typer.Argument(help="The protocol to queue.")],
-    channel: Annotated[str, typer.Option("--channel", help="The channel that will run it.")],
-    cell: Annotated[str | None, typer.Option("--cell", help="Your cell's id, stored with the run.")] = None,
-    area: AreaOption = None,
-    capacity: CapacityOption = None,
-    mass: MassOption = None,
-    db: DbOption = DEFAULT_DB,
-) -> None:
-    """Queue a protocol for a channel; it is checked now, so the queue holds only runnable jobs."""
-    program = prepared_or_exit(protocol_file, cell_spec(area, capacity, mass)).program
-    given = {"cell": cell, "area": area, "capacity": capacity, "mass": mass}
-    text = protocol_file.read_text(encoding="utf-8")
-    with Store(db) as store:
-        cell_info = {key: value for key, value in given.items() if value}
-        job = store.jobs.submit(channel, program.name, text, str(protocol_file), cell_info)
-    console.print(f"queued as job {job} for channel {channel}")
+def _execute(
+    store: Store,
+    channel_name: str,
+    device: sessions.Device,
+    progress: RunProgress,
+    prepared: sessions.Prepared,
+    given: dict[str, str],
+    source: dict[str, object],
+    started: list[int],
+) -> tuple[int, RunResult] | list[str]:
+    """The run in this process: its result, or what the device cannot do; a fault or Ctrl-C exits."""
+    beats: list[asyncio.Task[None]] = []
 
+    def views(run_id: int) -> Sequence[Sink]:
+        # From the moment the run exists: `cyclerd status` and `stop` elsewhere see it is served.
+        started.append(run_id)
+        holder = heartbeat.run_holder(run_id)
+        beats.append(asyncio.get_running_loop().create_task(heartbeat.keep_beating(store, holder)))
+        return [progress]
 
-def queue(db: DbOption = DEFAULT_DB) -> None:
-    """The jobs waiting for their channels, oldest first."""
-    with Store(db) as store:
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for name in ("job", "channel", "name", "cell", "submitted (UTC)"):
-            table.add_column(name)
-        for job in store.jobs.list("queued"):
-            submitted = datetime.fromtimestamp(job["submitted_unix"], UTC).strftime("%Y-%m-%d %H:%M")
-            cell_id = str(job["cell"].get("cell", ""))
-            table.add_row(str(job["id"]), job["channel"], job["name"], cell_id, submitted)
-        console.print(table)
+    terminal = sessions.Session(store, channel_name, device, sessions.Controls(), views=views)
 
-
-def status(db: DbOption = DEFAULT_DB) -> None:
-    """Every run that is not over, with its state and the requests still waiting."""
-    over = {state.value for state in FINAL}
-    with Store(db) as store:
-        live = [r for r in store.runs() if r.state not in over]
-        if not live:
-            console.print("no run in progress")
-        for r in live:
-            waiting = ", ".join(action for _, action in store.requests.pending(r.id))
-            asked = f" (asked: {waiting})" if waiting else ""
-            console.print(f"run {r.id} {r.name} on {r.channel}: {r.state}{asked}", markup=False)
-        console.print(f"{len(store.jobs.list('queued'))} job(s) queued")
-
-
-def _request(action: str, run_id: int, db: Path) -> None:
-    with Store(db) as store:
+    async def execute() -> tuple[int, RunResult] | list[str]:
+        # `cyclerd pause|resume|stop RUN` from another terminal lands in the store.
+        poller = asyncio.create_task(sessions.forward_requests(store, terminal.controls))
         try:
-            run = store.run(run_id)
-        except KeyError as exc:
-            errors.print(f"[red]error:[/red] {exc.args[0]}")
-            raise typer.Exit(2) from None
-        if run.state in {state.value for state in FINAL}:
-            errors.print(f"[red]error:[/red] run {run_id} is {run.state}; it cannot {action}")
-            raise typer.Exit(2)
-        store.requests.add(run_id, action)
-    console.print(f"asked run {run_id} to {action}; whoever runs it acts within a second")
+            return await terminal.start(prepared, prepared.cell_info(given), source)
+        finally:
+            poller.cancel()
+            for beat in beats:
+                beat.cancel()
+            await asyncio.gather(poller, *beats, return_exceptions=True)
+
+    try:
+        return asyncio.run(execute())
+    except (InstrumentFault, OSError) as exc:
+        errors.print(f"[red]instrument:[/red] {exc}", markup=False)
+        raise typer.Exit(ExitCode.INSTRUMENT_FAULT) from None
+    except KeyboardInterrupt:
+        ended = f"; run {started[0]} is recorded as failed (interrupted)" if started else ""
+        errors.print(f"interrupted: the cell was made safe{ended}", markup=False)
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
 
 
-RunArgument = Annotated[int, typer.Argument(metavar="RUN", help="The run's number (see 'cyclerd status').")]
+def _overrides(pairs: list[str], params_file: Path | None) -> dict[str, Any]:
+    """--set and --params read, or a message saying what is wrong with them."""
+    try:
+        return presets.parse_overrides(pairs, params_file)
+    except UnicodeDecodeError:
+        raise fail(f"--params {params_file}: not UTF-8 text; save it as UTF-8 YAML or JSON") from None
+    except IsADirectoryError:
+        raise fail(f"--params {params_file} is a folder; give a YAML or JSON file") from None
+    except FileNotFoundError:
+        raise fail(f"--params {params_file}: no such file") from None
+    except OSError as exc:
+        raise fail(f"cannot read --params {params_file}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise fail(f"--params {params_file} is not YAML or JSON: {exc}") from None
+    except RecursionError:
+        raise fail("a --set value or --params file is nested too deeply; give plain numbers") from None
 
 
-def pause(run_id: RunArgument, db: DbOption = DEFAULT_DB) -> None:
-    """Pause a run: the cell is held safe and the step resumes where it stood."""
-    _request("pause", run_id, db)
-
-
-def resume(run_id: RunArgument, db: DbOption = DEFAULT_DB) -> None:
-    """Resume a paused run."""
-    _request("resume", run_id, db)
-
-
-def stop(run_id: RunArgument, db: DbOption = DEFAULT_DB) -> None:
-    """Stop a run: the cell is made safe and the run ends."""
-    _request("stop", run_id, db)
-
-
-def runs(db: DbOption = DEFAULT_DB) -> None:
+def runs(db: ReadDbOption = None, config: ConfigOption = None) -> None:
     """List the runs in a store."""
-    if not db.exists():
-        errors.print(f"[red]error:[/red] no store at {db}")
-        raise typer.Exit(2)
-    with Store(db) as store:
+    store, _ = open_lab(db, config, fallback=True)
+    with store:
         table = Table(box=None, header_style="bold", pad_edge=False)
-        for name in ("run", "name", "channel", "state", "started (UTC)"):
+        for name in ("run", "name", "channel", "cell", "state", "started (UTC)"):
             table.add_column(name)
         for r in store.runs():
             started = datetime.fromtimestamp(r.started_unix, UTC).strftime("%Y-%m-%d %H:%M")
-            table.add_row(str(r.id), r.name, r.channel, r.state, started)
+            table.add_row(str(r.id), r.name, r.channel, str(r.cell.get("cell", "")), r.state, started)
         console.print(table)
 
 
 def show(
     run_id: Annotated[int, typer.Argument(metavar="RUN", help="The run's number (see 'cyclerd runs').")],
-    db: DbOption = DEFAULT_DB,
+    db: ReadDbOption = None,
+    config: ConfigOption = None,
     reference_cycle: ReferenceCycleOption = None,
 ) -> None:
     """Print one run's cycle summary, recomputed from its stored samples."""
-    if not db.exists():
-        errors.print(f"[red]error:[/red] no store at {db}")
-        raise typer.Exit(2)
-    with Store(db) as store:
+    store, _ = open_lab(db, config, fallback=True)
+    with store:
         try:
             store.run(run_id)
         except KeyError as exc:
-            errors.print(f"[red]error:[/red] {exc.args[0]}")
-            raise typer.Exit(2) from None
+            raise fail(f"{exc.args[0]}; 'cyclerd runs' lists the runs it holds") from None
         render_summary(console, store, run_id, reference_cycle)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `cyclerd` app."""
-    for command in (run, submit, queue, status, pause, resume, stop, runs, show):
+    for command in (run, runs, show):
         app.command()(command)

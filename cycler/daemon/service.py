@@ -20,6 +20,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cyclerd.alerts.notifier import Alerts
+from cyclerd.alerts.sink import AlertSink
 from cyclerd.bus import commands
 from cyclerd.bus.publisher import Bus
 from cyclerd.bus.sink import BusSink
@@ -41,7 +43,9 @@ from cyclerd.engine.session import (
 from cyclerd.engine.sinks import LogSink, Sink
 from cyclerd.engine.states import RunState
 from cyclerd.protocols.units import registry
+from cyclerd.store import heartbeat
 from cyclerd.store.database import Run, Store
+from cyclerd.store.heartbeat import keep_beating
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class Daemon:
         self.lab = lab
         self.bus = bus
         self.controls = Controls()
+        self.alerts = Alerts.from_config(lab.alerts, lab=lab.lab, database=lab.database)
         registry()  # pint's unit definitions are parsed as the daemon starts, not with its first job
         self._commands = Store(lab.database) if bus is not None else None
         if bus is not None:
@@ -67,9 +72,11 @@ class Daemon:
         (`Store.transaction` refuses a second task).
         """
         store = Store(self.lab.database, wal_thread=True)
+        self.alerts.after_restart(heartbeat.last(store))  # read before this daemon's first beat
         try:
-            async with asyncio.TaskGroup() as group:
+            async with self.alerts, asyncio.TaskGroup() as group:
                 poller = group.create_task(forward_requests(store, self.controls), name="requests")
+                beating = group.create_task(keep_beating(store), name="heartbeat")  # for `cyclerd status`
                 channels = [
                     group.create_task(self._serve(store, channel, until_idle), name=f"channel {channel.name}")
                     for channel in self.lab.channels
@@ -78,6 +85,7 @@ class Daemon:
                     await asyncio.wait(channels)
                 finally:
                     poller.cancel()
+                    beating.cancel()
         finally:
             store.close()
             if self._commands is not None:
@@ -107,7 +115,7 @@ class Daemon:
                 found.driver,
                 found.resource,
                 poll_s=found.poll_s,
-                speed=self.lab.speed,
+                speed=self.lab.speed_of(found),
                 reconnect_s=found.reconnect_s,
                 reconnect_max_s=found.reconnect_max_s,
                 give_up_s=found.give_up_s,
@@ -117,7 +125,8 @@ class Daemon:
 
         def views(run_id: int) -> Sequence[Sink]:
             logged = LogSink(log, name, run_id)
-            return (logged,) if bus is None else (BusSink(bus, name, run_id), logged)
+            alerting = AlertSink(self.alerts, store, name, run_id)
+            return (logged, alerting) if bus is None else (BusSink(bus, name, run_id), logged, alerting)
 
         return Session(store, name, device, self.controls, views, resumable=True)
 
@@ -153,6 +162,10 @@ class Daemon:
                 log.exception("taking up run %s on %s failed", run.id, channel.name)
                 store.record_event(run.id, "gap", f"could not take up the run after a restart: {exc}")
                 store.set_state(run.id, RunState.FAILED.value, ended_unix=time.time())
+                reason = f"could not take up the run after a restart: {exc}"
+                self.alerts.run_ended(
+                    run.id, channel.name, RunState.FAILED, reason, name=run.name, cell=run.cell
+                )
                 state = "failed"
             if isinstance(job, int):
                 store.jobs.finish(job, state, run.id)
@@ -191,6 +204,8 @@ class Daemon:
                 why = str(exc)
         await session.stop_safely(run.id, prepared, why, outage_s)
         store.set_state(run.id, RunState.STOPPED.value, ended_unix=time.time())
+        reason = f"stopped safely after a restart: {why}"
+        self.alerts.run_ended(run.id, channel.name, RunState.STOPPED, reason, name=run.name, cell=run.cell)
         self._publish_state(channel.name, {"run": run.id, "state": RunState.STOPPED.value})
         return "stopped"
 

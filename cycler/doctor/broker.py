@@ -174,9 +174,8 @@ async def _login(
         detail = f"no MQTT 5 CONNACK from {where} within {timeout_s:g} s ({why}): is it a broker?"
         return Check("broker login", Verdict.FAIL, detail), None
     seen = status or "unknown (no retained status)"
-    return Check(
-        "broker login", Verdict.OK, f"MQTT 5 login as {mqtt.username!r} accepted; daemon: {seen}"
-    ), status
+    who = "anonymous MQTT 5 login" if mqtt.username is None else f"MQTT 5 login as {mqtt.username!r}"
+    return Check("broker login", Verdict.OK, f"{who} accepted; daemon: {seen}"), status
 
 
 async def _retained(client: aiomqtt.Client) -> str | None:

@@ -38,6 +38,10 @@ async def diagnose(config: Path, timeout_s: float = 2.0, ask_instruments: bool =
         holder.set_result(f"cyclerd serve (pid {pids[0]}) runs with this config")
     elif lab.mqtt is None:
         holder.set_result(None)
+    # An instrument no channel names is not the daemon's, whoever holds the others: it is asked.
+    used = {c.instrument for c in lab.channels}
+    free: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+    free.set_result(None)
     async with asyncio.TaskGroup() as group:
         database = group.create_task(_guarded("database", asyncio.to_thread(check_database, lab)))
         broker = None
@@ -45,13 +49,15 @@ async def diagnose(config: Path, timeout_s: float = 2.0, ask_instruments: bool =
             broker = group.create_task(_guarded("broker", check_broker(lab.mqtt, lab.lab, timeout_s, holder)))
         asked = [
             group.create_task(
-                _guarded(f"instrument {i.name}", check_instrument(i, timeout_s, holder, ask_instruments))
+                _guarded(
+                    f"instrument {i.name}",
+                    check_instrument(i, timeout_s, holder if i.name in used else free, ask_instruments),
+                )
             )
             for i in lab.instruments
         ]
     checks = [loaded, *check_channels(lab), *database.result()]
     checks += broker.result() if broker is not None else [Check("broker", Verdict.OK, "no [mqtt]: not used")]
-    used = {c.instrument for c in lab.channels}
     for instrument, task in zip(lab.instruments, asked, strict=True):
         checks += task.result() if instrument.name in used else map(_unused, task.result())
     return checks

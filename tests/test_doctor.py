@@ -391,7 +391,7 @@ def _unit() -> configparser.ConfigParser:
 
 def test_the_unit_starts_serve_as_a_dedicated_user_and_stops_it_with_sigint() -> None:
     service = _unit()["Service"]
-    assert service["Type"] == "simple"  # serve does not send sd_notify READY=1
+    assert service["Type"] == "notify"  # serve sends READY=1, then WATCHDOG=1 (tests/test_daemon_stop.py)
     assert service["User"] == "cyclerd"
     assert "dialout" in service["SupplementaryGroups"].split()
     assert service["Restart"] == "on-failure"

@@ -8,16 +8,21 @@ session as `cyclerd run` (cyclerd.engine.session). Pause, resume and stop from t
 MQTT command) reach the run at once; from another process (the CLI) they arrive as request rows
 that one poller forwards. An instrument that cannot be reached is retried with backoff; a job
 that fails is recorded and leaves the other channels running.
+
+A channel's task never ends on an error: a store that cannot be written (a full disk, a
+read-only file) leaves the channel's cell safe and its run resumable, and the channel waits,
+saying why, until the store can be written again, then takes the run up; anything else is
+logged and the channel starts over. The process around it is cyclerd.daemon.process's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import ssl
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from cyclerd.alerts.notifier import Alerts
@@ -27,7 +32,9 @@ from cyclerd.bus.publisher import Bus
 from cyclerd.bus.sink import BusSink
 from cyclerd.daemon.config import Channel as ChannelConfig
 from cyclerd.daemon.config import Lab
-from cyclerd.engine.resume import load_cursor, load_history
+from cyclerd.daemon.process import serve_until_stopped
+from cyclerd.engine.record import MIN_FREE_BYTES, StoreUnwritable, as_unwritable, free_bytes
+from cyclerd.engine.resume import load_cursor, read_history
 from cyclerd.engine.session import (
     CannotTakeUp,
     CellSpec,
@@ -37,6 +44,7 @@ from cyclerd.engine.session import (
     Session,
     SimulatedCell,
     forward_requests,
+    off_the_loop,
     prepare,
     prepare_stored,
 )
@@ -47,9 +55,14 @@ from cyclerd.store import heartbeat
 from cyclerd.store.database import Run, Store
 from cyclerd.store.heartbeat import keep_beating
 
+__all__ = ["Daemon", "open_store", "serve_lab"]
+
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0  # how often an idle channel looks at the queue: jobs start within a second
+STORE_RETRY_S = 1.0  # a store that cannot be written is tried again after this, then twice as long
+STORE_RETRY_MAX_S = 60.0  # ... up to this: a line in the log a minute while it lasts
+CHANNEL_RETRY_S = 10.0  # a channel that failed unexpectedly starts over after this
 
 
 class Daemon:
@@ -59,7 +72,7 @@ class Daemon:
         self.controls = Controls()
         self.alerts = Alerts.from_config(lab.alerts, lab=lab.lab, database=lab.database)
         registry()  # pint's unit definitions are parsed as the daemon starts, not with its first job
-        self._commands = Store(lab.database) if bus is not None else None
+        self._commands: Store | None = None  # MQTT commands' own connection, opened with the first
         if bus is not None:
             bus.handle_commands(self.command)
 
@@ -71,7 +84,7 @@ class Daemon:
         again in each transaction. Sharing is safe because no transaction spans an await
         (`Store.transaction` refuses a second task).
         """
-        store = Store(self.lab.database, wal_thread=True)
+        store = await open_store(self.lab.database, wal_thread=True)
         self.alerts.after_restart(heartbeat.last(store))  # read before this daemon's first beat
         try:
             async with self.alerts, asyncio.TaskGroup() as group:
@@ -90,18 +103,25 @@ class Daemon:
             store.close()
             if self._commands is not None:
                 self._commands.close()
+                self._commands = None
 
     async def command(self, channel: str, payload: bytes) -> dict[str, Any]:
         """Answer one MQTT command: {"ok": true, ...} or {"ok": false, "error": ...}; never raises."""
         if channel not in {c.name for c in self.lab.channels}:
             names = ", ".join(c.name for c in self.lab.channels)
             return {"ok": False, "error": f"no channel {channel!r} in lab {self.lab.lab}; channels: {names}"}
-        assert self._commands is not None
         try:
+            if self._commands is None:
+                self._commands = Store(self.lab.database)
             command = commands.parse_command(payload)
             return {"ok": True, **await commands.execute(self._commands, channel, command, self.controls)}
         except commands.CommandError as exc:
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            problem = as_unwritable(exc, self.lab.database)
+            if problem is None:
+                raise
+            return {"ok": False, "error": f"the daemon cannot use its store now: {problem.why}"}
 
     # -- one channel ---------------------------------------------------------------------
 
@@ -131,8 +151,35 @@ class Daemon:
         return Session(store, name, device, self.controls, views, resumable=True)
 
     async def _serve(self, store: Store, channel: ChannelConfig, until_idle: bool) -> None:
-        await self._take_up(store, channel)
-        self._publish_state(channel.name, {"run": None, "state": "idle"})
+        """The channel's task: take up, then work through the queue; it ends only when idle
+        (`until_idle`) or cancelled. Whatever fails is said, with the cell left safe (the run
+        made it safe as it ended), and the channel goes on when it can: the other channels
+        are never taken down with it."""
+        while True:
+            try:
+                await self._take_up(store, channel)
+                self._publish_state(channel.name, {"run": None, "state": "idle"})
+                await self._work(store, channel, until_idle)
+                return
+            except Exception as exc:
+                unwritable = as_unwritable(exc, store.path)
+                if unwritable is not None:
+                    await self._wait_for_store(store, channel, unwritable)
+                    continue
+                then = (
+                    "the channel ends (--until-idle)"
+                    if until_idle
+                    else f"starting over in {CHANNEL_RETRY_S:g} s"
+                )
+                log.exception(
+                    "%s: stopped on an error it did not expect; its cell is safe; %s", channel.name, then
+                )
+                self._publish_state(channel.name, {"run": None, "state": "error", "why": str(exc)})
+                if until_idle:
+                    return
+                await asyncio.sleep(CHANNEL_RETRY_S)
+
+    async def _work(self, store: Store, channel: ChannelConfig, until_idle: bool) -> None:
         while True:
             job = store.jobs.claim(channel.name)
             if job is None:
@@ -142,12 +189,57 @@ class Daemon:
                 continue
             try:
                 state, run_id = await self._run_job(store, channel, job)
-                store.jobs.finish(job["id"], state, run_id)
             except Exception as exc:
+                if as_unwritable(exc, store.path) is not None:
+                    raise  # the run stays resumable: taken up once the store can be written
                 log.exception("job %s on %s failed", job["id"], channel.name)
                 store.record_event(None, "job", f"job {job['id']} on {channel.name} failed: {exc}")
                 store.jobs.finish(job["id"], "failed")
+            else:
+                store.jobs.finish(job["id"], state, run_id)
             self._publish_state(channel.name, {"run": None, "state": "idle"})
+
+    async def _wait_for_store(self, store: Store, channel: ChannelConfig, problem: StoreUnwritable) -> None:
+        """Wait, saying why, until the store takes a write again (and, when the disk was full,
+        has room for more than that one): the event that says what happened is that write."""
+        since = time.time()
+        log.error(
+            "%s: cannot write the store: %s. Its cell is safe and its run kept; the channel goes on"
+            " by itself once the store can be written",
+            channel.name,
+            problem.why,
+        )
+        self._publish_state(channel.name, {"run": None, "state": "waiting", "why": problem.why})
+        delay = STORE_RETRY_S
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, STORE_RETRY_MAX_S)
+            free = free_bytes(store.path)
+            if problem.full and free is not None and free < MIN_FREE_BYTES:
+                log.warning(
+                    "%s: still waiting for room: %.1f MB free on the disk holding %s, %.0f MB needed",
+                    channel.name,
+                    free / 2**20,
+                    store.path,
+                    MIN_FREE_BYTES / 2**20,
+                )
+                continue
+            waited = time.time() - since
+            message = (
+                f"{channel.name}: the store could not be written for {waited:.0f} s ({problem.why});"
+                " the cell was kept safe meanwhile, and the channel goes on"
+            )
+            try:
+                store.record_event(None, "store", message, data={"channel": channel.name, "waited_s": waited})
+            except Exception as exc:
+                again = as_unwritable(exc, store.path)
+                if again is None:
+                    raise
+                problem = again
+                log.warning("%s: still cannot write the store: %s", channel.name, again.why)
+                continue
+            log.warning("%s: the store can be written again after %.0f s; going on", channel.name, waited)
+            return
 
     async def _take_up(self, store: Store, channel: ChannelConfig) -> None:
         """After a crash: each unfinished run resumes or is stopped safely; lost claims queue again."""
@@ -159,6 +251,8 @@ class Daemon:
             try:
                 state = await self._take_up_run(store, channel, run)
             except Exception as exc:
+                if as_unwritable(exc, store.path) is not None:
+                    raise  # not the run's fault: it is taken up once the store can be written
                 log.exception("taking up run %s on %s failed", run.id, channel.name)
                 store.record_event(run.id, "gap", f"could not take up the run after a restart: {exc}")
                 store.set_state(run.id, RunState.FAILED.value, ended_unix=time.time())
@@ -193,11 +287,13 @@ class Daemon:
             why = "a stop had been asked for"
         elif self.lab.resume_max_gap_s is not None and outage_s > self.lab.resume_max_gap_s:
             why = f"the daemon was away {outage_s:.0f} s, more than resume_max_gap_s"
-        prepared = prepare_stored(store.protocol_text(run.id), run.cell, run.source.get("path", ""))
+        text, path = store.protocol_text(run.id), run.source.get("path", "")
+        prepared = await off_the_loop(prepare_stored, text, run.cell, path)
         session = self._session(store, channel)
         if not why and cursor is not None:
             try:
-                history = load_history(store, run.id, cursor.cycle)
+                # The session makes the cell safe before the history is read back.
+                history = partial(read_history, store, run.id, cursor.cycle)
                 await session.take_up(run.id, prepared, cursor, history, RunState(run.state), outage_s)
                 return "done"
             except CannotTakeUp as exc:
@@ -213,7 +309,8 @@ class Daemon:
         self, store: Store, channel: ChannelConfig, job: dict[str, Any]
     ) -> tuple[str, int | None]:
         cell = job["cell"]
-        prepared = prepare(store.jobs.protocol(job["id"]), job["source"], CellSpec.of_job(cell))
+        text = store.jobs.protocol(job["id"])
+        prepared = await off_the_loop(prepare, text, job["source"], CellSpec.of_job(cell))
         source = {
             "job": job["id"],
             "path": job["source"],
@@ -234,34 +331,43 @@ class Daemon:
             self.bus.publish_state(channel, state)
 
 
+async def open_store(path: Path, wal_thread: bool = False) -> Store:
+    """The store at `path`, once it opens and takes a write, waiting meanwhile and saying why.
+
+    On a full disk SQLite cannot even create the files it reads through (-shm, -wal). A file
+    the process may not write opens all the same, read-only for good, and only refuses the
+    first write: so a write is tried here, and the store opened again until one succeeds.
+    Nothing is driven meanwhile (every cell was made safe at the stop, and the files a crash
+    leaves behind let the store open).
+    """
+    delay, said = STORE_RETRY_S, False
+    while True:
+        try:
+            store = Store(path, wal_thread=wal_thread)
+            try:
+                with store.transaction() as db:  # the same value again: one page written, nothing changed
+                    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+                    db.execute(f"PRAGMA user_version = {version}")
+            except BaseException:
+                store.close()
+                raise
+            return store
+        except Exception as exc:
+            problem = as_unwritable(exc, path)
+            if problem is None:
+                raise
+            (log.warning if said else log.error)(
+                "cannot open the store: %s; trying again in %g s", problem.why, delay
+            )
+            said = True
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, STORE_RETRY_MAX_S)
+
+
 async def serve_lab(lab: Lab, until_idle: bool = False) -> None:
     """The daemon with its bus (when lab.toml has [mqtt]) until SIGTERM/SIGINT or, if asked, idle.
 
-    SIGTERM (systemctl stop) cancels the channel tasks: each makes its cell safe and keeps its
-    run resumable, so the next start takes it up from the checkpoint.
+    Raises LabInUse (cyclerd.daemon.lock) when another daemon serves the lab; how it starts and
+    stops as a process is cyclerd.daemon.process's.
     """
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    if main is not None:
-        loop.add_signal_handler(signal.SIGTERM, main.cancel)
-    bus: Bus | None = None
-    if lab.mqtt is not None:
-        mqtt = lab.mqtt
-        tls = ssl.create_default_context(cafile=mqtt.ca_file) if mqtt.tls else None
-        bus = Bus(
-            lab.lab,
-            mqtt.host,
-            mqtt.port,
-            username=mqtt.username,
-            password=mqtt.password(),
-            tls_context=tls,
-            store=Store(lab.database),
-        )
-        bus.start()
-    try:
-        await Daemon(lab, bus).run(until_idle=until_idle)
-        if bus is not None and not await bus.flush():
-            log.warning("the broker did not take every sample before exiting; the store has them")
-    finally:
-        if bus is not None:
-            await bus.close()
+    await serve_until_stopped(lab, Daemon, open_store, until_idle)

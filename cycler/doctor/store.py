@@ -1,5 +1,5 @@
 """The doctor's checks of the store: the SQLite file is writable by the service, in WAL mode and
-undamaged, and which unfinished runs a (re)start of serve will take up.
+undamaged, on a disk with room left, and which unfinished runs a (re)start of serve will take up.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from typing import Any
 
 from cyclerd.daemon.config import Lab
 from cyclerd.doctor.verdict import Check, Verdict, current_user
+from cyclerd.engine.record import MIN_FREE_BYTES
 from cyclerd.engine.states import FINAL
 from cyclerd.store.database import Store
 
 QUICK_CHECK_S = 15.0  # PRAGMA quick_check reads the whole file; a huge store is interrupted
+LOW_SPACE_BYTES = 2**30  # less free than this (or than LOW_SPACE_SHARE of the disk) warns
+LOW_SPACE_SHARE = 0.05
 
 
 def check_database(lab: Lab, quick_check_s: float = QUICK_CHECK_S) -> list[Check]:
@@ -37,6 +40,9 @@ def check_database(lab: Lab, quick_check_s: float = QUICK_CHECK_S) -> list[Check
                 f"user {user} cannot write in {folder} ({why}): chown cyclerd {folder}",
             )
         ]
+    room, full = _room(folder)
+    if full:
+        return [Check("database", Verdict.FAIL, room)]
     if not path.exists():
         detail = (
             f"no database at {path} yet: serve creates it at its first start (expected on a new install;"
@@ -76,8 +82,33 @@ def check_database(lab: Lab, quick_check_s: float = QUICK_CHECK_S) -> list[Check
         if os.geteuid() == 0
         else ""
     )
-    detail = f"{path}: {size}, {len(runs)} run(s), WAL, quick_check ok, writable by {user}{rights}"
-    return [Check("database", Verdict.OK, detail), _unfinished(lab, runs)]
+    detail = f"{path}: {size}, {len(runs)} run(s), WAL, quick_check ok, writable by {user}{rights}; {room}"
+    verdict = Verdict.WARN if room.startswith("only") else Verdict.OK
+    return [Check("database", verdict, detail), _unfinished(lab, runs)]
+
+
+def _room(folder: Path) -> tuple[str, bool]:
+    """The free space on the disk holding `folder`, said for the report, and whether it is too
+    little for serve to write (it then keeps every cell safe and waits for room)."""
+    try:
+        found = os.statvfs(folder)
+    except OSError as exc:
+        return f"free space unknown ({exc.strerror or exc})", False
+    free, total = found.f_bavail * found.f_frsize, found.f_blocks * found.f_frsize
+    if total <= 0:
+        return "free space unknown", False
+    said = f"{free / 2**30:.2f} GB free of {total / 2**30:.2f} GB ({100 * free / total:.0f} %)"
+    if free < MIN_FREE_BYTES:
+        fix = "free some space (old backups, journal: journalctl --vacuum-size=...), or move the database"
+        return (
+            f"the disk holding {folder} is full: {free / 2**20:.1f} MB free of {total / 2**20:.0f} MB;"
+            f" serve keeps every cell safe and records nothing until {MIN_FREE_BYTES / 2**20:.0f} MB"
+            f" are free: {fix}",
+            True,
+        )
+    if free < LOW_SPACE_BYTES or free < LOW_SPACE_SHARE * total:
+        return f"only {said}: free some space before the disk fills, or move the database", False
+    return said, False
 
 
 def _inspect(path: Path, quick_check_s: float) -> tuple[str, list[str] | None]:

@@ -4,23 +4,34 @@ prepare (read the protocol, compile it, resolve the cell once) -> open the devic
 cell in virtual time, or an instrument, reached with backoff) -> execute (a Runner with its
 sinks, registered where pause/resume/stop requests find it). A new run and a run taken up
 after a crash differ only in where the cursor starts.
+
+Reading and compiling a protocol is pure Python that takes seconds for a large file, so the
+daemon does it in a worker thread (`off_the_loop`) while its other channels acquire. A store
+that cannot be written stops the run with its cell safe and leaves it resumable
+(cyclerd.engine.record).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+import functools
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from cyclerd.analysis.cycles import CycleSummary, ForwardStats
 from cyclerd.drivers.base import Channel, InstrumentFault, Snapshotting, unmet_needs
 from cyclerd.drivers.clock import AcceleratedClock, Clock, RealClock, VirtualClock
 from cyclerd.engine.cursor import Cursor
 from cyclerd.engine.instruments import open_channel
-from cyclerd.engine.resume import History
+from cyclerd.engine.record import RecordGuard
+from cyclerd.engine.resume import History, VoltageStatsSink
 from cyclerd.engine.runner import Runner, RunResult
 from cyclerd.engine.sinks import Sink, Sinks, StoreSink
 from cyclerd.engine.states import RunState, TransitionError
@@ -32,9 +43,25 @@ from cyclerd.protocols.units import AREA, Amount, parse_charge, parse_mass, pars
 from cyclerd.simulators.cell import LiveStateError
 from cyclerd.simulators.channel import SimulatedChannel
 from cyclerd.simulators.presets import make_cell
-from cyclerd.store.database import Store
+from cyclerd.store.database import Store, StoreInUse
 
 ACTIONS = ("pause", "resume", "stop")
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# One thread for every channel's protocols: pint's registry is shared, and not made to be used
+# by several threads at once.
+_PROTOCOL_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="protocols")
+
+
+async def off_the_loop(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`work` (reading, compiling a protocol) in the protocol worker thread: a file of thousands
+    of steps takes seconds, and the event loop runs every other channel meanwhile."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_PROTOCOL_WORKER, functools.partial(work, *args, **kwargs))
 
 
 class CannotTakeUp(Exception):
@@ -228,11 +255,16 @@ async def forward_requests(store: Store, controls: Controls, interval_s: float =
     """Act on requests another process (the CLI) left in the store for this process's runs.
 
     One poller per process; a request for a run this process does not run stays for whoever does.
+    A store it cannot read or write now (a full disk) is tried again at the next pass: the
+    poller must not end, and take the runs' controls with it.
     """
     while True:
-        for run_id in controls:
-            for request_id, action in store.requests.pending(run_id):
-                store.requests.handle(request_id, controls.act(run_id, action))
+        try:
+            for run_id in controls:
+                for request_id, action in store.requests.pending(run_id):
+                    store.requests.handle(request_id, controls.act(run_id, action))
+        except (sqlite3.Error, StoreInUse) as exc:
+            log.warning("requests not read (%s); trying again in %g s", exc, interval_s)
         await asyncio.sleep(interval_s)
 
 
@@ -277,18 +309,23 @@ class Session:
         run_id: int,
         prepared: Prepared,
         cursor: Cursor,
-        history: History,
+        history: Callable[[], Awaitable[History]],
         state: RunState,
         outage_s: float,
     ) -> RunResult:
         """Continue run `run_id` from its checkpoint. A simulated cell's test time did not run
-        while the daemon was away; a real cell's did (`outage_s` is then added to test time)."""
+        while the daemon was away; a real cell's did (`outage_s` is then added to test time).
+
+        The cell is made safe first (an instrument left alone goes on doing its last step), and
+        only then is the run's `history` read back.
+        """
         async with open_device(self.device, prepared.program, self.channel, cursor, self.note(run_id)) as (
             channel,
             clock,
         ):
+            await channel.safe_state()
             gap = 0.0 if isinstance(channel, Snapshotting) else outage_s
-            restore = (cursor, history, state, gap)
+            restore = (cursor, await history(), state, gap)
             return await self._execute(run_id, prepared.program, channel, clock, restore)
 
     async def stop_safely(self, run_id: int, prepared: Prepared, why: str, outage_s: float) -> None:
@@ -310,8 +347,13 @@ class Session:
         clock: Clock,
         restore: tuple[Cursor, History, RunState, float] | None,
     ) -> RunResult:
-        sinks = Sinks([StoreSink(self.store, run_id), *self.views(run_id)])
-        runner = Runner(program, channel, clock, sinks)
+        def closed_last() -> tuple[CycleSummary, ForwardStats] | None:
+            ledger = runner.ledger
+            return (ledger.cycles[-1], ledger.voltage_stats[-1]) if ledger.cycles else None
+
+        stats = VoltageStatsSink(self.store, run_id, closed_last)
+        sinks = Sinks([StoreSink(self.store, run_id), stats, *self.views(run_id)])
+        runner = Runner(program, channel, clock, RecordGuard(sinks, self.store.path))
         runner.resumable = self.resumable
         if restore is not None:
             runner.restore(*restore)

@@ -43,11 +43,18 @@ class WalCheckpointer:
     def _run(self) -> None:
         db = sqlite3.connect(self._path, check_same_thread=True)
         try:
+            failing = ""  # said once, not four times a second for as long as a disk stays full
             while not self._stopping.wait(self._interval_s):
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as error:  # the writer's own checkpoint takes over meanwhile
-                    log.warning("checkpointing the WAL of %s failed: %s", self._path, error)
+                    if str(error) != failing:
+                        log.warning("checkpointing the WAL of %s failed: %s", self._path, error)
+                    failing = str(error)
+                else:
+                    if failing:
+                        log.warning("checkpointing the WAL of %s works again", self._path)
+                    failing = ""
         finally:
             with contextlib.suppress(sqlite3.Error):
                 db.close()

@@ -184,6 +184,53 @@ async def test_a_restart_on_a_full_disk_waits_without_a_traceback_and_goes_on(
         assert [e["kind"] for e in store.events(1)].count("gap") == 1
 
 
+def test_serve_on_a_full_disk_starts_and_waits_and_run_says_the_disk_is_full(small_disk: Path) -> None:
+    """The command line's own look at the store, before the daemon starts, reads a closed store
+    on a full disk: it must call that a full disk (not "not a cyclerd store"); serve then starts
+    and waits for room, and `run`, which cannot wait for a person, says so and stops."""
+    database, config = small_disk / "lab.db", small_disk / "lab.toml"
+    config.write_text(
+        f'lab = "full"\ndatabase = "{database}"\n\n[[channels]]\nname = "ch1"\nsim = "mgagsn"\n'
+    )
+    with Store(database) as store:
+        store.jobs.submit("ch1", "E1", E1.replace("count: 250", "count: 2"), "e1.yaml", {})
+    protocol = small_disk / "e1.yaml"
+    protocol.write_text(E1.replace("count: 250", "count: 2"))
+    filler = fill(small_disk)
+
+    run = subprocess.run(
+        [CYCLERD, "run", str(protocol), "--sim", "mgagsn", "--db", str(database)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2, run.stderr
+    assert f"the disk holding {database} is full" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+    serve = subprocess.Popen(
+        [CYCLERD, "serve", "--config", str(config), "--until-idle"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert serve.stderr is not None
+        first = serve.stderr.readline()
+        assert "is full" in first, first
+        assert "the daemon starts and waits" in first, first
+        assert serve.poll() is None
+        filler.unlink()
+        assert serve.wait(60) == 0
+        rest = serve.stderr.read()
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGKILL)
+            serve.wait()
+    assert "Traceback" not in first + rest
+    with Store(database) as store:
+        assert [r.state for r in store.runs()] == ["completed"]
+
+
 def test_doctor_fails_a_full_disk_and_warns_of_a_small_one(small_disk: Path) -> None:
     lab = Lab.model_validate(
         {"lab": "full", "database": small_disk / "lab.db", "channels": [{"name": "ch1", "sim": "mgagsn"}]}

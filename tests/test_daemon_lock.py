@@ -119,6 +119,8 @@ async def test_a_second_daemon_of_the_lab_refuses_and_the_first_keeps_every_chan
         )
         said = await refused(second)
         assert f"pid {first.pid} on host {socket.gethostname()}" in said, said
+        assert second.returncode == 4, said  # refused, in one message
+        assert "Traceback" not in said
         await asyncio.sleep(1.0)  # what the second daemon did to the first would show by now
         after = recorded(tmp_path / "lab.db")
         assert first.poll() is None

@@ -15,7 +15,7 @@ class ExitCode(IntEnum):
     PROBLEMS = 1  # validate found errors in a protocol, doctor a FAIL
     BAD_INPUT = 2  # an option, argument, file or store is wrong: nothing was started
     INSTRUMENT_FAULT = 3  # the instrument failed or could not be reached; the cell was made safe
-    REFUSED = 4  # the instrument cannot do what the protocol needs: nothing was started
+    REFUSED = 4  # the instrument cannot do what the protocol needs, or the lab is served: nothing started
     SAFETY_STOP = 5  # a safety limit stopped the run; the cell was made safe
     STOPPED = 6  # stopped on request (cyclerd stop, an MQTT command); the cell was made safe
     INTERNAL_ERROR = 70  # a bug in cyclerd (sysexits' EX_SOFTWARE)

@@ -23,6 +23,7 @@ from cyclerd.cli.exit_codes import ExitCode
 from cyclerd.cli.options import errors
 from cyclerd.daemon.config import Lab, load_config
 from cyclerd.doctor.verdict import current_user
+from cyclerd.engine.record import StoreUnwritable, as_unwritable
 from cyclerd.protocols import ProtocolError
 from cyclerd.store.database import Store
 
@@ -124,12 +125,33 @@ def open_store(where: LabStore) -> Store:
         else:
             hint = f"no `cyclerd run` stored here; {HOW_TO_POINT}"
         raise fail(f"no store at {path}: {hint}")
-    return _open(path)
+    try:
+        return _open(path)
+    except StoreUnwritable as exc:
+        raise fail(exc.why) from None
 
 
 def open_or_create_store(path: Path) -> Store:
-    """The store at `path`, created (with its folder) if missing: `run`, `import`, `serve`; a file
-    that is not a store is an error."""
+    """The store at `path`, created (with its folder) if missing: `run`, `import`; a file that
+    is not a store, or one that cannot be written now, is an error."""
+    try:
+        return _open_or_create(path)
+    except StoreUnwritable as exc:
+        raise fail(exc.why) from None
+
+
+def store_to_serve(path: Path) -> str | None:
+    """serve's look at its store before any channel starts. A file that is not a store is an
+    error now; a store that cannot be written now (a full disk, a read-only file) is something
+    the daemon waits out with every cell safe, so why is returned, for serve to say and go on."""
+    try:
+        _open_or_create(path).close()
+    except StoreUnwritable as exc:
+        return exc.why
+    return None
+
+
+def _open_or_create(path: Path) -> Store:
     found = _stat(path)
     if found is None or (stat.S_ISREG(found.st_mode) and found.st_size == 0):
         return _create(path)  # an empty file is an empty SQLite database
@@ -150,6 +172,7 @@ def _create(path: Path) -> Store:
     try:
         return Store(path)
     except (sqlite3.Error, OSError) as exc:
+        _raise_if_unwritable(exc, path)
         raise fail(f"cannot create a store at {path}: {exc}") from None
 
 
@@ -162,20 +185,34 @@ def _open(path: Path) -> Store:
     try:
         return Store(path)
     except (sqlite3.Error, OSError) as exc:
+        _raise_if_unwritable(exc, path)
         raise fail(f"cannot open the store {path}: {exc}") from None
 
 
 def _not_a_store(path: Path) -> str | None:
-    """Why the file at `path` is not a cyclerd store, read without writing to it; None if it is one."""
+    """Why the file at `path` is not a cyclerd store, read without writing to it; None if it is one.
+
+    Raises StoreUnwritable when the disk is full: SQLite then cannot create the files a closed
+    store is read through, which says nothing about the file itself.
+    """
     try:
         uri = f"{path.resolve().as_uri()}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except PermissionError:
         return f"user {current_user()} may not read it"
-    except (sqlite3.Error, OSError, ValueError) as exc:
+    except sqlite3.Error as exc:
+        if (unwritable := as_unwritable(exc, path)) is not None and unwritable.full:
+            raise unwritable from None
+        return str(exc)
+    except (OSError, ValueError) as exc:
         return str(exc)
     return None if "runs" in tables else "an SQLite file without cyclerd's tables"
+
+
+def _raise_if_unwritable(exc: BaseException, path: Path) -> None:
+    if (unwritable := as_unwritable(exc, path)) is not None:
+        raise unwritable from None
 
 
 def open_lab(db: Path | None, config: Path | None, fallback: bool = False) -> tuple[Store, LabStore]:

@@ -26,9 +26,10 @@ from cyclerd.cli import doctor as doctor_cli
 from cyclerd.cli import export as export_cli
 from cyclerd.cli import runs as runs_cli
 from cyclerd.cli.exit_codes import ExitCode
-from cyclerd.cli.lab import fail, load_lab, open_or_create_store
+from cyclerd.cli.lab import fail, load_lab, store_to_serve
 from cyclerd.cli.options import AreaOption, CapacityOption, MassOption, cell_spec, console, errors
 from cyclerd.cli.plan_view import render_plan
+from cyclerd.daemon.lock import LabInUse
 from cyclerd.daemon.service import serve_lab
 from cyclerd.protocols import ProtocolError, load
 from cyclerd.protocols.compiler import CellDataMissing, compile_protocol
@@ -140,7 +141,8 @@ def serve(
     lab = load_lab(config)
     # What the daemon needs from disk is checked before any channel starts: a message now, not
     # a traceback from inside the event loop.
-    open_or_create_store(lab.database).close()
+    if (waiting := store_to_serve(lab.database)) is not None:
+        errors.print(f"cannot write the store now: {waiting}; the daemon starts and waits", markup=False)
     if lab.mqtt is not None:
         try:
             lab.mqtt.password()
@@ -157,6 +159,8 @@ def serve(
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         try:
             asyncio.run(serve_lab(lab, until_idle))
+        except LabInUse as exc:
+            raise fail(str(exc), ExitCode.REFUSED) from None
         except Exception:  # a daemon's own failure: its traceback belongs in the journal
             logging.getLogger("cyclerd").exception("the daemon stopped on an error it did not expect")
             raise typer.Exit(ExitCode.INTERNAL_ERROR) from None

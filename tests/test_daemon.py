@@ -169,5 +169,6 @@ def test_the_service_log_tells_each_runs_story(tmp_path: Path, caplog: pytest.Lo
     with caplog.at_level(logging.INFO, logger="cyclerd.daemon.service"):
         asyncio.run(Daemon(lab).run(until_idle=True))
     lines = [r.getMessage() for r in caplog.records if r.name == "cyclerd.daemon.service"]
-    assert lines[0] == "ch1, run 1: run started"
+    assert lines[0] == "job 1 on ch1 taken: E1 (e1.yaml)"
+    assert lines[1] == "ch1, run 1: run started"
     assert lines[-1] == "ch1, run 1: run completed"

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from cyclerd.store.database import Store, StoreInUse
 from cyclerd.store.migrate import SAMPLES_V0
+from cyclerd.store.schema import VERSION
 
 
 def _batch(start: int, n: int, step: int = 1) -> dict[str, np.ndarray]:
@@ -184,7 +185,27 @@ def test_a_file_with_one_row_per_sample_is_converted_without_losing_one(tmp_path
         assert len(store.samples(1)["seq"]) == 105
     tables = sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     assert ("samples",) not in tables
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == VERSION
+
+
+def test_a_queue_from_before_refusal_reasons_keeps_its_jobs_and_gains_the_reasons(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with Store(path) as store:
+        waiting = store.jobs.submit("ch1", "E1", "name: E1", "e1.yaml", {"cell": "A7"})
+    old = sqlite3.connect(path)  # the jobs table as schema version 1 had it
+    old.executescript("ALTER TABLE jobs DROP COLUMN reason; PRAGMA user_version = 1;")
+    old.close()
+    with Store(path) as store:
+        (job,) = store.jobs.list()
+        assert (job["id"], job["state"], job["cell"], job["reason"]) == (
+            waiting,
+            "queued",
+            {"cell": "A7"},
+            None,
+        )
+        store.jobs.finish(waiting, "refused", reason="ch1 cannot measure impedance spectra (EIS)")
+        assert store.jobs.list("refused")[0]["reason"] == "ch1 cannot measure impedance spectra (EIS)"
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == VERSION
 
 
 async def test_a_transaction_held_across_an_await_refuses_another_task(store: Store) -> None:

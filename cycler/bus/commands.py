@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cyclerd.engine.session import CellSpec, Controls, prepare
+from cyclerd.engine.session import CellSpec, Controls, off_the_loop, prepare
 from cyclerd.engine.states import FINAL
 from cyclerd.protocols import ProtocolError
 from cyclerd.protocols.compiler import CellDataMissing
+from cyclerd.protocols.program import Program
 from cyclerd.store.database import Store
 
 RESULT_WAIT_S = 5.0  # a running daemon acts on requests within about a second
@@ -56,18 +58,28 @@ def parse_command(payload: bytes) -> Command:
         raise CommandError(problems) from None
 
 
+Refusals = Callable[[Program], list[str]]
+"""Why the channel cannot run a program ([] if it may): the lab's check at submit time."""
+
+
 async def execute(
-    store: Store, channel: str, command: Command, controls: Controls | None = None
+    store: Store,
+    channel: str,
+    command: Command,
+    controls: Controls | None = None,
+    refusals: Refusals | None = None,
 ) -> dict[str, Any]:
     """Carry out `command` on `channel`; the reply's fields, without `ok`.
 
     Pause, resume and stop of a run in `controls` (this process's) act at once; for a run that
-    another process runs, the request waits in the store for that process to act on it.
+    another process runs, the request waits in the store for that process to act on it. A
+    submitted protocol is read and compiled off the event loop (a large file takes seconds,
+    and the channels run meanwhile) and refused with `refusals`' reasons.
     """
     if command.action == "status":
         return _status(store, channel)
     if command.action == "submit":
-        return _submit(store, channel, command)
+        return await _submit(store, channel, command, refusals)
     run_id = _target_run(store, channel, command.run)
     if controls is not None and run_id in controls:
         done = controls.act(run_id, command.action)
@@ -111,7 +123,7 @@ def _target_run(store: Store, channel: str, run_id: int | None) -> int:
     return run_id
 
 
-def _submit(store: Store, channel: str, command: Command) -> dict[str, Any]:
+async def _submit(store: Store, channel: str, command: Command, refusals: Refusals | None) -> dict[str, Any]:
     if command.protocol is None:
         raise CommandError("submit needs 'protocol': the protocol file's text")
     source = command.name or f"mqtt:{channel}"
@@ -119,10 +131,13 @@ def _submit(store: Store, channel: str, command: Command) -> dict[str, Any]:
     if unknown:
         raise CommandError(f"cell: unknown keys {', '.join(unknown)}; use cell, area, capacity, mass")
     try:
-        program = prepare(command.protocol, source, CellSpec.of_job(command.cell)).program
+        cell = CellSpec.of_job(command.cell)
+        program = (await off_the_loop(prepare, command.protocol, source, cell)).program
     except ProtocolError as exc:
         raise CommandError(str(exc)) from None
     except (CellDataMissing, ValueError) as exc:
         raise CommandError(str(exc)) from None
+    if refusals is not None and (why := refusals(program)):
+        raise CommandError(f"refused: {'; '.join(why)}; nothing was queued")
     job = store.jobs.submit(channel, program.name, command.protocol, source, dict(command.cell))
     return {"job": job, "name": program.name}

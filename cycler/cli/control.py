@@ -17,11 +17,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from cyclerd.cli.exit_codes import ExitCode
 from cyclerd.cli.lab import ConfigOption, LabDbOption, LabStore, fail, find, open_lab, open_store
 from cyclerd.cli.options import AreaOption, CapacityOption, MassOption, cell_spec, console, prepared_or_exit
+from cyclerd.daemon.reach import refusals
 from cyclerd.engine.states import FINAL, TRANSITIONS, RunState
 from cyclerd.store import heartbeat
 from cyclerd.store.database import Run, Store
+from cyclerd.store.queue import Job
 
 FINAL_STATES = {state.value for state in FINAL}
 
@@ -43,6 +46,8 @@ def submit(
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise fail(f"lab {where.lab.lab} has no channel {channel!r}; {hint}its channels: {', '.join(names)}")
     prepared = prepared_or_exit(protocol_file, cell_spec(area, capacity, mass))
+    if where.lab is not None and (why := refusals(where.lab, channel, prepared.program)):
+        raise fail(f"refused: {'; '.join(why)}; nothing was queued", ExitCode.REFUSED)
     given = {"cell": cell, "area": area, "capacity": capacity, "mass": mass}
     with open_store(where) as store:
         cell_info = {key: value for key, value in given.items() if value}
@@ -53,18 +58,47 @@ def submit(
         console.print(f"{_daemon_line(daemon, where)}: the job starts when it does", markup=False)
 
 
+REFUSED_SHOWN_S = 7 * 86400.0  # `queue` lists the jobs refused or failed this recently
+
+
 def queue(db: LabDbOption = None, config: ConfigOption = None) -> None:
-    """The jobs waiting for their channels, oldest first."""
+    """The jobs waiting for their channels, oldest first; then those of the last week that the
+    daemon refused or that failed, with why (they never became runs, so `runs` cannot say)."""
     store, _ = open_lab(db, config)
     with store:
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for name in ("job", "channel", "name", "cell", "submitted (UTC)"):
-            table.add_column(name)
-        for job in store.jobs.list("queued"):
-            submitted = datetime.fromtimestamp(job["submitted_unix"], UTC).strftime("%Y-%m-%d %H:%M")
-            cell_id = str(job["cell"].get("cell", ""))
-            table.add_row(str(job["id"]), job["channel"], job["name"], cell_id, submitted)
-        console.print(table)
+        waiting = store.jobs.list("queued")
+        since = time.time() - REFUSED_SHOWN_S
+        ended = [
+            job
+            for job in store.jobs.list()
+            if job["state"] in ("refused", "failed") and job["submitted_unix"] >= since
+        ]
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("job", "channel", "name", "cell", "submitted (UTC)"):
+        table.add_column(name)
+    for job in waiting:
+        table.add_row(str(job["id"]), job["channel"], job["name"], _cell_of(job), _utc(job["submitted_unix"]))
+    console.print(table if waiting else "no job waiting")
+    if not ended:
+        return
+    console.print("\nrefused or failed in the last 7 days (nothing was run):")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("job", "channel", "name", "cell", "submitted (UTC)", "why"):
+        table.add_column(name, overflow="fold")
+    for job in ended:
+        why = f"{job['state']}: {job['reason'] or 'no reason was recorded'}"
+        table.add_row(
+            str(job["id"]), job["channel"], job["name"], _cell_of(job), _utc(job["submitted_unix"]), why
+        )
+    console.print(table)
+
+
+def _cell_of(job: Job) -> str:
+    return str(job["cell"].get("cell", ""))
+
+
+def _utc(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def status(db: LabDbOption = None, config: ConfigOption = None) -> None:

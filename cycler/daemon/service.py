@@ -30,6 +30,7 @@ from cyclerd.alerts.sink import AlertSink
 from cyclerd.bus import commands
 from cyclerd.bus.publisher import Bus
 from cyclerd.bus.sink import BusSink
+from cyclerd.daemon import reach
 from cyclerd.daemon.config import Channel as ChannelConfig
 from cyclerd.daemon.config import Lab
 from cyclerd.daemon.process import serve_until_stopped
@@ -114,7 +115,9 @@ class Daemon:
             if self._commands is None:
                 self._commands = Store(self.lab.database)
             command = commands.parse_command(payload)
-            return {"ok": True, **await commands.execute(self._commands, channel, command, self.controls)}
+            refusals = partial(reach.refusals, self.lab, channel)
+            reply = await commands.execute(self._commands, channel, command, self.controls, refusals)
+            return {"ok": True, **reply}
         except commands.CommandError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:
@@ -187,17 +190,31 @@ class Daemon:
                     return
                 await asyncio.sleep(IDLE_POLL_S)
                 continue
+            fields = {"channel": channel.name, "cell": job["cell"].get("cell"), "job": job["id"]}
+            log.info(
+                "job %d on %s taken: %s (%s)",
+                job["id"],
+                channel.name,
+                job["name"],
+                job["source"],
+                extra=fields,
+            )
+            idle: dict[str, Any] = {"run": None, "state": "idle"}
             try:
-                state, run_id = await self._run_job(store, channel, job)
+                state, run_id, why = await self._run_job(store, channel, job)
             except Exception as exc:
                 if as_unwritable(exc, store.path) is not None:
                     raise  # the run stays resumable: taken up once the store can be written
-                log.exception("job %s on %s failed", job["id"], channel.name)
+                log.exception("job %d on %s failed", job["id"], channel.name, extra=fields)
                 store.record_event(None, "job", f"job {job['id']} on {channel.name} failed: {exc}")
-                store.jobs.finish(job["id"], "failed")
+                store.jobs.finish(job["id"], "failed", reason=str(exc))
+                idle["failed"] = {"job": job["id"], "reason": str(exc)}
             else:
-                store.jobs.finish(job["id"], state, run_id)
-            self._publish_state(channel.name, {"run": None, "state": "idle"})
+                store.jobs.finish(job["id"], state, run_id, reason=why)
+                if why is not None:
+                    log.warning("job %d on %s refused: %s", job["id"], channel.name, why, extra=fields)
+                    idle["refused"] = {"job": job["id"], "reason": why}
+            self._publish_state(channel.name, idle)
 
     async def _wait_for_store(self, store: Store, channel: ChannelConfig, problem: StoreUnwritable) -> None:
         """Wait, saying why, until the store takes a write again (and, when the disk was full,
@@ -307,7 +324,8 @@ class Daemon:
 
     async def _run_job(
         self, store: Store, channel: ChannelConfig, job: dict[str, Any]
-    ) -> tuple[str, int | None]:
+    ) -> tuple[str, int | None, str | None]:
+        """How the job ended, its run, and why it was refused (then no run was made)."""
         cell = job["cell"]
         text = store.jobs.protocol(job["id"])
         prepared = await off_the_loop(prepare, text, job["source"], CellSpec.of_job(cell))
@@ -322,9 +340,10 @@ class Daemon:
         session = self._session(store, channel)
         outcome = await session.start(prepared, prepared.cell_info(channel.cell, cell), source)
         if isinstance(outcome, list):
-            store.record_event(None, "job", f"job {job['id']} refused: " + "; ".join(outcome))
-            return "refused", None
-        return "done", outcome[0]
+            why = "; ".join(outcome)
+            store.record_event(None, "job", f"job {job['id']} on {channel.name} refused: {why}")
+            return "refused", None, why
+        return "done", outcome[0], None
 
     def _publish_state(self, channel: str, state: Mapping[str, Any]) -> None:
         if self.bus is not None:

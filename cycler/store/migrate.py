@@ -1,7 +1,8 @@
 """Bringing a store file written by an older cyclerd up to the present schema, losing nothing.
 
 The version lives in SQLite's `PRAGMA user_version`. Version 0 kept one `samples` row per
-sample; version 1 keeps them as blocks (cyclerd.store.blocks). A lab PC updated mid-run
+sample; version 1 keeps them as blocks (cyclerd.store.blocks); version 2 keeps why a job was
+refused or failed (jobs.reason). A lab PC updated mid-run
 converts its file the first time the new daemon or CLI opens it, in one transaction: a crash
 during the conversion leaves the old file as it was.
 """
@@ -38,6 +39,8 @@ def migrate(db: sqlite3.Connection) -> None:
     try:
         if _version(db) < 1:  # another process may have done it while we waited for the lock
             _rows_to_blocks(db)
+        if _version(db) < 2:
+            _add_job_reasons(db)
         db.execute(f"PRAGMA user_version = {VERSION}")
     except BaseException:
         db.execute("ROLLBACK")
@@ -74,3 +77,10 @@ def _rows_to_blocks(db: sqlite3.Connection) -> None:
             total += len(rows)
     db.execute("DROP TABLE samples")
     log.info("store: %d samples of %d runs converted to blocks", total, len(runs))
+
+
+def _add_job_reasons(db: sqlite3.Connection) -> None:
+    """A jobs table from before version 2 gets its reason column (empty: reasons were not kept)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    if "reason" not in columns:
+        db.execute("ALTER TABLE jobs ADD COLUMN reason TEXT")

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 Job = dict[str, Any]
-"""A job as a dict: id, channel, name, source, cell (decoded), state, submitted_unix, run_id."""
+"""A job as a dict: id, channel, name, source, cell (decoded), state, submitted_unix, run_id,
+reason (why it was refused or failed; None otherwise)."""
 Jobs = list[Job]  # named outside JobQueue, whose method `list` would shadow the builtin there
 
-JOB_COLUMNS = "id, channel, name, source, cell, state, submitted_unix, run_id"
+JOB_COLUMNS = "id, channel, name, source, cell, state, submitted_unix, run_id, reason"
 
 
 class Database(Protocol):
@@ -37,7 +38,7 @@ class Database(Protocol):
 class JobQueue:
     """Protocols submitted for a channel, each waiting until the channel's daemon claims it.
 
-    A job's state goes queued -> running -> done, failed or stopped; a daemon that crashed
+    A job's state goes queued -> running -> done, refused or failed; a daemon that crashed
     finds its running jobs again with `orphans` and resumes their runs or queues them again.
     """
 
@@ -68,12 +69,12 @@ class JobQueue:
             db.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (row[0],))
         return self._select("WHERE id = ?", (row[0],))[0]
 
-    def finish(self, job_id: int, state: str, run_id: int | None = None) -> None:
-        """Record how a job ended and, once known, the run it became."""
+    def finish(self, job_id: int, state: str, run_id: int | None = None, reason: str | None = None) -> None:
+        """Record how a job ended, the run it became once known, and why it was refused or failed."""
         with self._db.transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = ?, run_id = COALESCE(?, run_id) WHERE id = ?",
-                (state, run_id, job_id),
+                "UPDATE jobs SET state = ?, run_id = COALESCE(?, run_id), reason = ? WHERE id = ?",
+                (state, run_id, reason, job_id),
             )
 
     def requeue(self, job_id: int) -> None:

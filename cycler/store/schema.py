@@ -4,7 +4,7 @@ One page to read the tables from; `cyclerd.store.database` re-exports all three
 names, the way callers import them.
 """
 
-VERSION = 1  # PRAGMA user_version: 0 stored one row per sample (cyclerd.store.migrate)
+VERSION = 2  # PRAGMA user_version: 0 stored one row per sample, 1 no job reasons (store.migrate)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -102,9 +102,10 @@ CREATE TABLE IF NOT EXISTS jobs (  -- the queue: protocols waiting for a channel
     protocol TEXT NOT NULL,          -- the file's text at submission: later edits do not leak in
     source TEXT NOT NULL,            -- where it came from (path)
     cell TEXT NOT NULL,              -- JSON: cell id, area, capacity given at submission
-    state TEXT NOT NULL,             -- queued, running, done, cancelled
+    state TEXT NOT NULL,             -- queued, running, done, refused, failed, stopped
     submitted_unix REAL NOT NULL,
-    run_id INTEGER
+    run_id INTEGER,
+    reason TEXT                      -- why it was refused or failed, in the daemon's words
 );
 CREATE TABLE IF NOT EXISTS requests (  -- pause/resume/stop asked for by a person, acted on by the daemon
     id INTEGER PRIMARY KEY,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 
 import numpy as np
@@ -95,3 +96,26 @@ async def test_an_encoder_started_again_after_closing_works() -> None:
             assert payload.decode() == data_payload(7, columns)
         finally:
             await encoder.close()
+
+
+async def test_batches_nobody_waits_for_any_more_fail_quietly_when_the_encoder_closes() -> None:
+    """A bus that closes drops the batches it had in flight: asyncio must not report each one's
+    EncoderGone as "never retrieved" in the daemon's log as it stops."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        encoder = Encoder()
+        await encoder.start()
+        rng = np.random.default_rng(8)
+        kept = encoder.encode(1, _columns(0, 100_000, rng))
+        for k in range(1, 4):
+            encoder.encode(1, _columns(100_000 * k, 100_000, rng))  # dropped by their caller
+        await encoder.close()
+        with pytest.raises(EncoderGone):
+            await kept  # a caller still waiting gets the error
+        gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+    assert [c["message"] for c in reported] == []

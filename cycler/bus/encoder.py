@@ -185,6 +185,9 @@ class Encoder:
             future = self._pending.popleft()
             if not future.done():
                 future.set_exception(error)
+                # Marked as seen: a caller still waiting gets the error all the same, and the
+                # batches a closing bus dropped are not each logged as "never retrieved".
+                future.exception()
 
 
 def _raw(columns: Mapping[str, Any]) -> dict[str, tuple[str, bytes]]:

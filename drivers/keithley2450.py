@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import select
 import socket
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from cyclerd.drivers.base import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # The 2450's SCPI vocabulary used here, in one place (instrument-protocols.md §1.4-1.5).
 SCPI = {
@@ -136,6 +139,7 @@ class Keithley2450:
         """Reconnect after a dropped link; the instrument is reset, so its output is off."""
         await self._call(self._close)
         await self._call(self._open)
+        log.info("%s: reconnected; reset, output off", self.name, extra={"kind": "reconnect"})
 
     async def close(self) -> None:
         """Output off, then release the link. An output-off the link cannot carry (it was lost, or

@@ -126,7 +126,7 @@ class MethodScriptChannel:
                 )
             self._link, self._info = link, info
             await link.cell_off()
-            log.info("%s: reconnected to %s", self.name, self.url)
+            log.info("%s: reconnected to %s; cell off", self.name, self.url, extra={"kind": "reconnect"})
         finally:
             # Released after the cell is off: closing a socket:// port takes pyserial 0.3 s.
             if old is not None:

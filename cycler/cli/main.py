@@ -30,6 +30,7 @@ from cyclerd.cli.lab import fail, load_lab, store_to_serve
 from cyclerd.cli.options import AreaOption, CapacityOption, MassOption, cell_spec, console, errors
 from cyclerd.cli.plan_view import render_plan
 from cyclerd.daemon.lock import LabInUse
+from cyclerd.daemon.logs import LogFormat, configure_logging
 from cyclerd.daemon.service import serve_lab
 from cyclerd.protocols import ProtocolError, load
 from cyclerd.protocols.compiler import CellDataMissing, compile_protocol
@@ -135,9 +136,17 @@ def serve(
     until_idle: Annotated[
         bool, typer.Option("--until-idle", help="Stop once no channel has a queued job (tests, batch use).")
     ] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="text for people; json: one object a line (time, level, logger, message, run, channel,"
+            " cell, kind), for journald and log shippers.",
+        ),
+    ] = LogFormat.TEXT,
 ) -> None:
     """Run the lab: one task per channel, each working through its queued jobs."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging(log_format)
     lab = load_lab(config)
     # What the daemon needs from disk is checked before any channel starts: a message now, not
     # a traceback from inside the event loop.

@@ -123,13 +123,16 @@ async def _serve(
             deadline = HardExit(EXIT_S)
         else:
             serving.result()  # the daemon's own failure goes to the journal, and systemd restarts it
+            _say_cells_safe(lab, {}, True, "no job left, --until-idle")
             if bus is not None and not await bus.flush(FLUSH_S):
                 log.warning("the broker did not take every sample before exiting; the store has them")
     finally:
         signalled.cancel()
         if serving is not None and not serving.done():
+            channels = _channel_tasks(lab)
             serving.cancel()
             clean = await _within(serving, CELLS_SAFE_S, "making every cell safe")
+            _say_cells_safe(lab, channels, clean, "the daemon was asked to stop")
         if bus is not None:
             notifier.status("closing the bus")
             clean = await _within(bus.close(), BUS_CLOSE_S, "closing the bus") and clean
@@ -139,6 +142,31 @@ async def _serve(
         notifier.close()
         if not clean:  # asyncio would wait for what hangs, for ever
             (deadline or HardExit(LEFT_S)).within(LEFT_S)
+
+
+def _channel_tasks(lab: Lab) -> dict[str, asyncio.Task[Any]]:
+    """The channels' tasks by channel name, as the daemon names them (`channel <name>`)."""
+    names = {f"channel {channel.name}": channel.name for channel in lab.channels}
+    return {names[task.get_name()]: task for task in asyncio.all_tasks() if task.get_name() in names}
+
+
+def _say_cells_safe(lab: Lab, tasks: dict[str, asyncio.Task[Any]], finished: bool, why: str) -> None:
+    """One line per channel as the daemon stops: its task ended, and with it the run that made
+    its cell safe (a run that could not confirm it logged a fault saying so); or its task still
+    hangs, and its cell may be driven. A channel whose task is not in `tasks` is judged by the
+    daemon as a whole (`finished`)."""
+    for channel in lab.channels:
+        fields = {"channel": channel.name, "kind": "shutdown"}
+        task = tasks.get(channel.name)
+        if task.done() if task is not None else finished:
+            log.info("%s: stopped with its cell safe (%s)", channel.name, why, extra=fields)
+        else:
+            log.error(
+                "%s: still not stopped after %g s: its cell may still be driven; check the instrument",
+                channel.name,
+                CELLS_SAFE_S,
+                extra=fields,
+            )
 
 
 def _bus(lab: Lab, tls: ssl.SSLContext | None) -> Bus | None:

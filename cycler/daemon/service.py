@@ -128,7 +128,7 @@ class Daemon:
 
     # -- one channel ---------------------------------------------------------------------
 
-    def _session(self, store: Store, channel: ChannelConfig) -> Session:
+    def _session(self, store: Store, channel: ChannelConfig, cell: str | None = None) -> Session:
         device: Device
         if channel.sim is not None:
             device = SimulatedCell(channel.sim, channel.seed)
@@ -147,7 +147,7 @@ class Daemon:
         bus, name = self.bus, channel.name
 
         def views(run_id: int) -> Sequence[Sink]:
-            logged = LogSink(log, name, run_id)
+            logged = LogSink(log, name, run_id, cell)
             alerting = AlertSink(self.alerts, store, name, run_id)
             return (logged, alerting) if bus is None else (BusSink(bus, name, run_id), logged, alerting)
 
@@ -190,7 +190,12 @@ class Daemon:
                     return
                 await asyncio.sleep(IDLE_POLL_S)
                 continue
-            fields = {"channel": channel.name, "cell": job["cell"].get("cell"), "job": job["id"]}
+            fields = {
+                "channel": channel.name,
+                "cell": job["cell"].get("cell"),
+                "job": job["id"],
+                "kind": "job",
+            }
             log.info(
                 "job %d on %s taken: %s (%s)",
                 job["id"],
@@ -306,7 +311,7 @@ class Daemon:
             why = f"the daemon was away {outage_s:.0f} s, more than resume_max_gap_s"
         text, path = store.protocol_text(run.id), run.source.get("path", "")
         prepared = await off_the_loop(prepare_stored, text, run.cell, path)
-        session = self._session(store, channel)
+        session = self._session(store, channel, run.cell.get("cell"))
         if not why and cursor is not None:
             try:
                 # The session makes the cell safe before the history is read back.
@@ -318,6 +323,8 @@ class Daemon:
         await session.stop_safely(run.id, prepared, why, outage_s)
         store.set_state(run.id, RunState.STOPPED.value, ended_unix=time.time())
         reason = f"stopped safely after a restart: {why}"
+        fields = {"run": run.id, "channel": channel.name, "cell": run.cell.get("cell"), "kind": "state"}
+        log.warning("%s, run %d: %s", channel.name, run.id, reason, extra=fields)
         self.alerts.run_ended(run.id, channel.name, RunState.STOPPED, reason, name=run.name, cell=run.cell)
         self._publish_state(channel.name, {"run": run.id, "state": RunState.STOPPED.value})
         return "stopped"
@@ -337,7 +344,7 @@ class Daemon:
             "seed": channel.seed,
             "instrument": channel.instrument,
         }
-        session = self._session(store, channel)
+        session = self._session(store, channel, cell.get("cell"))
         outcome = await session.start(prepared, prepared.cell_info(channel.cell, cell), source)
         if isinstance(outcome, list):
             why = "; ".join(outcome)

@@ -287,7 +287,15 @@ class Session:
     resumable: bool = False  # a cancelled run keeps its state for the next start to take up
 
     def note(self, run_id: int | None) -> Callable[[str], None]:
-        return lambda message: self.store.record_event(run_id, "instrument", message)
+        """What the device's opening says (cannot reach the instrument yet, reached it after N
+        tries): an event in the store and a line in the log."""
+
+        def noted(message: str) -> None:
+            self.store.record_event(run_id, "instrument", message)
+            fields = {"channel": self.channel, "run": run_id, "kind": "instrument"}
+            log.warning("%s: %s", self.channel, message, extra=fields)
+
+        return noted
 
     async def start(
         self, prepared: Prepared, cell: Mapping[str, Any], source: Mapping[str, Any]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import pickle
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
 
-from cyclerd.bus.encoder import Encoder, EncoderGone
+from cyclerd.bus.encoder import HEADER, Encoder, EncoderGone, _raw
 from cyclerd.bus.payloads import data_payload
 
 
@@ -119,3 +122,24 @@ async def test_batches_nobody_waits_for_any_more_fail_quietly_when_the_encoder_c
     finally:
         loop.set_exception_handler(previous)
     assert [c["message"] for c in reported] == []
+
+
+def test_an_encoder_whose_daemon_was_killed_exits_quietly() -> None:
+    """SIGKILL of the daemon closes the read end of the encoder's stdout: the child must end
+    without a BrokenPipeError traceback in the journal, which the next start's log would show."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cyclerd.bus.encoder"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    child.stdout.close()  # the daemon is gone
+    frame = pickle.dumps((1, _raw(_columns(0, 10, np.random.default_rng(9)))))
+    child.stdin.write(HEADER.pack(len(frame)) + frame)
+    child.stdin.close()
+    assert child.stderr is not None
+    assert child.stderr.read() == b""
+    child.wait(30)
+    assert child.returncode == 0

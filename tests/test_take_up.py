@@ -76,3 +76,34 @@ async def test_a_checkpoint_holding_a_pickled_cell_is_never_read_and_the_run_sto
         " which is never read"
     ]
     store.close()
+
+
+async def test_a_job_whose_run_was_killed_before_its_first_record_runs_again(tmp_path: Path) -> None:
+    """SIGKILL between a run's creation and its first commit (seen in bench/chaos.py) leaves a
+    run with no checkpoint: it is stopped safely, as it cannot be continued, and its job is
+    queued again instead of being lost with it."""
+    text = (
+        (files("cyclerd.protocols") / "library" / "plating_stripping.yaml")
+        .read_text()
+        .replace("count: 250", "count: 2")
+    )
+    lab = Lab.model_validate(
+        {"lab": "lab", "database": tmp_path / "lab.db", "channels": [{"name": "half", "sim": "mgagsn"}]}
+    )
+    with Store(lab.database) as store:
+        store.jobs.submit("half", "E1", text, "plating_stripping.yaml", {"cell": "A7"})
+        job = store.jobs.claim("half")  # what the killed daemon had done: claimed, run created
+        assert job is not None
+        source = {"job": job["id"], "path": "plating_stripping.yaml", "channel": "half", "sim": "mgagsn"}
+        killed = store.create_run("E1", "half", text, {}, source)
+
+    await Daemon(lab).run(until_idle=True)
+    with Store(lab.database) as store:
+        assert store.run(killed).state == "stopped"
+        gaps = [e["message"] for e in store.events(killed) if e["kind"] == "gap"]
+        assert gaps == ["stopped safely after a restart: it had no checkpoint yet"]
+        (again,) = [run for run in store.runs() if run.id != killed]
+        assert again.state == "completed"
+        assert again.source["job"] == job["id"]
+        (done,) = store.jobs.list()
+        assert (done["state"], done["run_id"]) == ("done", again.id)

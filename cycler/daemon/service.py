@@ -283,7 +283,15 @@ class Daemon:
                     run.id, channel.name, RunState.FAILED, reason, name=run.name, cell=run.cell
                 )
                 state = "failed"
-            if isinstance(job, int):
+            if isinstance(job, int) and state == "requeue":
+                store.jobs.requeue(job)
+                message = (
+                    f"job {job} on {channel.name} queued again after a restart: its run {run.id}"
+                    " was stopped before it recorded anything"
+                )
+                store.record_event(None, "job", message)
+                log.warning("%s", message, extra={"channel": channel.name, "job": job, "kind": "job"})
+            elif isinstance(job, int):
                 store.jobs.finish(job, state, run.id)
         runs_of_jobs = {r.source.get("job"): r.id for r in store.runs() if r.channel == channel.name}
         for job in store.jobs.orphans(channel.name):
@@ -303,7 +311,7 @@ class Daemon:
         why = ""
         if self.lab.resume == "stop":
             why = "the resume policy is 'stop'"
-        elif cursor is None:
+        elif cursor is None:  # a checkpoint comes with the first samples committed: none were
             why = "it had no checkpoint yet"
         elif run.state == RunState.STOPPING.value:
             why = "a stop had been asked for"
@@ -325,6 +333,10 @@ class Daemon:
         reason = f"stopped safely after a restart: {why}"
         fields = {"run": run.id, "channel": channel.name, "cell": run.cell.get("cell"), "kind": "state"}
         log.warning("%s, run %d: %s", channel.name, run.id, reason, extra=fields)
+        if cursor is None and why == "it had no checkpoint yet" and isinstance(run.source.get("job"), int):
+            # Killed within its first commit: the run recorded nothing, so its job starts afresh
+            # rather than being lost (a person would only submit it again).
+            return "requeue"
         self.alerts.run_ended(run.id, channel.name, RunState.STOPPED, reason, name=run.name, cell=run.cell)
         self._publish_state(channel.name, {"run": run.id, "state": RunState.STOPPED.value})
         return "stopped"

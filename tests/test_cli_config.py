@@ -164,3 +164,15 @@ def test_a_config_that_cannot_be_read_is_a_message(
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     if command != "doctor":  # doctor words its own verdicts (see test_doctor.py)
         assert said.format(path=path) in " ".join(result.output.split())
+
+
+def test_a_database_named_relative_to_lab_toml_is_absolute_in_what_the_daemon_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alert's "run `cyclerd show 1 --db lab.db`" is read in another folder: the path it
+    names must be the store's wherever it is read."""
+    (tmp_path / "lab.toml").write_text(
+        'lab = "rel"\ndatabase = "lab.db"\n\n[[channels]]\nname = "c"\nsim = "mg"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    assert load_config(Path("lab.toml")).database == tmp_path / "lab.db"

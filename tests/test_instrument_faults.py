@@ -10,6 +10,7 @@ time, when a fault struck and when their output switched: the reaction is read f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
 from collections.abc import AsyncIterator, Callable
@@ -331,3 +332,6 @@ def test_the_gap_event_of_a_restart_states_the_carried_charge_in_mAh() -> None:
     message, data = gap_event(cursor, 12.0, 42)
     assert "-0.0288 mAh carried over" in message
     assert data["charge_As"] == pytest.approx(-0.10368)
+    assert message.startswith("resumed after a restart: step 3 at 120.0 s of step time, ")
+    inside = gap_event(dataclasses.replace(cursor, phase=Phase.INTERRUPT), 12.0, 42)[0]
+    assert "step 3 at 120.0 s of step time (in an every-block, which is run again whole), " in inside

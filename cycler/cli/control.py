@@ -8,6 +8,7 @@ request is not promised "within a second" when nobody is there to act on it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import time
 from datetime import UTC, datetime
@@ -15,11 +16,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Group, RenderableType
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from cyclerd.cli.exit_codes import ExitCode
 from cyclerd.cli.lab import ConfigOption, LabDbOption, LabStore, fail, find, open_lab, open_store
 from cyclerd.cli.options import AreaOption, CapacityOption, MassOption, cell_spec, console, prepared_or_exit
+from cyclerd.cli.status_view import Estimates, progress_table, standing
 from cyclerd.daemon.reach import refusals
 from cyclerd.engine.states import FINAL, TRANSITIONS, RunState
 from cyclerd.store import heartbeat
@@ -101,25 +106,48 @@ def _utc(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def status(db: LabDbOption = None, config: ConfigOption = None) -> None:
-    """Whether the daemon is running, every run that is not over and who serves it, the queue."""
+WATCH_EVERY_S = 1.0
+WatchOption = Annotated[
+    bool, typer.Option("--watch", help="Keep the table on screen, refreshed every second, until Ctrl-C.")
+]
+
+
+def status(db: LabDbOption = None, config: ConfigOption = None, watch: WatchOption = False) -> None:
+    """Whether the daemon is running, where every run that is not over stands, the queue.
+
+    Per run: who serves it, step, cycle, step time, elapsed, last V and I, time left by its plan.
+    """
     store, where = open_lab(db, config)
+    estimates = Estimates()  # each run's program compiled once, however many frames
     with store:
-        daemon = heartbeat.last(store)
-        up = daemon is not None and daemon.alive()
-        console.print(_daemon_line(daemon, where), markup=False)
-        live = [r for r in store.runs() if r.state not in FINAL_STATES]
-        if not live:
-            console.print("no run in progress")
-        for r in live:
-            waiting = ", ".join(action for _, action in store.requests.pending(r.id))
-            asked = f" (asked: {waiting})" if waiting else ""
-            console.print(
-                f"run {r.id} {r.name} on {r.channel}: {_served(store, r, where)}{asked}", markup=False
-            )
-        queued = len(store.jobs.list("queued"))
-        waits = "; they start when the daemon does" if queued and not up else ""
-        console.print(f"{queued} job(s) queued{waits}", markup=False)
+        if not watch:
+            console.print(_status_view(store, where, estimates))
+            return
+        with contextlib.suppress(KeyboardInterrupt), Live(console=console, auto_refresh=False) as live:
+            due = time.monotonic()
+            while True:
+                live.update(_status_view(store, where, estimates), refresh=True)
+                due = max(due + WATCH_EVERY_S, time.monotonic())
+                time.sleep(due - time.monotonic())
+
+
+def _status_view(store: Store, where: LabStore, estimates: Estimates) -> Group:
+    daemon = heartbeat.last(store)
+    up = daemon is not None and daemon.alive()
+    lines: list[RenderableType] = [Text(_daemon_line(daemon, where))]
+    live = [r for r in store.runs() if r.state not in FINAL_STATES]
+    if not live:
+        lines.append(Text("no run in progress"))
+    for r in live:
+        waiting = ", ".join(action for _, action in store.requests.pending(r.id))
+        asked = f" (asked: {waiting})" if waiting else ""
+        lines.append(Text(f"run {r.id} {r.name} on {r.channel}: {_served(store, r, where)}{asked}"))
+    if live:
+        lines.append(progress_table([standing(store, r, estimates) for r in live]))
+    queued = len(store.jobs.list("queued"))
+    waits = "; they start when the daemon does" if queued and not up else ""
+    lines.append(Text(f"{queued} job(s) queued{waits}"))
+    return Group(*lines)
 
 
 RunArgument = Annotated[int, typer.Argument(metavar="RUN", help="The run's number (see 'cyclerd status').")]

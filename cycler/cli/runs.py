@@ -46,6 +46,7 @@ from cyclerd.engine import session as sessions
 from cyclerd.engine.runner import RunResult
 from cyclerd.engine.sinks import Sink
 from cyclerd.protocols.plan import plan
+from cyclerd.protocols.program import Program
 from cyclerd.simulators import presets
 from cyclerd.store import heartbeat
 from cyclerd.store.database import Store
@@ -152,7 +153,7 @@ def _execute(
     """The run in this process: its result, or what the device cannot do; a fault or Ctrl-C exits."""
     beats: list[asyncio.Task[None]] = []
 
-    def views(run_id: int) -> Sequence[Sink]:
+    def views(run_id: int, program: Program) -> Sequence[Sink]:
         # From the moment the run exists: `cyclerd status` and `stop` elsewhere see it is served.
         started.append(run_id)
         holder = heartbeat.run_holder(run_id)

@@ -208,7 +208,9 @@ def load_config(path: str | Path) -> Lab:
 
 
 def _beside(config: Path, path: Path) -> Path:
-    return path if path.is_absolute() else config.parent / path
+    """`path` as lab.toml means it: relative to the file's folder, made absolute, since messages
+    and alerts that name it are read from other folders (and a daemon may change its own)."""
+    return path if path.is_absolute() else (config.parent / path).absolute()
 
 
 def _toml_problem(path: Path, exc: tomllib.TOMLDecodeError) -> Problem:

@@ -51,6 +51,7 @@ from cyclerd.engine.session import (
 )
 from cyclerd.engine.sinks import LogSink, Sink
 from cyclerd.engine.states import RunState
+from cyclerd.protocols.program import Program
 from cyclerd.protocols.units import registry
 from cyclerd.store import heartbeat
 from cyclerd.store.database import Run, Store
@@ -146,10 +147,12 @@ class Daemon:
             )
         bus, name = self.bus, channel.name
 
-        def views(run_id: int) -> Sequence[Sink]:
+        def views(run_id: int, program: Program) -> Sequence[Sink]:
             logged = LogSink(log, name, run_id, cell)
             alerting = AlertSink(self.alerts, store, name, run_id)
-            return (logged, alerting) if bus is None else (BusSink(bus, name, run_id), logged, alerting)
+            if bus is None:
+                return (logged, alerting)
+            return (BusSink(bus, name, run_id, program), logged, alerting)
 
         return Session(store, name, device, self.controls, views, resumable=True)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cyclerd.analysis.cycles import CycleSummary, ForwardStats, forward_voltage_stats
-from cyclerd.engine.cursor import Cursor
+from cyclerd.engine.cursor import Cursor, Phase
 from cyclerd.engine.sinks import Sink
 from cyclerd.store.database import CYCLE_COLUMNS, Store
 
@@ -65,11 +65,19 @@ def load_cursor(store: Store, run_id: int) -> Cursor | None:
     return Cursor.from_state(*found)
 
 
+# Where in a step command a run was taken up, for the gap event: an every-block runs again whole.
+_PHASE_WORDS = {
+    Phase.AT_START: " (in its every-block at the start, which is run again whole)",
+    Phase.INTERRUPT: " (in an every-block, which is run again whole)",
+    Phase.AT_END: " (in its every-block at the end, which is run again whole)",
+}
+
+
 def gap_event(cursor: Cursor, outage_s: float, next_seq: int) -> tuple[str, dict[str, Any]]:
     """The audit event of a resumed run: where it took up, and what the gap may hide."""
     message = (
-        f"resumed after a restart: step {cursor.step_number} ({cursor.phase}) at"
-        f" {cursor.progress.t_s:.1f} s of step time, {cursor.progress.charge_As / 3.6:.4g} mAh"
+        f"resumed after a restart: step {cursor.step_number} at {cursor.progress.t_s:.1f} s of step"
+        f" time{_PHASE_WORDS.get(cursor.phase, '')}, {cursor.progress.charge_As / 3.6:.4g} mAh"
         f" carried over; {outage_s:.1f} s of test time without the daemon, first new sample seq {next_seq}"
     )
     if outage_s > 0:

@@ -268,10 +268,10 @@ async def forward_requests(store: Store, controls: Controls, interval_s: float =
         await asyncio.sleep(interval_s)
 
 
-Views = Callable[[int], Sequence[Sink]]  # the live views of run `run_id`, besides the store
+Views = Callable[[int, Program], Sequence[Sink]]  # the live views of a run, besides the store
 
 
-def no_views(run_id: int) -> Sequence[Sink]:
+def no_views(run_id: int, program: Program) -> Sequence[Sink]:
     return ()
 
 
@@ -360,7 +360,7 @@ class Session:
             return (ledger.cycles[-1], ledger.voltage_stats[-1]) if ledger.cycles else None
 
         stats = VoltageStatsSink(self.store, run_id, closed_last)
-        sinks = Sinks([StoreSink(self.store, run_id), stats, *self.views(run_id)])
+        sinks = Sinks([StoreSink(self.store, run_id), stats, *self.views(run_id, program)])
         runner = Runner(program, channel, clock, RecordGuard(sinks, self.store.path))
         runner.resumable = self.resumable
         if restore is not None:

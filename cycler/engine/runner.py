@@ -318,6 +318,11 @@ class Runner:
                 cursor.phase,
             )
             moved = False
+        # What a checkpoint inside this step's every-blocks holds, until a batch of the step
+        # itself moves it on: the step's own progress, not the step before's (nor none, after
+        # a restart), so that a restart in the block neither shortens nor repeats the step.
+        if not self._periodic_depth:
+            self._main_progress = progress
         reason = ""
         while phase is not Phase.DONE:
             if not moved and self._note(command, number, phase, pause_at):

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from importlib.resources import files
 from pathlib import Path
 
 from cyclerd.daemon.config import Lab
 from cyclerd.daemon.service import Daemon
+from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
+from cyclerd.simulators.presets import make_cell
+from cyclerd.simulators.scpi_server import running
 from cyclerd.store.database import Store
 
 
@@ -107,3 +111,57 @@ async def test_a_job_whose_run_was_killed_before_its_first_record_runs_again(tmp
         assert again.source["job"] == job["id"]
         (done,) = store.jobs.list()
         assert (done["state"], done["run_id"]) == ("done", again.id)
+
+
+async def test_the_outage_of_an_accelerated_instrument_is_counted_in_the_runs_own_time(
+    tmp_path: Path,
+) -> None:
+    """An emulator at 50x lives 50 s of cell time per second the daemon is away: the test time
+    the run carries on with, and its gap event, must say so (they said the wall-clock seconds)."""
+    speed = 50.0
+    protocol = """
+name: two steps
+cell: {area: 0.785 cm^2}
+safety: {voltage_min: -0.5 V, voltage_max: 3 V}
+record: {every: 5 s}
+steps:
+  - rest: 100 s
+  - plate: {current: 1 mA/cm^2, until: {duration: 100 s}}
+"""
+    with running(Keithley2450Emulator(make_cell("mgagsn", seed=1), speed=speed)) as port:
+        lab = Lab.model_validate(
+            {
+                "lab": "lab",
+                "database": tmp_path / "lab.db",
+                "instruments": [
+                    {
+                        "name": "smu",
+                        "driver": "keithley2450",
+                        "resource": f"TCPIP::127.0.0.1::{port}::SOCKET",
+                        "speed": speed,
+                        "poll_s": 5.0,
+                    }
+                ],
+                "channels": [{"name": "k1", "instrument": "smu"}],
+            }
+        )
+        with Store(lab.database) as store:
+            store.jobs.submit("k1", "two steps", protocol, "two.yaml", {})
+            serving = asyncio.create_task(Daemon(lab).run())
+            async with asyncio.timeout(20):
+                while store.checkpoint(1) is None:
+                    await asyncio.sleep(0.02)
+            serving.cancel()  # SIGTERM: the cell made safe, the run kept resumable
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            last = store.checkpoint_unix(1)  # the outage runs from the last record
+            assert last is not None
+            await asyncio.sleep(0.5)  # the outage itself
+            resuming = asyncio.create_task(Daemon(lab).run(until_idle=True))
+            async with asyncio.timeout(30):
+                while not [e for e in store.events(1) if e["kind"] == "gap"]:
+                    await asyncio.sleep(0.02)
+            wall_s = time.time() - last
+            (gap,) = [e for e in store.events(1) if e["kind"] == "gap"]
+            await asyncio.wait_for(resuming, 30)
+    assert speed * 0.5 <= gap["data"]["outage_s"] <= speed * wall_s

@@ -332,7 +332,9 @@ class Session:
             clock,
         ):
             await channel.safe_state()
-            gap = 0.0 if isinstance(channel, Snapshotting) else outage_s
+            # The outage in the run's own time: an emulator at 60x lived 60 s of it each second.
+            speed = self.device.speed if isinstance(self.device, Instrument) else 1.0
+            gap = 0.0 if isinstance(channel, Snapshotting) else outage_s * speed
             restore = (cursor, await history(), state, gap)
             return await self._execute(run_id, prepared.program, channel, clock, restore)
 

@@ -12,16 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from cyclerd.cli.main import app
 from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
-from cyclerd.simulators.presets import make_cell
-from cyclerd.simulators.scpi_server import running
 from cyclerd.store.database import Store
 
 runner = CliRunner()
@@ -52,18 +49,12 @@ instrument = "smu1"
 """
 
 
-def until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
+def until(condition: Callable[[], bool], log: Path | None = None, timeout_s: float = 60.0) -> None:
+    """Wait for `condition`; on a timeout, say what the process logging to `log` said."""
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out; {log}: {log.read_text() if log else ''}"
         time.sleep(0.05)
-
-
-@pytest.fixture
-def smu() -> Iterator[tuple[Keithley2450Emulator, str]]:
-    device = Keithley2450Emulator(make_cell("mgagsn", seed=1), speed=1.0)
-    with running(device) as port:
-        yield device, f"TCPIP::127.0.0.1::{port}::SOCKET"
 
 
 def cli(*args: str) -> str:

@@ -64,6 +64,16 @@ def fill(folder: Path) -> Path:
     return filler
 
 
+def serving(config: Path) -> subprocess.Popen[str]:
+    """`cyclerd serve --until-idle`, its stderr to read line by line as an operator would."""
+    return subprocess.Popen(
+        [CYCLERD, "serve", "--config", str(config), "--until-idle"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+
+
 async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -207,12 +217,7 @@ def test_serve_on_a_full_disk_starts_and_waits_and_run_says_the_disk_is_full(sma
     assert f"the disk holding {database} is full" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
 
-    serve = subprocess.Popen(
-        [CYCLERD, "serve", "--config", str(config), "--until-idle"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
+    serve = serving(config)
     try:
         assert serve.stderr is not None
         first = serve.stderr.readline()
@@ -261,12 +266,7 @@ def test_a_read_only_store_is_said_in_one_line_nothing_runs_and_it_goes_on_once_
     with Store(database) as store:
         store.jobs.submit("ch1", "E1", E1.replace("count: 250", "count: 2"), "e1.yaml", {})
     with read_only(database) as made_writable:
-        serve = subprocess.Popen(
-            [CYCLERD, "serve", "--config", str(config), "--until-idle"],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
+        serve = serving(config)
         try:
             lines: list[str] = []
             assert serve.stderr is not None

@@ -23,11 +23,12 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
 import pytest
+from test_cli_status import until
 from typer.testing import CliRunner
 
 from cyclerd.cli.main import app
@@ -38,8 +39,6 @@ from cyclerd.engine.time_left import TimeLeft
 from cyclerd.protocols.plan import Span, plan
 from cyclerd.protocols.program import Program
 from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator
-from cyclerd.simulators.presets import make_cell
-from cyclerd.simulators.scpi_server import running
 from cyclerd.store.database import Store
 
 runner = CliRunner()
@@ -317,21 +316,6 @@ def rows_of_any(output: str) -> list[dict[str, str]]:
         re.match(r"^\s*(?P<run>\d+)\s+(?P<channel>\S+)\s+(?P<rest>.*)$", line) for line in output.splitlines()
     )
     return [m.groupdict() for m in rows if m]
-
-
-def until(condition: Callable[[], bool], log: Path | None = None, timeout_s: float = 60.0) -> None:
-    """Wait for `condition`; on a timeout, say what the process logging to `log` said."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out; {log}: {log.read_text() if log else ''}"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def smu() -> Iterator[tuple[Keithley2450Emulator, str]]:
-    device = Keithley2450Emulator(make_cell("mgagsn", seed=1), speed=1.0)
-    with running(device) as port:
-        yield device, f"TCPIP::127.0.0.1::{port}::SOCKET"
 
 
 def status(*args: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -165,3 +166,55 @@ steps:
             (gap,) = [e for e in store.events(1) if e["kind"] == "gap"]
             await asyncio.wait_for(resuming, 30)
     assert speed * 0.5 <= gap["data"]["outage_s"] <= speed * wall_s
+
+
+async def test_a_stored_protocol_that_no_longer_compiles_still_gets_its_cell_made_safe(
+    tmp_path: Path,
+) -> None:
+    """A daemon killed with the output on, and a restart whose cyclerd cannot compile the run's
+    stored protocol (written by an older version, or a file of 10 000 steps that takes seconds):
+    the cell is made safe first, the protocol compiled meanwhile; then the run fails, saying why."""
+    speed = 50.0
+    protocol = """
+name: one hour
+cell: {area: 0.785 cm^2}
+safety: {voltage_min: -0.5 V, voltage_max: 3 V}
+record: {every: 5 s}
+steps:
+  - plate: {current: 1 mA/cm^2, until: {duration: 1 h}}
+"""
+    device = Keithley2450Emulator(make_cell("mgagsn", seed=1), speed=speed)
+    with running(device) as port:
+        resource = f"TCPIP::127.0.0.1::{port}::SOCKET"
+        lab = Lab.model_validate(
+            {
+                "lab": "lab",
+                "database": tmp_path / "lab.db",
+                "instruments": [
+                    {"name": "smu", "driver": "keithley2450", "resource": resource, "speed": speed}
+                ],
+                "channels": [{"name": "k1", "instrument": "smu"}],
+            }
+        )
+        with Store(lab.database) as store:
+            store.jobs.submit("k1", "one hour", protocol, "hour.yaml", {})
+            serving = asyncio.create_task(Daemon(lab).run())
+            async with asyncio.timeout(20):
+                while store.checkpoint(1) is None:
+                    await asyncio.sleep(0.02)
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            with store.transaction() as db:  # what this cyclerd cannot read any more
+                db.execute("UPDATE runs SET protocol = 'steps: [' WHERE id = 1")
+        with socket.create_connection(("127.0.0.1", port)) as scpi:  # the output a kill -9 left on
+            scpi.sendall(b":SOUR:FUNC CURR\n:SOUR:CURR -0.0007\n:OUTP ON\n*OPC?\n")
+            assert scpi.recv(64).strip() == b"1"
+        assert device.s.output
+
+        await asyncio.wait_for(Daemon(lab).run(until_idle=True), 30)
+        assert not device.s.output
+    with Store(lab.database) as store:
+        assert store.run(1).state == "failed"
+        (gap,) = [e["message"] for e in store.events(1) if e["kind"] == "gap"]
+        assert gap.startswith("could not take up the run after a restart")

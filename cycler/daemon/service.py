@@ -320,18 +320,22 @@ class Daemon:
             why = "a stop had been asked for"
         elif self.lab.resume_max_gap_s is not None and outage_s > self.lab.resume_max_gap_s:
             why = f"the daemon was away {outage_s:.0f} s, more than resume_max_gap_s"
-        text, path = store.protocol_text(run.id), run.source.get("path", "")
-        prepared = await off_the_loop(prepare_stored, text, run.cell, path)
         session = self._session(store, channel, run.cell.get("cell"))
         if not why and cursor is not None:
+            text, path = store.protocol_text(run.id), run.source.get("path", "")
+            # Compiled in the protocol worker while the session makes the cell safe.
+            preparing = asyncio.ensure_future(off_the_loop(prepare_stored, text, run.cell, path))
             try:
-                # The session makes the cell safe before the history is read back.
                 history = partial(read_history, store, run.id, cursor.cycle)
-                await session.take_up(run.id, prepared, cursor, history, RunState(run.state), outage_s)
+                await session.take_up(run.id, preparing, cursor, history, RunState(run.state), outage_s)
                 return "done"
             except CannotTakeUp as exc:
                 why = str(exc)
-        await session.stop_safely(run.id, prepared, why, outage_s)
+            finally:
+                preparing.cancel()  # not waited for when the instrument could not be reached
+                if preparing.done() and not preparing.cancelled():
+                    preparing.exception()  # said by take_up's own failure, not again as unretrieved
+        await session.stop_safely(run.id, why, outage_s)
         store.set_state(run.id, RunState.STOPPED.value, ended_unix=time.time())
         reason = f"stopped safely after a restart: {why}"
         fields = {"run": run.id, "channel": channel.name, "cell": run.cell.get("cell"), "kind": "state"}

@@ -168,11 +168,13 @@ Device = SimulatedCell | Instrument
 
 @asynccontextmanager
 async def open_device(
-    device: Device, program: Program, name: str, cursor: Cursor | None, note: Callable[[str], None]
+    device: Device, program: Program | None, name: str, cursor: Cursor | None, note: Callable[[str], None]
 ) -> AsyncIterator[tuple[Channel, Clock]]:
     """The channel and the clock its run keeps time by; `cursor`: restore a simulated cell's
-    state from it. `note` records what a person should know (an instrument that kept us waiting)."""
+    state from it. `note` records what a person should know (an instrument that kept us waiting).
+    An instrument needs no `program` to be opened; a simulated cell is built for its area."""
     if isinstance(device, SimulatedCell):
+        assert program is not None, "a simulated cell is built for its program's area"
         clock = VirtualClock()
         cell = make_cell(device.preset, seed=device.seed, area_m2=program.area_m2, overrides=device.overrides)
         channel = SimulatedChannel(cell, clock, name=name)
@@ -315,7 +317,7 @@ class Session:
     async def take_up(
         self,
         run_id: int,
-        prepared: Prepared,
+        preparing: Awaitable[Prepared],
         cursor: Cursor,
         history: Callable[[], Awaitable[History]],
         state: RunState,
@@ -325,26 +327,30 @@ class Session:
         while the daemon was away; a real cell's did (`outage_s` is then added to test time).
 
         The cell is made safe first (an instrument left alone goes on doing its last step), and
-        only then is the run's `history` read back.
+        only then is the run's program awaited from `preparing` (compiled meanwhile: a file of
+        thousands of steps takes seconds, and one that no longer compiles must not leave the
+        output on) and its `history` read back.
         """
-        async with open_device(self.device, prepared.program, self.channel, cursor, self.note(run_id)) as (
+        early = await preparing if isinstance(self.device, SimulatedCell) else None
+        program = None if early is None else early.program
+        async with open_device(self.device, program, self.channel, cursor, self.note(run_id)) as (
             channel,
             clock,
         ):
             await channel.safe_state()
+            prepared = early or await preparing
             # The outage in the run's own time: an emulator at 60x lived 60 s of it each second.
             speed = self.device.speed if isinstance(self.device, Instrument) else 1.0
             gap = 0.0 if isinstance(channel, Snapshotting) else outage_s * speed
             restore = (cursor, await history(), state, gap)
             return await self._execute(run_id, prepared.program, channel, clock, restore)
 
-    async def stop_safely(self, run_id: int, prepared: Prepared, why: str, outage_s: float) -> None:
-        """End a run that will not be taken up, its cell made safe first."""
-        async with open_device(self.device, prepared.program, self.channel, None, self.note(run_id)) as (
-            channel,
-            _,
-        ):
-            await channel.safe_state()
+    async def stop_safely(self, run_id: int, why: str, outage_s: float) -> None:
+        """End a run that will not be taken up, its cell made safe first. A simulated cell has
+        nothing to make safe: its state lives in the checkpoint."""
+        if not isinstance(self.device, SimulatedCell):
+            async with open_device(self.device, None, self.channel, None, self.note(run_id)) as (channel, _):
+                await channel.safe_state()
         self.store.record_event(
             run_id, "gap", f"stopped safely after a restart: {why}", data={"outage_s": outage_s}
         )

@@ -197,3 +197,13 @@ def test_a_run_whose_terminal_died_is_not_reported_running(
     assert refused.exit_code == 2
     assert "started by a `cyclerd run` that is gone since" in refused.output
     assert "check the cell by hand" in refused.output
+
+
+def test_with_the_lab_known_status_names_the_channels_with_nothing_to_do(tmp_path: Path) -> None:
+    config = tmp_path / "lab.toml"
+    config.write_text(
+        f'lab = "two"\ndatabase = "{tmp_path / "lab.db"}"\n\n'
+        '[[channels]]\nname = "ch1"\nsim = "mg"\n\n[[channels]]\nname = "ch2"\nsim = "ag"\n'
+    )
+    Store(tmp_path / "lab.db").close()
+    assert "idle: ch1, ch2" in cli("status", "--config", str(config))

@@ -144,6 +144,11 @@ def _status_view(store: Store, where: LabStore, estimates: Estimates) -> Group:
         lines.append(Text(f"run {r.id} {r.name} on {r.channel}: {_served(store, r, where)}{asked}"))
     if live:
         lines.append(progress_table([standing(store, r, estimates) for r in live]))
+    if where.lab is not None:  # the lab is known: its channels with nothing to do say so too
+        busy = {r.channel for r in live}
+        idle = [c.name for c in where.lab.channels if c.name not in busy]
+        if idle:
+            lines.append(Text(f"idle: {', '.join(idle)}"))
     queued = len(store.jobs.list("queued"))
     waits = "; they start when the daemon does" if queued and not up else ""
     lines.append(Text(f"{queued} job(s) queued{waits}"))

@@ -28,7 +28,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
-from test_cli_status import until
+from test_cli_status import lab_toml, until
 from typer.testing import CliRunner
 
 from cyclerd.cli.main import app
@@ -362,22 +362,6 @@ def test_a_run_in_a_terminal_shows_its_step_readings_and_time_left(
     assert row["channel"].startswith("keithley2450")
     assert_plating(row)
     assert not device.s.output
-
-
-def lab_toml(resource: str) -> str:
-    return f"""\
-lab = "bench"
-database = "lab.db"
-
-[[instruments]]
-name = "smu1"
-driver = "keithley2450"
-resource = "{resource}"
-
-[[channels]]
-name = "ch1"
-instrument = "smu1"
-"""
 
 
 class Terminal:

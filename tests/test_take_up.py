@@ -114,6 +114,34 @@ async def test_a_job_whose_run_was_killed_before_its_first_record_runs_again(tmp
         assert (done["state"], done["run_id"]) == ("done", again.id)
 
 
+def smu_lab(folder: Path, port: int, speed: float) -> Lab:
+    """A lab of one channel on an emulated 2450 at `port`, run at `speed`."""
+    resource = f"TCPIP::127.0.0.1::{port}::SOCKET"
+    return Lab.model_validate(
+        {
+            "lab": "lab",
+            "database": folder / "lab.db",
+            "instruments": [
+                {"name": "smu", "driver": "keithley2450", "resource": resource, "speed": speed, "poll_s": 5.0}
+            ],
+            "channels": [{"name": "k1", "instrument": "smu"}],
+        }
+    )
+
+
+async def stopped_after_its_first_record(lab: Lab, store: Store, protocol: str) -> None:
+    """Run 1 of `protocol` on channel k1, stopped as SIGTERM stops it (the cell made safe, the
+    run kept resumable) once it has a checkpoint."""
+    store.jobs.submit("k1", "test", protocol, "test.yaml", {})
+    serving = asyncio.create_task(Daemon(lab).run())
+    async with asyncio.timeout(20):
+        while store.checkpoint(1) is None:
+            await asyncio.sleep(0.02)
+    serving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+
+
 async def test_the_outage_of_an_accelerated_instrument_is_counted_in_the_runs_own_time(
     tmp_path: Path,
 ) -> None:
@@ -130,31 +158,9 @@ steps:
   - plate: {current: 1 mA/cm^2, until: {duration: 100 s}}
 """
     with running(Keithley2450Emulator(make_cell("mgagsn", seed=1), speed=speed)) as port:
-        lab = Lab.model_validate(
-            {
-                "lab": "lab",
-                "database": tmp_path / "lab.db",
-                "instruments": [
-                    {
-                        "name": "smu",
-                        "driver": "keithley2450",
-                        "resource": f"TCPIP::127.0.0.1::{port}::SOCKET",
-                        "speed": speed,
-                        "poll_s": 5.0,
-                    }
-                ],
-                "channels": [{"name": "k1", "instrument": "smu"}],
-            }
-        )
+        lab = smu_lab(tmp_path, port, speed)
         with Store(lab.database) as store:
-            store.jobs.submit("k1", "two steps", protocol, "two.yaml", {})
-            serving = asyncio.create_task(Daemon(lab).run())
-            async with asyncio.timeout(20):
-                while store.checkpoint(1) is None:
-                    await asyncio.sleep(0.02)
-            serving.cancel()  # SIGTERM: the cell made safe, the run kept resumable
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
+            await stopped_after_its_first_record(lab, store, protocol)
             last = store.checkpoint_unix(1)  # the outage runs from the last record
             assert last is not None
             await asyncio.sleep(0.5)  # the outage itself
@@ -185,26 +191,9 @@ steps:
 """
     device = Keithley2450Emulator(make_cell("mgagsn", seed=1), speed=speed)
     with running(device) as port:
-        resource = f"TCPIP::127.0.0.1::{port}::SOCKET"
-        lab = Lab.model_validate(
-            {
-                "lab": "lab",
-                "database": tmp_path / "lab.db",
-                "instruments": [
-                    {"name": "smu", "driver": "keithley2450", "resource": resource, "speed": speed}
-                ],
-                "channels": [{"name": "k1", "instrument": "smu"}],
-            }
-        )
+        lab = smu_lab(tmp_path, port, speed)
         with Store(lab.database) as store:
-            store.jobs.submit("k1", "one hour", protocol, "hour.yaml", {})
-            serving = asyncio.create_task(Daemon(lab).run())
-            async with asyncio.timeout(20):
-                while store.checkpoint(1) is None:
-                    await asyncio.sleep(0.02)
-            serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
+            await stopped_after_its_first_record(lab, store, protocol)
             with store.transaction() as db:  # what this cyclerd cannot read any more
                 db.execute("UPDATE runs SET protocol = 'steps: [' WHERE id = 1")
         with socket.create_connection(("127.0.0.1", port)) as scpi:  # the output a kill -9 left on

@@ -6,18 +6,22 @@ the few commands that do more call the emulator's methods. `DISPATCH` runs a rec
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cyclerd.simulators.keithley2450_state import (
     CURRENT_RANGES_A,
+    OVERFLOW_READING,
     OVP_V,
     RESISTANCE_RANGES_OHM,
     UNITS,
+    USER_DELAYS,
     VOLTAGE_RANGES_V,
     Reading,
 )
+from cyclerd.simulators.keithley2450_sweep import linear
 from cyclerd.simulators.scpi import (
     Boolean,
     Choice,
@@ -30,6 +34,7 @@ from cyclerd.simulators.scpi import (
     ScpiError,
     Token,
     nr3,
+    number,
     one,
     optional,
 )
@@ -38,19 +43,26 @@ if TYPE_CHECKING:
     from cyclerd.simulators.keithley2450_emulator import Keithley2450Emulator as K
 
 BUFFER_POINTS = Number(1, 1_000_000, 100_000, integer=True)
-ELEMENTS: dict[str, Callable[[K, Reading], str]] = {  # buffer elements (§1.4); STAT/FORM not emulated
-    "READ": lambda k, r: nr3(r.value, k.s.precision),
-    "SOUR": lambda k, r: nr3(r.source, k.s.precision),
-    "REL": lambda k, r: nr3(r.t_s - k.t_origin, k.s.precision),
+SYMBOLS = {"VOLT": "V", "CURR": "A", "RES": "Ohm"}
+# Buffer elements in manual spelling (§1.4); the emulator keys them by their short form.
+ELEMENT_SPELLINGS: dict[str, Callable[[K, Reading], str]] = {
+    "READing": lambda k, r: nr3(r.value, k.s.precision),
+    "SOURce": lambda k, r: nr3(r.source, k.s.precision),
+    "RELative": lambda k, r: nr3(r.t_s - k.t_origin, k.s.precision),
     "UNIT": lambda k, r: UNITS[r.function],
     "SOURUNIT": lambda k, r: UNITS[r.source_function],
+    "FORMatted": lambda k, r: f"{r.value:+.6f} {SYMBOLS[r.function]}",
+    "SOURFORMatted": lambda k, r: f"{r.source:+.6f} {SYMBOLS[r.source_function]}",
+    "STATus": lambda k, r: "0",  # no status flags are emulated
+    "SOURSTATus": lambda k, r: "0",
     "DATE": lambda k, r: k.wall(r).strftime("%m/%d/%Y"),
     "TIME": lambda k, r: k.wall(r).strftime("%H:%M:%S.%f"),
-    "TST": lambda k, r: k.wall(r).strftime("%m/%d/%Y %H:%M:%S.%f"),
-    "SEC": lambda k, r: str(int(k.wall(r).timestamp())),
-    "FRAC": lambda k, r: nr3(k.wall(r).timestamp() % 1.0, k.s.precision),
+    "TSTamp": lambda k, r: k.wall(r).strftime("%m/%d/%Y %H:%M:%S.%f"),
+    "SEConds": lambda k, r: str(int(k.wall(r).timestamp())),
+    "FRACtional": lambda k, r: nr3(k.wall(r).timestamp() % 1.0, k.s.precision),
 }
-ELEMENT = Choice(*ELEMENTS)
+ELEMENT = Choice(*ELEMENT_SPELLINGS)
+ELEMENTS = dict(zip(ELEMENT.shorts, ELEMENT_SPELLINGS.values(), strict=True))
 
 
 def setting(
@@ -152,6 +164,47 @@ def tripped(which: str) -> Callable[[K], str]:
     return query
 
 
+def beep(k: K, args: list[Token]) -> None:
+    """`:SYST:BEEP <frequency>, <duration>`: checked, and silent."""
+    if len(args) != 2:
+        raise ScpiError(-109 if len(args) < 2 else -108, "frequency and duration")
+    BEEP_HZ.parse(args[0])
+    BEEP_S.parse(args[1])
+
+
+def data_format(k: K, args: list[Token]) -> None:
+    """`:FORM ASCii|REAL|SREal`; `REAL,32` and `REAL,64` (the older SCPI spelling) mean SRE and REAL."""
+    if not args or len(args) > 2:
+        raise ScpiError(-109 if not args else -108, "a data format")
+    kind = FORMAT.parse(args[0])
+    if len(args) == 2:
+        bits = number(args[1])
+        if kind != "REAL" or bits not in (32, 64):
+            raise ScpiError(-224, "only REAL takes a length, 32 or 64")
+        kind = "SRE" if bits == 32 else "REAL"
+    k.s.data_format = kind
+
+
+def statistic(of: Callable[[list[float]], float]) -> Callable[[K, list[Token]], str]:
+    """`:TRAC:STAT:<x>? ["buffer"]` over the buffer's readings; an empty buffer answers 9.9E+37."""
+
+    def query(k: K, args: list[Token]) -> str:
+        values = [r.value for r in k.buffers[k.buffer(optional(args))]]
+        return nr3(of(values) if values else OVERFLOW_READING, k.s.precision)
+
+    return query
+
+
+STATISTICS: dict[str, Callable[[list[float]], float]] = {
+    "AVERage": statistics.fmean,
+    "MAXimum": max,
+    "MINimum": min,
+    "PK2Pk": lambda values: max(values) - min(values),
+    "STDDev": lambda values: statistics.stdev(values) if len(values) > 1 else 0.0,
+}
+BEEP_HZ, BEEP_S = Number(20.0, 8000.0, 1000.0), Number(0.001, 100.0, 1.0)
+FORMAT = Choice("ASCii", "REAL", "SREal")
+DELAY_S = Number(0.0, 1e4, 0.0)
 SRC, SENS = "[:SOURce[1]]", "[:SENSe[1]]"
 SOURCED = {"CURR": ("CURRent", CURRENT_RANGES_A, 1.05), "VOLT": ("VOLTage", VOLTAGE_RANGES_V, 210.0)}
 SENSED = {"VOLT": ("VOLTage[:DC]", VOLTAGE_RANGES_V), "CURR": ("CURRent[:DC]", CURRENT_RANGES_A)}
@@ -179,20 +232,24 @@ COMMANDS: tuple[Command[K], ...] = (
     Command(":SYSTem:ERRor:COUNt", query=reply(lambda k: str(len(k.errors)))),
     Command(":SYSTem:CLEar", set=lambda k, args: k.clear_status(args)),
     Command(":SYSTem:LFRequency", query=reply(lambda k: f"{k.line_frequency_Hz:g}")),
+    Command(":SYSTem:BEEPer[:IMMediate]", set=beep),
     Command(":STATus:PRESet", set=accept),
+    Command(":STATus:CLEar", set=accept),  # event registers; the error queue stays
     Command(":ABORt", set=accept),
-    Command(":INITiate[:IMMediate]", set=lambda k, args: k.trigger(args)),
+    Command(":INITiate[:IMMediate]", set=lambda k, args: k.initiate(args)),
     setting(":OUTPut[1][:STATe]", FLAG, "output"),
     setting(":OUTPut[1]:CURRent:SMODe", SMOD, "smod", "CURR"),
     setting(":OUTPut[1]:VOLTage:SMODe", SMOD, "smod", "VOLT"),
     setting(":ROUTe:TERMinals", Choice("FRONt", "REAR"), "terminals"),
     setting(":FORMat:ASCii:PRECision", Number(0, 16, 0, integer=True), "precision"),
+    Command(":FORMat[:DATA]", set=data_format, query=reply(lambda k: k.s.data_format)),
     setting(
         f"{SENS}:FUNCtion[:ON]",
         QuotedChoice({"VOLTage[:DC]": "VOLT:DC", "CURRent[:DC]": "CURR:DC", "RESistance": "RES"}),
         "sense_function",
     ),
     setting(f"{SENS}:COUNt", Number(1, 300_000, 1, integer=True), "count"),
+    Command(f"{SENS}:AZERo:ONCE", set=accept),  # the model has no offset drift to zero
     *(
         command
         for fn, (name, ranges) in SENSED.items()
@@ -207,6 +264,14 @@ COMMANDS: tuple[Command[K], ...] = (
             setting(f"{SENS}:{name}:RANGe:AUTO", FLAG, "sense_auto", fn),
             setting(f"{SENS}:{name}:NPLCycles", Number(0.01, 10.0, 1.0), "nplc", fn),
             setting(f"{SENS}:{name}:RSENse", FLAG, "rsen", fn, after=output_off),
+            setting(f"{SENS}:{name}:AZERo[:STATe]", FLAG, "azero", fn),
+            setting(f"{SENS}:{name}:AVERage[:STATe]", FLAG, "average", fn),
+            setting(f"{SENS}:{name}:AVERage:TCONtrol", Choice("REPeat", "MOVing"), "average_tcontrol", fn),
+            setting(f"{SENS}:{name}:AVERage:COUNt", Number(1, 100, 10, integer=True), "average_count", fn),
+            *(
+                setting(f"{SENS}:{name}:DELay:USER{n}", DELAY_S, "sense_user_delay_s", f"{fn}{n}")
+                for n in USER_DELAYS
+            ),
         )
     ),
     setting(f"{SRC}:FUNCtion[:MODE]", Choice("CURRent", "VOLTage"), "source_function"),
@@ -234,6 +299,11 @@ COMMANDS: tuple[Command[K], ...] = (
                 f"{SRC}:{name}:DELay", Number(0.0, 1e4, 0.0), "delay_s", fn, after=auto_off("delay_auto", fn)
             ),
             setting(f"{SRC}:{name}:DELay:AUTO", FLAG, "delay_auto", fn),
+            *(
+                setting(f"{SRC}:{name}:DELay:USER{n}", DELAY_S, "source_user_delay_s", f"{fn}{n}")
+                for n in USER_DELAYS
+            ),
+            linear(fn),
         )
     ),
     setting(f"{SRC}:CURRent:VLIMit[:LEVel]", Number(0.02, 210.0, 21.0, magnitude=True), "vlim_V"),
@@ -255,5 +325,6 @@ COMMANDS: tuple[Command[K], ...] = (
     ),
     Command(":TRACe:DATA", query=lambda k, args: k.trace_data(args)),
     Command(":TRACe:TRIGger", set=lambda k, args: k.trigger(args)),
+    *(Command(f":TRACe:STATistics:{name}", query=statistic(of)) for name, of in STATISTICS.items()),
 )
 DISPATCH = Dispatcher(COMMANDS)

@@ -46,6 +46,8 @@ from cyclerd.simulators.keithley2450_state import (
     Reading,
     Settings,
 )
+from cyclerd.simulators.keithley2450_sweep import Sweep
+from cyclerd.simulators.keithley2450_sweep import run as run_sweep
 from cyclerd.simulators.presets import make_cell
 from cyclerd.simulators.scpi import ErrorQueue, ScpiError, Token
 from cyclerd.simulators.scpi_server import Faults, ScpiServer, running
@@ -103,6 +105,7 @@ class Keithley2450Emulator:
         self.s: Settings = Settings()
         self.buffers: dict[str, deque[Reading]] = {}
         self.t_origin: float = 0.0
+        self.sweep: Sweep | None = None
         self._server = ScpiServer(self, self.faults)
         self._port = port
         self._latency_s = 0.0
@@ -127,7 +130,7 @@ class Keithley2450Emulator:
         self.sync()
         self._latency_s = 0.0
         replies = DISPATCH.run(self, line, self.error)
-        self._note_output()
+        self.note_output()
         if self._latency_s > 0:
             await asyncio.sleep(self._latency_s)
         return ";".join(replies) if replies else None
@@ -148,7 +151,7 @@ class Keithley2450Emulator:
         else:
             self._loop.call_soon_threadsafe(reboot)
 
-    def _note_output(self) -> None:
+    def note_output(self) -> None:
         if not self.output_log or self.output_log[-1][1] != self.s.output:
             self.output_log.append((self.clock.now(), self.s.output))
 
@@ -207,8 +210,20 @@ class Keithley2450Emulator:
         """The fixed range, or with auto on the lowest range that holds the level."""
         if not self.s.source_auto[fn]:
             return self.s.source_range[fn]
+        return self.source_range_for(fn, self.s.level[fn])
+
+    @staticmethod
+    def source_range_for(fn: str, level: float) -> float:
         ranges = CURRENT_RANGES_A if fn == "CURR" else VOLTAGE_RANGES_V
-        return next((r for r in ranges if r * 1.05 >= abs(self.s.level[fn])), ranges[-1])
+        return next((r for r in ranges if r * 1.05 >= abs(level)), ranges[-1])
+
+    def wait(self, seconds: float) -> None:
+        """A delay of the instrument's own (a sweep's per-point delay), on its clock."""
+        if isinstance(self.clock, StepClock):
+            self.sync()
+            self.clock.t_s += seconds
+        else:
+            self._latency_s += seconds / self.clock.factor
 
     # -- commands that are more than a setting -------------------------------------------
 
@@ -216,7 +231,8 @@ class Keithley2450Emulator:
         self.s = Settings()
         self.buffers = {name: deque(maxlen=100_000) for name in BUFFERS}
         self.t_origin = self.clock.now()
-        self._note_output()
+        self.sweep = None
+        self.note_output()
 
     def clear_status(self, args: list[Token]) -> None:
         self.errors.clear()
@@ -237,6 +253,15 @@ class Keithley2450Emulator:
         buffer, _ = self._buffer_and_elements(args)
         for _ in range(self.s.count):
             self.take_reading(buffer)
+
+    def initiate(self, args: list[Token]) -> None:
+        """`:INIT`: the sweep set up last, or else `:SENS:COUN` readings into defbuffer1."""
+        if args:
+            raise ScpiError(-108)
+        if self.sweep is not None:
+            run_sweep(self, self.sweep)
+        else:
+            self.trigger(args)
 
     def fetch(self, args: list[Token]) -> str:
         buffer, elements = self._buffer_and_elements(args)
@@ -274,6 +299,8 @@ class Keithley2450Emulator:
         return self.buffer(args[0] if args else None), [ELEMENT.parse(a) for a in args[1:]] or ["READ"]
 
     def _render(self, readings: list[Reading], elements: list[str]) -> str:
+        if self.s.data_format != "ASC":
+            raise ScpiError(-221, f"the {self.s.data_format} data format is not emulated")
         return ",".join(ELEMENTS[e](self, r) for r in readings for e in elements)
 
     def wall(self, reading: Reading) -> dt.datetime:

@@ -18,6 +18,12 @@ OVP_V = MappingProxyType(
 UNITS = MappingProxyType({"VOLT": "Volt DC", "CURR": "Amp DC", "RES": "Ohm"})
 BUFFERS = ("defbuffer1", "defbuffer2")
 OVERFLOW_READING = 9.9e37  # a Keithley's reading beyond its range
+SENSE_FUNCTIONS = ("VOLT", "CURR", "RES")
+USER_DELAYS = range(1, 6)  # :DELay:USER1..5
+
+
+def user_delays(functions: tuple[str, ...]) -> dict[str, float]:
+    return {f"{fn}{n}": 0.0 for fn in functions for n in USER_DELAYS}
 
 
 @dataclass
@@ -44,6 +50,16 @@ class Settings:
     smod: dict[str, str] = field(default_factory=lambda: {"CURR": "NORM", "VOLT": "NORM"})
     terminals: str = "FRON"
     precision: int = 0
+    data_format: str = "ASC"  # :FORM:DATA; REAL and SRE read back, only ASCII data is served
+    # Settings that read back but leave readings alone (the cell model has no offset drift or noise
+    # for autozero and the filter to act on): keys CURR, VOLT, RES.
+    azero: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SENSE_FUNCTIONS, True))
+    average: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SENSE_FUNCTIONS, False))
+    average_tcontrol: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SENSE_FUNCTIONS, "REP"))
+    average_count: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SENSE_FUNCTIONS, 10))
+    # :DELay:USER<n> values, keyed function + n (`CURR3`); the trigger model is not emulated
+    sense_user_delay_s: dict[str, float] = field(default_factory=lambda: user_delays(SENSE_FUNCTIONS))
+    source_user_delay_s: dict[str, float] = field(default_factory=lambda: user_delays(("CURR", "VOLT")))
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ class Node:
     long: str
     optional: bool
     suffix: bool  # takes a numeric suffix ([1] in the manual): only 1 exists on a one-channel SMU
+    number: str = ""  # a suffix the node requires (`USER3`: one table entry per <n> of `USER<n>`)
 
 
 _NODE = re.compile(r"(\[:|:|^)(\*?[A-Za-z][A-Za-z0-9]*?)(\[1\])?(\]?)(?=[\[:]|$)")
@@ -102,8 +103,10 @@ def compile_header(pattern: str) -> tuple[Node, ...]:
         if m.start() != end or not m.group(2):
             break
         name, end = m.group(2), m.end()
+        number = name[len(name.rstrip("0123456789")) :]
+        name = name[: len(name) - len(number)]
         short = "".join(c for c in name if not c.islower())
-        nodes.append(Node(short, name.upper(), m.group(1) == "[:", m.group(3) is not None))
+        nodes.append(Node(short, name.upper(), m.group(1) == "[:", m.group(3) is not None, number))
     if end != len(pattern) or not nodes:
         raise ValueError(f"cannot read the header pattern {pattern!r}")
     return tuple(nodes)
@@ -129,7 +132,13 @@ def match_header(nodes: Sequence[Node], words: Sequence[tuple[str, str]]) -> boo
     path = walk(0, 0)
     if path is None:
         return None
-    return all(not s or (nodes[i].suffix and int(s) == 1) for i, (_, s) in zip(path, words, strict=True))
+    return all(suffix_fits(nodes[i], s) for i, (_, s) in zip(path, words, strict=True))
+
+
+def suffix_fits(node: Node, suffix: str) -> bool:
+    if node.number:
+        return suffix.lstrip("0") == node.number
+    return not suffix or (node.suffix and int(suffix) == 1)
 
 
 @dataclass(frozen=True)
@@ -258,18 +267,20 @@ class Boolean:
 
 
 class Choice:
-    """Character data in manual spelling (`HIMPedance`); the stored value is the short form."""
+    """Character data in manual spelling (`HIMPedance`, `PROT2`), short or long form in any case;
+    the stored value is the short form."""
 
     def __init__(self, *spellings: str) -> None:
-        self.nodes = [compile_header(s)[0] for s in spellings]
+        nodes = [compile_header(s)[0] for s in spellings]
+        self.shorts = [n.short + n.number for n in nodes]
+        self.words = {form + n.number: n.short + n.number for n in nodes for form in (n.short, n.long)}
 
     def parse(self, token: Token) -> Any:
         if token.quoted or _NRF.fullmatch(token.text):
-            raise ScpiError(-104, f"expected one of {[n.short for n in self.nodes]}")
-        for node in self.nodes:
-            if token.word in (node.short, node.long):
-                return node.short
-        raise ScpiError(-224, f"{token.text!r} is not one of {[n.short for n in self.nodes]}")
+            raise ScpiError(-104, f"expected one of {self.shorts}")
+        if token.word in self.words:
+            return self.words[token.word]
+        raise ScpiError(-224, f"{token.text!r} is not one of {self.shorts}")
 
     def render(self, value: Any, precision: int) -> str:
         return str(value)
@@ -363,7 +374,13 @@ class Dispatcher(Generic[InstT]):
             words = path + words
         return words, m.group(2) is not None, m.group(3), words[:-1]
 
-    def _call(self, instrument: InstT, header: list[str], query: bool, args: list[Token]) -> str | None:
+    def command_for(self, unit: str) -> Command[InstT]:
+        """The command one message unit (`:sour:curr:vlim?`) names, without running it."""
+        header, query, _, _ = self._resolve(unit.strip(), [])
+        return self.find(header, query)
+
+    def find(self, header: Sequence[str], query: bool) -> Command[InstT]:
+        """The command a header (upper-case words, compound path applied) names; -113/-114 if none."""
         words = [(m.group(1), m.group(2)) if (m := _WORD.fullmatch(w)) else (w, "x") for w in header]
         bad_suffix = False
         for command in self.commands:
@@ -373,12 +390,18 @@ class Dispatcher(Generic[InstT]):
             if not fits:
                 bad_suffix = True
                 continue
-            if query and command.query is not None:
-                return command.query(instrument, args)
-            if not query and command.set is not None:
-                command.set(instrument, args)
-                return None
+            if (command.query if query else command.set) is not None:
+                return command
         raise ScpiError(-114 if bad_suffix else -113, ":".join(header) + ("?" if query else ""))
+
+    def _call(self, instrument: InstT, header: list[str], query: bool, args: list[Token]) -> str | None:
+        command = self.find(header, query)
+        if query:
+            assert command.query is not None
+            return command.query(instrument, args)
+        assert command.set is not None
+        command.set(instrument, args)
+        return None
 
 
 def one(args: list[Token]) -> Token:

@@ -19,6 +19,7 @@ COMPLIANCE_V = 6.0  # [U] P7: the EmStat4 HR potential limit, applied and measur
 POTENTIOSTATIC_MODES = {2, 3}  # low-speed, high-speed potentiostat
 GALVANOSTAT_MODE = 6
 PGSTAT_MODES = {0, *POTENTIOSTATIC_MODES, GALVANOSTAT_MODE}  # 4 (max range) is the Pico's
+GALVANOSTATIC = ("cp", "geis", "lsp")  # techniques that need pgstat mode 6
 CHUNK_MAX = 256  # samples evaluated at once while the drive stays the same
 
 
@@ -164,7 +165,7 @@ class AnalogFrontend:
         if technique == "ocp" and self.on:
             raise pk.DeviceError(pk.ERR_OCP_CELL_ON)
         if technique not in ("ocp", "meas"):
-            if self.mode == 0 or (self.mode == GALVANOSTAT_MODE) != (technique in ("cp", "geis")):
+            if self.mode == 0 or (self.mode == GALVANOSTAT_MODE) != (technique in GALVANOSTATIC):
                 raise pk.DeviceError(pk.ERR_WRONG_MODE)
             if not self.on:
                 raise pk.DeviceError(pk.ERR_CELL_MUST_BE_ON)  # [U] rather than switching it on

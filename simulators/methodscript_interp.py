@@ -13,14 +13,17 @@ import itertools
 import math
 import re
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
 
 from cyclerd.simulators import methodscript_packages as pk
+from cyclerd.simulators import methodscript_techniques as mt
+from cyclerd.simulators import methodscript_values as mv
 from cyclerd.simulators.cell import FloatArray
-from cyclerd.simulators.methodscript_frontend import AnalogFrontend
+from cyclerd.simulators.methodscript_frontend import GALVANOSTAT_MODE, AnalogFrontend
+from cyclerd.simulators.methodscript_values import Value
 
 EIS_MAX_HZ = 200e3  # [U] the top frequency meas_loop_eis accepts
 
@@ -33,14 +36,6 @@ class Runtime(Protocol):
     def now(self) -> float: ...
     async def pause(self, seconds: float) -> None: ...  # returns early once aborted
     async def emit(self, line: str) -> None: ...  # may raise DeviceError (an injected fault)
-
-
-@dataclass
-class Value:
-    value: float = 0.0
-    vartype: str = "ja"  # [U] what a declared, never stored variable reports
-    is_int: bool = False
-    meta: pk.Meta | None = None
 
 
 Point = list[tuple[pk.Ref, Value]]  # the loop's output variables at one sample
@@ -161,7 +156,7 @@ class Interpreter:
             if self._output:
                 await self.rt.emit(text)
         elif name == "set_script_output":
-            self._output = self._num(a[0]) != 0  # [U] gates P and T lines only
+            self._output = int(self._num(a[0])) & 1 == 1  # [U] bit 0: the link (2: file only); P, T lines
         elif name == "timer_start":
             self._timer0 = self._now()
         elif name == "timer_get":
@@ -173,8 +168,18 @@ class Interpreter:
             await self._pause_until(self._int0 + periods * self._interval)
         elif name == "wait":
             await self._pause_until(self._now() + self._time(a[0]))
-        elif name in ("cell_on", "cell_off"):
-            self.fe.cell_switch(name == "cell_on")
+        elif name == "cell_off":
+            self.fe.cell_switch(False)
+        elif name == "cell_on":  # ocp(E): switched on at E, no step on the cell [U] galvanostat: as is
+            if a and self.fe.mode != GALVANOSTAT_MODE:
+                self.fe.level("E", self._num(_opt(a[0]).values[0]))
+            self.fe.cell_switch(True)
+        elif name == "array":  # a size from a variable (its value when the line runs)
+            if (size := int(self._num(a[1]))) < 1:
+                raise pk.DeviceError(pk.ERR_BAD_ARGUMENT)
+            self.vars[str(a[0])] = [Value() for _ in range(size)]
+        elif name in mv.STATEMENTS:
+            mv.run(s, self)
         elif name in ("set_e", "set_i"):
             self.fe.level(name[-1].upper(), self._num(a[0]))
         elif name == "meas":
@@ -198,6 +203,8 @@ class Interpreter:
         r = [_ref(x) for x in head.args[:outputs]]
         n = [self._num(x) for x in head.args[outputs:] if not isinstance(x, pk.Opt)]
         name = head.name.removeprefix("meas_loop_")
+        if name in mt.NAMES:
+            return self._zip(r, mt.points(self, name, n))
         if name in ("ca", "cp", "ocp"):
             level, t_int, t_run = (0.0, *n) if name == "ocp" else n
             if t_int <= 0 or t_run < 0:
@@ -205,7 +212,7 @@ class Interpreter:
             self._start(name, "E" if name == "ca" else "I", level)
             return self._hold(name, r, level, t_int, int(t_run / t_int + 1e-9))
         if name in ("cv", "lsv"):
-            options = {o.name: self._num(o.value) for o in head.args if isinstance(o, pk.Opt)}
+            options = {o.name: self._num(o.values[0]) for o in head.args if isinstance(o, pk.Opt)}
             vertices, step, rate = ([*n[:3], n[0]] if name == "cv" else n[:2]), n[-2], n[-1]
             scans = int(options.get("nscans", 1))
             if step < 0:
@@ -222,9 +229,9 @@ class Interpreter:
         if count < 1:
             raise pk.DeviceError(pk.ERR_BAD_ARGUMENT)
         self._start(name, "E" if name == "eis" else "I", dc)
-        return self._eis(
-            name == "eis", r, amplitude, np.logspace(np.log10(f_start), np.log10(f_end), int(count))
-        )
+        tdd = next((o.values for o in head.args if isinstance(o, pk.Opt)), ())
+        freqs = np.logspace(np.log10(f_start), np.log10(f_end), int(count))
+        return self._eis(name == "eis", r, amplitude, dc, freqs, tdd)
 
     def _start(self, technique: str, kind: str, level: float) -> None:
         self.fe.begin(technique)
@@ -264,9 +271,15 @@ class Interpreter:
             if scans > 1:
                 yield "-"
 
+    async def _zip(self, refs: list[pk.Ref], readings: mt.Readings) -> _Points:
+        async with contextlib.aclosing(readings):
+            async for values in readings:
+                yield list(zip(refs, values, strict=True))
+
     async def _eis(
-        self, potentiostatic: bool, r: list[pk.Ref], amplitude: float, freqs: FloatArray
-    ) -> _Points:
+        self, potentiostatic: bool, r: list[pk.Ref], amplitude: float, dc: float, freqs: FloatArray,
+        tdd: tuple[pk.Lit | pk.Ref, ...],
+    ) -> _Points:  # fmt: skip
         """EIS / GEIS: Z of the cell at the frequencies, held at the DC level meanwhile."""
         for f, z in zip(freqs, self.fe.spectrum(freqs), strict=True):
             duration = max(2.0 / f, 0.05)  # [U] two periods, at least 50 ms per frequency
@@ -274,13 +287,32 @@ class Interpreter:
             self.fe.sample(duration)
             i_ac = amplitude / abs(z) if potentiostatic else amplitude
             i_meta, e_meta = self.fe.reading("ba", i_ac)[1], self.fe.reading("ab", i_ac * abs(z))[1]
+            if tdd:
+                self._time_domain(tdd, float(f), complex(z), amplitude, dc, potentiostatic)
             yield [
                 (r[0], Value(float(f), "dc")),
                 (r[1], Value(float(z.real), "cc", meta=i_meta)),  # §3.5: cc on the current range,
                 (r[2], Value(float(z.imag), "cd", meta=e_meta)),  # cd on the potential range
             ]
 
+    def _time_domain(
+        self, tdd: tuple[pk.Lit | pk.Ref, ...], f: float, z: complex, amp: float, dc: float, pot: bool
+    ) -> None:
+        """eis_tdd(E_array I_array count dt mode): one period of both signals per frequency [U]."""
+        if len(tdd) < 4:
+            raise pk.DeviceError(pk.ERR_INVALID_OPTION)
+        e_cells, i_cells = self.array(tdd[0]), self.array(tdd[1])
+        samples = min(mt.TDD_SAMPLES, len(e_cells), len(i_cells))
+        e, i, dt = mt.time_domain(f, z, amp, dc, pot, samples)
+        e_cells[:samples] = [Value(x, "da" if pot else "ab") for x in e]
+        i_cells[:samples] = [Value(x, "ba" if pot else "db") for x in i]
+        self._set(_ref(tdd[2]), Value(float(samples), "ja", is_int=True))
+        self._set(_ref(tdd[3]), Value(dt, "eb"))
+
     # -- values -------------------------------------------------------------------------------
+
+    def array(self, arg: pk.Arg) -> list[Value]:
+        return self.vars[_ref(arg).name]
 
     def _measured(self, vartype: str, raw: float) -> Value:
         value, meta = self.fe.reading(vartype, raw)
@@ -349,6 +381,14 @@ class Interpreter:
     async def _pause_until(self, t: float) -> None:
         await self.rt.pause(max(0.0, t - self.rt.now()))
         self._device_t = max(self._device_t, min(t, self.rt.now()))  # an abort wakes it early
+
+    # what the techniques (methodscript_techniques.Device) and statements (mv.Variables) use
+    get, set, num, now, pause_until, measured = _get, _set, _num, _now, _pause_until, _measured
+
+
+def _opt(arg: pk.Arg) -> pk.Opt:
+    assert isinstance(arg, pk.Opt), arg
+    return arg
 
 
 def _ref(arg: pk.Arg) -> pk.Ref:

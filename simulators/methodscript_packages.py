@@ -24,6 +24,9 @@ NAN_FIELD = "     nan"  # replaces the hex digits and prefix of a value that is 
 
 # Variable types (§3.6): code -> (quantity, unit).
 VARTYPES: dict[str, tuple[str, str]] = {
+    "aa": ("unknown", ""), "ac": ("CE potential", "V"), "ad": ("SE potential", "V"),  # [U] ac..ag
+    "ae": ("RE potential", "V"), "af": ("WE vs GND potential", "V"), "ag": ("WE vs CE potential", "V"),
+    "ec": ("GPIO pin mask", ""),
     "ab": ("WE potential", "V"), "ba": ("WE current", "A"), "da": ("applied potential", "V"),
     "db": ("applied current", "A"), "dc": ("applied frequency", "Hz"), "dd": ("AC amplitude", "Vrms"),
     "ca": ("phase", "deg"), "cb": ("|Z|", "ohm"), "cc": ("Z real", "ohm"), "cd": ("Z imaginary", "ohm"),
@@ -61,17 +64,19 @@ class LiteralError(ValueError):
         self.offset = offset
 
 
-_LITERAL = re.compile(r"-?(0x[0-9a-fA-F]+|[0-9]+)([afpnumkMGTPE]|i)?")
+_LITERAL = re.compile(r"-?(0x[0-9a-fA-F]+|0b[01]+|[0-9]+)([afpnumkMGTPE]|i)?")
+_BASES = {"0x": 16, "0b": 2}
 
 
 def parse_literal(text: str) -> tuple[float, bool]:
-    """`100m` -> (0.1, False); `11i` and `0x0f` are integers (True). Decimals are refused."""
+    """`100m` -> (0.1, False); `11i`, `0x0f` and `0b101` are integers (True). Decimals are refused."""
     match = _LITERAL.match(text)
     if match is None or match.end() != len(text):
         raise LiteralError(match.end() if match else 0)
     digits, suffix = match.groups()
-    value = (-1 if text[0] == "-" else 1) * int(digits, 16 if digits.startswith("0x") else 10)
-    if suffix == "i" or digits.startswith("0x"):
+    base = _BASES.get(digits[:2], 10)
+    value = (-1 if text[0] == "-" else 1) * int(digits[2:] if base != 10 else digits, base)
+    if suffix == "i" or base != 10:
         return float(value), True
     return value * PREFIXES[suffix or " "], False
 
@@ -141,7 +146,8 @@ class Spec:
 
     args: tuple[str, ...] = ()
     technique: int | None = None
-    options: tuple[str, ...] = ()  # accepted trailing `name(value)` options
+    options: tuple[str, ...] = ()  # accepted trailing `name(value ...)` options
+    optional: int = 0  # how many of the last `args` may be left out (e.g. `smooth`)
 
 
 _HOLD = (REF, REF, VAL, VAL, VAL)
@@ -163,14 +169,36 @@ COMMANDS: dict[str, Spec] = {
     "set_max_bandwidth": Spec((VAL,)), "set_acquisition_frac_autoadjust": Spec((VAL,)),
     "set_range": Spec((VT, VAL)), "set_range_minmax": Spec((VT, VAL, VAL)),
     "set_autoranging": Spec((VT, VAL, VAL)),
-    "set_e": Spec((VAL,)), "set_i": Spec((VAL,)), "cell_on": Spec(), "cell_off": Spec(),
+    "set_e": Spec((VAL,)), "set_i": Spec((VAL,)), "cell_off": Spec(),
     "meas": Spec((VAL, REF, VT)),                            # one-shot: meas t var ab|ba
+    "cell_on": Spec((), options=("ocp",)), "set_acquisition_frac": Spec((VAL,)),  # ocp(E): on at E
+    # arithmetic and arrays on the device (methodscript_maths)
+    "float_to_int": Spec((REF,)), "float_to_int_round": Spec((REF,)), "int_to_float": Spec((REF,)),
+    "pow_var": Spec((REF, VAL)), "mod_var": Spec((REF, VAL)), "log_var": Spec((REF,)),
+    **{f"bit_{op}_var": Spec((REF, VAL)) for op in ("and", "or", "xor", "lsl", "lsr")},
+    "bit_inv_var": Spec((REF,)),
+    "array_set": Spec((REF, VAL, VAL)), "array_get": Spec((REF, VAL, REF)),  # array index value|var
+    "mean": Spec((REF, REF)), "linear_fit": Spec((REF, REF, REF, REF)),  # arrays in, results out
+    "smooth": Spec((REF, VAL, VAL, VAL), optional=1),        # src [count] dst strength
+    "peak_detect": Spec((REF, VAL, REF, REF, VAL, VAL)),     # data count indices heights dir min_h
+    # peripherals an emulator has none of: accepted, without effect (docs/instruments.md)
+    "set_gpio_cfg": Spec((VAL, VAL)), "set_gpio": Spec((VAL,)), "set_gpio_msk": Spec((VAL, VAL)),
+    "set_gpio_pullup": Spec((VAL, VAL)), "get_gpio": Spec((REF,)), "get_gpio_msk": Spec((REF, VAL)),
+    "beep": Spec((VAL, VAL, VAL)), "notify_led": Spec((VAL,)),
+    "file_open": Spec((TEXT, VAL)), "file_close": Spec(),
+    # the techniques of methodscript_techniques (argument lists: outputs first, then inputs)
+    "meas_loop_lsp": Spec((REF, REF, VAL, VAL, VAL, VAL), 0x000F),  # E I I_begin I_end I_step rate
+    "meas_loop_dpv": Spec((REF, REF, *[VAL] * 6), 0x0001),   # E I E_begin E_end E_step E_pulse t_pulse rate
+    "meas_loop_swv": Spec((*[REF] * 4, *[VAL] * 5), 0x0002),  # E I I_fwd I_rev E_begin E_end E_step E_amp f
+    "meas_loop_npv": Spec((REF, REF, *[VAL] * 5), 0x0003),   # E I E_begin E_end E_step t_pulse rate
+    "meas_loop_acv": Spec((*[REF] * 6, *[VAL] * 6), 0x0004),  # E_dc I_dc E_ac I_ac Z' Z'' E_begin E_end ..
+    "meas_loop_pad": Spec((REF, REF, *[VAL] * 6), 0x0008),   # E I E_dc E_pulse t_pulse t_int t_run mode
     "meas_loop_lsv": Spec((REF, REF, VAL, VAL, VAL, VAL), 0x0000),  # E I E_begin E_end step rate
     "meas_loop_cv": Spec((REF, REF, VAL, VAL, VAL, VAL, VAL), 0x0005, ("nscans",)),  # .. vtx1 vtx2 ..
     "meas_loop_ca": Spec(_HOLD, 0x0007),                     # E I E_dc t_int t_run
     "meas_loop_cp": Spec(_HOLD, 0x000A),                     # E I I_dc t_int t_run
     "meas_loop_ocp": Spec((REF, VAL, VAL), 0x000B),          # E t_int t_run
-    "meas_loop_eis": Spec(_EIS, 0x000D),                     # f Zre Zim E_ac f_start f_end n E_dc
+    "meas_loop_eis": Spec(_EIS, 0x000D, ("eis_tdd",)),       # f Zre Zim E_ac f_start f_end n E_dc
     "meas_loop_geis": Spec(_EIS, 0x000E),                    # f Zre Zim I_ac f_start f_end n I_dc
 }  # fmt: skip
 _OPENERS = {"if", "loop"} | {name for name, spec in COMMANDS.items() if spec.technique is not None}
@@ -218,7 +246,7 @@ class Text:
 @dataclass(frozen=True)
 class Opt:
     name: str
-    value: Lit | Ref
+    values: tuple[Lit | Ref, ...]  # `eis_tdd(u c n s 0)`: arrays and variables the loop fills
 
 
 Arg = Lit | Ref | Text | Opt | str  # str: a variable type, an operator or a new name
@@ -276,10 +304,10 @@ def parse(lines: Sequence[str]) -> Script:
         if spec is None:
             raise ScriptError(ERR_UNKNOWN_COMMAND, number, col)
         stmt = Stmt(number, word, _arguments(spec, tokens, number, declared))
-        if word == "array":
-            if not isinstance(size := stmt.args[1], Lit) or size.value < 1:
+        if word == "array":  # a size from a variable is known when the line runs
+            if isinstance(size := stmt.args[1], Lit) and size.value < 1:
                 raise ScriptError(ERR_INVALID_ARGUMENT, number, tokens[2][1])
-            declared[str(stmt.args[0])] = int(size.value)
+            declared[str(stmt.args[0])] = int(size.value) if isinstance(size, Lit) else 1
         if word in _OPENERS:
             if spec.technique is not None and any(
                 isinstance(b, Loop) and COMMANDS[b.head.name].technique is not None for b, _ in stack
@@ -335,7 +363,10 @@ def _arguments(spec: Spec, tokens: list[tuple[str, int]], line: int, declared: d
             name, paren, inner = text.partition("(")
             if name not in spec.options or not text.endswith(")"):
                 raise ScriptError(ERR_INVALID_OPTION if paren else ERR_INVALID_ARGUMENT, line, col)
-            args.append(Opt(name, _operand(inner[:-1].strip(), col + len(name) + 1, line, declared)))
+            words = [(m.group(), col + len(name) + 1 + m.start()) for m in re.finditer(r"\S+", inner[:-1])]
+            if not words:
+                raise ScriptError(ERR_INVALID_OPTION, line, col)
+            args.append(Opt(name, tuple(_operand(w, c, line, declared) for w, c in words)))
         elif kind == NEW:
             if not _NAME.fullmatch(text):
                 raise ScriptError(ERR_WRONG_IDENTIFIER, line, col)
@@ -356,7 +387,7 @@ def _arguments(spec: Spec, tokens: list[tuple[str, int]], line: int, declared: d
             args.append(
                 reference(text, col, line, declared) if kind == REF else _operand(text, col, line, declared)
             )
-    if len(tokens) - 1 < len(spec.args):  # missing arguments: the column after the line [U]
+    if len(tokens) - 1 < len(spec.args) - spec.optional:  # missing: the column after the line [U]
         last, col = tokens[-1]
         raise ScriptError(ERR_INVALID_ARGUMENT, line, col + len(last))
     return args

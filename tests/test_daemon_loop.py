@@ -30,8 +30,10 @@ DENSE_E1 = E1.replace("every: 10 s", "every: 1.5 s").replace("voltage_change: 1 
 LONG_RUN_SAMPLES = 800_000  # of the 900 000 the whole run logs
 STALL_S = 0.25  # the longest the event loop may go without turning while a channel takes a run up
 # A worker thread still shares the GIL, and the YAML and pydantic parsers (C and Rust) keep it for
-# a whole file at a time: a tenth of a second or two for the largest file the loader takes.
-COMPILE_STALL_S = 0.5
+# a whole file at a time: a tenth of a second or two for the largest file the loader takes, and
+# the busy channel's own writes, each waiting for the GIL, add to that (0.33-0.51 s measured on
+# 2 cores). Compiled on the loop, the same file stands it still for several seconds.
+COMPILE_STALL_S = 1.0
 
 
 class LoopWatch:

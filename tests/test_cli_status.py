@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from typer.testing import CliRunner
 
@@ -63,17 +64,43 @@ def cli(*args: str) -> str:
     return " ".join(result.output.split())
 
 
+def lab_with_a_job(folder: Path, resource: str) -> Path:
+    """lab.toml of one channel on the 2450 at `resource`, its store, and an hour of plating queued
+    as job 1; the lab.toml's path."""
+    config = folder / "lab.toml"
+    config.write_text(lab_toml(resource))
+    (folder / "plating.yaml").write_text(PLATING)
+    Store(folder / "lab.db").close()
+    assert "queued as job 1" in cli(
+        "submit", str(folder / "plating.yaml"), "--channel", "ch1", "--config", str(config)
+    )
+    return config
+
+
+def run_in_a_terminal(folder: Path, resource: str, stderr: int | TextIO) -> subprocess.Popen[str]:
+    """`cyclerd run` of an hour of plating on the 2450 at `resource`, into folder/lab.db."""
+    (folder / "plating.yaml").write_text(PLATING)
+    return subprocess.Popen(
+        [
+            CYCLERD,
+            "run",
+            str(folder / "plating.yaml"),
+            "--instrument",
+            resource,
+            "--db",
+            str(folder / "lab.db"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )
+
+
 def test_after_the_daemon_is_gone_status_and_stop_say_so_and_the_stop_holds_at_restart(
     tmp_path: Path, smu: tuple[Keithley2450Emulator, str]
 ) -> None:
     device, resource = smu
-    config = tmp_path / "lab.toml"
-    config.write_text(lab_toml(resource))
-    (tmp_path / "plating.yaml").write_text(PLATING)
-    Store(tmp_path / "lab.db").close()
-    assert "queued as job 1" in cli(
-        "submit", str(tmp_path / "plating.yaml"), "--channel", "ch1", "--config", str(config)
-    )
+    config = lab_with_a_job(tmp_path, resource)
     serve = subprocess.Popen([CYCLERD, "serve", "--config", str(config)], stderr=subprocess.PIPE)
     try:
         until(
@@ -141,14 +168,8 @@ def test_a_run_in_a_terminal_is_served_while_its_process_lives_and_stops_on_requ
     tmp_path: Path, smu: tuple[Keithley2450Emulator, str]
 ) -> None:
     device, resource = smu
-    (tmp_path / "plating.yaml").write_text(PLATING)
     db = tmp_path / "lab.db"
-    terminal = subprocess.Popen(
-        [CYCLERD, "run", str(tmp_path / "plating.yaml"), "--instrument", resource, "--db", str(db)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    terminal = run_in_a_terminal(tmp_path, resource, subprocess.PIPE)
     try:
         until(
             lambda: db.exists() and device.s.output and "in `cyclerd run`" in cli("status", "--db", str(db))
@@ -173,13 +194,8 @@ def test_a_run_whose_terminal_died_is_not_reported_running(
     tmp_path: Path, smu: tuple[Keithley2450Emulator, str]
 ) -> None:
     device, resource = smu
-    (tmp_path / "plating.yaml").write_text(PLATING)
     db = tmp_path / "lab.db"
-    terminal = subprocess.Popen(
-        [CYCLERD, "run", str(tmp_path / "plating.yaml"), "--instrument", resource, "--db", str(db)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    terminal = run_in_a_terminal(tmp_path, resource, subprocess.DEVNULL)
     try:
         until(
             lambda: db.exists() and device.s.output and "in `cyclerd run`" in cli("status", "--db", str(db))

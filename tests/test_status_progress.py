@@ -28,7 +28,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
-from test_cli_status import lab_toml, until
+from test_cli_status import lab_with_a_job, run_in_a_terminal, until
 from typer.testing import CliRunner
 
 from cyclerd.cli.main import app
@@ -73,13 +73,6 @@ steps:
                     dc_level: ocv
         - strip: {current: 0.1 mA/cm^2, until: {duration: 10 min}}
   - rest: 1 min
-"""
-PLATING = """\
-name: an hour of plating
-cell: {area: 0.785 cm^2}
-record: {every: 1 s}
-steps:
-  - plate: {current: 0.1 mA/cm^2, until: {duration: 1 h}}
 """
 
 
@@ -339,15 +332,10 @@ def test_a_run_in_a_terminal_shows_its_step_readings_and_time_left(
     tmp_path: Path, smu: tuple[Keithley2450Emulator, str]
 ) -> None:
     device, resource = smu
-    (tmp_path / "plating.yaml").write_text(PLATING)
     db = tmp_path / "lab.db"
     log = tmp_path / "run.log"
     with log.open("w") as stderr:
-        terminal = subprocess.Popen(
-            [CYCLERD, "run", str(tmp_path / "plating.yaml"), "--instrument", resource, "--db", str(db)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+        terminal = run_in_a_terminal(tmp_path, resource, stderr)
     try:
         until(
             lambda: db.exists() and any(seconds(r["elapsed"]) >= 2 for r in rows_of(status("--db", str(db)))),
@@ -407,13 +395,7 @@ def test_status_watch_redraws_a_daemons_run_on_100_columns_until_ctrl_c(
     tmp_path: Path, smu: tuple[Keithley2450Emulator, str]
 ) -> None:
     _, resource = smu
-    config = tmp_path / "lab.toml"
-    config.write_text(lab_toml(resource))
-    (tmp_path / "plating.yaml").write_text(PLATING)
-    Store(tmp_path / "lab.db").close()
-    runner.invoke(
-        app, ["submit", str(tmp_path / "plating.yaml"), "--channel", "ch1", "--config", str(config)]
-    )
+    config = lab_with_a_job(tmp_path, resource)
     log = tmp_path / "serve.log"
     with log.open("w") as stderr:
         serve = subprocess.Popen([CYCLERD, "serve", "--config", str(config)], stderr=stderr)

@@ -118,7 +118,7 @@ def test_config_errors_list_the_allowed_keys_and_guess_the_meant_one(tmp_path: P
         load_config(config)
     assert (
         f"{config}:6:1: instruments.0.driver: 'driver' is 'keithly2450'; write one of keithley2450,"
-        " methodscript; did you mean 'keithley2450'?" in str(err.value)
+        " methodscript, maccor, neware, arbin; did you mean 'keithley2450'?" in str(err.value)
     )
     config.write_text(lab("TCPIP::127.0.0.1::5025::SOCKET", top="datbase = 'x'"))
     with pytest.raises(

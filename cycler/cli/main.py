@@ -32,6 +32,7 @@ from cyclerd.cli.plan_view import render_plan
 from cyclerd.daemon.lock import LabInUse
 from cyclerd.daemon.logs import LogFormat, configure_logging
 from cyclerd.daemon.service import serve_lab
+from cyclerd.drivers.cycler import CYCLERS
 from cyclerd.protocols import ProtocolError, load
 from cyclerd.protocols.compiler import CellDataMissing, compile_protocol
 from cyclerd.protocols.schema import json_schema_text
@@ -100,9 +101,17 @@ def validate(
 
 @app.command()
 def emulate(
-    instrument: Annotated[str, typer.Argument(help="keithley2450 or methodscript.")],
+    instrument: Annotated[str, typer.Argument(help="keithley2450, methodscript, maccor, neware or arbin.")],
     preset: Annotated[str, typer.Option("--preset", help="The simulated cell on its terminals.")] = "mgagsn",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free one).")] = 5025,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", min=0, max=65535, help="TCP port (0: any free one); default: the instrument's own."
+        ),
+    ] = None,
+    channels: Annotated[
+        int, typer.Option("--channels", min=1, max=512, help="A cycler's channels, each with its own cell.")
+    ] = 8,
     speed: Annotated[float, typer.Option("--speed", help="Real time x this; 0: virtual time.")] = 1.0,
     virtual_step: Annotated[
         float | None, typer.Option("--virtual-step", help="Keithley: seconds of cell time per reading.")
@@ -115,13 +124,22 @@ def emulate(
         if instrument == "keithley2450":
             from cyclerd.simulators.keithley2450_emulator import serve as serve_keithley
 
-            asyncio.run(serve_keithley(preset, port, speed, virtual_step, seed))
+            asyncio.run(serve_keithley(preset, 5025 if port is None else port, speed, virtual_step, seed))
         elif instrument == "methodscript":
             from cyclerd.simulators.methodscript_emulator import serve as serve_methodscript
 
-            asyncio.run(serve_methodscript(preset, port, pty=True, speed=speed or None, seed=seed))
+            asyncio.run(
+                serve_methodscript(
+                    preset, 5025 if port is None else port, pty=True, speed=speed or None, seed=seed
+                )
+            )
+        elif instrument in CYCLERS:
+            from cyclerd.simulators.cycler_emulators import cycler_emulator
+
+            emulator = cycler_emulator(instrument)
+            asyncio.run(emulator.serve(preset, port, speed, seed, channels))
         else:
-            raise fail(f"no emulator {instrument!r}; choose keithley2450 or methodscript")
+            raise fail(f"no emulator {instrument!r}; choose keithley2450, methodscript, {', '.join(CYCLERS)}")
     except KeyboardInterrupt:
         pass
     except presets.PresetError as exc:

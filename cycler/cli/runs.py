@@ -42,6 +42,7 @@ from cyclerd.cli.progress import RunProgress
 from cyclerd.cli.summary_view import render_summary
 from cyclerd.daemon.config import EMULATOR_EXAMPLES, emulated
 from cyclerd.drivers.base import InstrumentFault
+from cyclerd.drivers.cycler import CYCLERS
 from cyclerd.engine import session as sessions
 from cyclerd.engine.runner import RunResult
 from cyclerd.engine.sinks import Sink
@@ -70,6 +71,10 @@ def run(
         float, typer.Option("--speed", help="Time acceleration of an emulated instrument (same as its own).")
     ] = 1.0,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between readings of an SMU.")] = 1.0,
+    cycler_channel: Annotated[
+        int | None,
+        typer.Option("--cycler-channel", min=1, help="Which channel of a cycler (tcp://...), from 1."),
+    ] = None,
     db: NewDbOption = DEFAULT_DB,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated cell's randomness.")] = 0,
     cell: Annotated[str | None, typer.Option("--cell", help="Your cell's id, stored with the run.")] = None,
@@ -100,15 +105,23 @@ def run(
     try:
         if instrument is not None:
             driver = driver or instruments.guess_driver(instrument)
+            if driver == "cycler":
+                cyclers = "|".join(CYCLERS)
+                raise fail(f"{instrument} is a cycler: add --driver {cyclers} and --cycler-channel N")
             if driver not in instruments.DRIVERS:
                 raise fail(f"no driver {driver!r}; drivers: {', '.join(instruments.DRIVERS)}")
+            if (driver in CYCLERS) != (cycler_channel is not None):
+                needs = "needs --cycler-channel N" if cycler_channel is None else "has no --cycler-channel"
+                raise fail(f"driver {driver} {needs}")
             if speed != 1.0 and not emulated(instrument):
                 raise fail(
                     f"--speed {speed:g} is for an emulator on this PC ({EMULATOR_EXAMPLES}); {instrument}"
                     " is not one, and a real instrument keeps real time: leave --speed out"
                 )
-            device = sessions.Instrument(driver, instrument, poll_s=poll, speed=speed)
-            channel_name = f"{driver}:{instrument}"
+            device = sessions.Instrument(
+                driver, instrument, poll_s=poll, speed=speed, cycler_channel=cycler_channel
+            )
+            channel_name = f"{driver}:{instrument}" + (f"#{cycler_channel}" if cycler_channel else "")
             source: dict[str, object] = {"instrument": instrument, "driver": driver}
         else:
             assert sim is not None

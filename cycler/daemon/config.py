@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from cyclerd.alerts.config import AlertsConfig
+from cyclerd.drivers.cycler import CYCLERS
 from cyclerd.protocols.errors import Problem, ProtocolError
 
 
@@ -43,8 +44,10 @@ class Mqtt(_Strict):
 
 class Instrument(_Strict):
     name: str
-    driver: Literal["keithley2450", "methodscript"]
-    resource: str = Field(examples=["TCPIP::192.168.1.20::5025::SOCKET", "/dev/ttyUSB0"])
+    driver: Literal["keithley2450", "methodscript", "maccor", "neware", "arbin"]
+    resource: str = Field(
+        examples=["TCPIP::192.168.1.20::5025::SOCKET", "/dev/ttyUSB0", "tcp://192.168.1.30:57570"]
+    )
     poll_s: float = Field(1.0, gt=0)
     reconnect_s: float = Field(1.0, gt=0, description="First wait before reconnecting; doubles each try.")
     reconnect_max_s: float = Field(60.0, gt=0, description="The longest wait between reconnection tries.")
@@ -63,6 +66,11 @@ class Channel(_Strict):
 
     name: str
     instrument: str | None = None
+    cycler_channel: int | None = Field(
+        None,
+        ge=1,
+        description="On a cycler: its channel (from 1, in the order the vendor's software lists them).",
+    )
     sim: str | None = None
     seed: int = 0
     cell: dict[str, str | int | float | bool] = Field(default_factory=dict)
@@ -119,10 +127,13 @@ def emulated(resource: str) -> bool:
 
 
 EMULATOR_RESOURCE = re.compile(
-    r"^(?:TCPIP\d*::(?:127(?:\.\d{1,3}){3}|localhost|::1)::|socket://(?:127(?:\.\d{1,3}){3}|localhost):|/dev/pts/)",
+    r"^(?:TCPIP\d*::(?:127(?:\.\d{1,3}){3}|localhost|::1)::|(?:socket|tcp)://(?:127(?:\.\d{1,3}){3}|localhost):"
+    r"|/dev/pts/)",
     re.IGNORECASE,
 )
-EMULATOR_EXAMPLES = "TCPIP::127.0.0.1::5025::SOCKET, socket://127.0.0.1:7000 or /dev/pts/N"
+EMULATOR_EXAMPLES = (
+    "TCPIP::127.0.0.1::5025::SOCKET, socket://127.0.0.1:7000, tcp://127.0.0.1:57570 or /dev/pts/N"
+)
 
 
 def _inconsistencies(lab: Lab) -> list[tuple[Loc, str]]:
@@ -150,6 +161,39 @@ def _inconsistencies(lab: Lab) -> list[tuple[Loc, str]]:
                     f"channel {channel.name!r} names an unknown instrument {channel.instrument!r}{hint}",
                 )
             )
+    by_name = {i.name: i for i in lab.instruments}
+    taken: dict[tuple[str, int], str] = {}
+    for i, channel in enumerate(lab.channels):
+        if (instrument := by_name.get(channel.instrument or "")) is None:
+            continue
+        cycler = instrument.driver in CYCLERS
+        if cycler and channel.cycler_channel is None:
+            found.append(
+                (
+                    ("channels", i, "instrument"),
+                    f"channel {channel.name!r} is on {instrument.driver} cycler {instrument.name!r}: add"
+                    " cycler_channel = N (from 1) to say which of its channels",
+                )
+            )
+        elif not cycler and channel.cycler_channel is not None:
+            found.append(
+                (
+                    ("channels", i, "cycler_channel"),
+                    f"channel {channel.name!r} is on {instrument.driver} {instrument.name!r}, which has one"
+                    " channel: remove cycler_channel",
+                )
+            )
+        elif cycler and channel.cycler_channel is not None:
+            key = (instrument.name, channel.cycler_channel)
+            if key in taken:
+                found.append(
+                    (
+                        ("channels", i, "cycler_channel"),
+                        f"channel {channel.name!r} and channel {taken[key]!r} both drive channel"
+                        f" {channel.cycler_channel} of {instrument.name!r}: give each its own",
+                    )
+                )
+            taken.setdefault(key, channel.name)
     for i, instrument in enumerate(lab.instruments):
         speed = lab.speed_of(instrument)
         if speed != 1.0 and not emulated(instrument.resource):

@@ -144,6 +144,7 @@ class Daemon:
                 reconnect_max_s=found.reconnect_max_s,
                 give_up_s=found.give_up_s,
                 label=found.name,
+                cycler_channel=channel.cycler_channel,
             )
         bus, name = self.bus, channel.name
 

@@ -157,6 +157,7 @@ class Instrument:
     reconnect_max_s: float = 60.0
     give_up_s: float | None = 0.0  # 0: fail at once; None: wait for it however long
     label: str = ""  # what the lab calls it (lab.toml's instrument name); else its resource
+    cycler_channel: int | None = None  # which channel of a cycler (from 1)
 
     @property
     def called(self) -> str:
@@ -196,7 +197,7 @@ async def open_device(
             attempt += 1
             try:
                 instrument = await stack.enter_async_context(
-                    open_channel(device.driver, device.resource, real, device.poll_s)
+                    open_channel(device.driver, device.resource, real, device.poll_s, device.cycler_channel)
                 )
                 break
             except (InstrumentFault, OSError) as exc:

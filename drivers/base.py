@@ -102,6 +102,9 @@ class Capabilities:
     voltage_range_V: tuple[float, float]
     eis_modes: frozenset[str] = field(default_factory=frozenset)
     frequency_range_Hz: tuple[float, float] | None = None
+    # An every-block pauses its step and resumes it after its body; an instrument that runs a
+    # step to its end by itself (a cycler's step file) cannot.
+    interrupts_steps: bool = True
 
 
 def unmet_needs(needs: Needs, capabilities: Capabilities, channel: str) -> list[str]:
@@ -109,8 +112,17 @@ def unmet_needs(needs: Needs, capabilities: Capabilities, channel: str) -> list[
     problems = []
     for kind in sorted(needs.kinds - capabilities.kinds):
         what = "impedance spectra (EIS)" if kind == "eis" else f"{kind} steps"
+        where = f": {needs.first_of_kind[kind]}" if kind in needs.first_of_kind else ""
         problems.append(
-            f"{channel} cannot measure {what}" if kind == "eis" else f"{channel} cannot run {what}"
+            f"{channel} cannot measure {what}{where}"
+            if kind == "eis"
+            else f"{channel} cannot run {what}{where}"
+        )
+    if needs.interrupted is not None and not capabilities.interrupts_steps:
+        problems.append(
+            f"{channel} runs each step to its end and cannot interrupt it for an every-block:"
+            f" {needs.interrupted} (split the step into steps as long as the interval, with the"
+            " block's steps between them)"
         )
     if needs.current_max_A > capabilities.current_max_A:
         problems.append(

@@ -8,7 +8,7 @@ dispatches with an exhaustive `match`; loops and every-blocks are explicit. Made
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import ClassVar, Literal, TypeAlias, assert_never
@@ -259,8 +259,13 @@ class Program:
         voltages: list[float] = [v for v in window if v is not None]
         eis_modes: set[str] = set()
         frequencies: list[float] = []
+        first_of_kind: dict[StepKind, str] = {}
+        interrupted: str | None = None
         for command in self.commands():
             kinds.add(command.kind)
+            first_of_kind.setdefault(command.kind, _named(command))
+            if command.periodic is not None and interrupted is None:
+                interrupted = _named(command)
             end = command.end
             if end.current_below_A is not None:
                 currents.append(abs(end.current_below_A))
@@ -292,7 +297,14 @@ class Program:
             voltage_range_V=(min(voltages), max(voltages)) if voltages else None,
             eis_modes=frozenset(eis_modes),
             frequency_range_Hz=(min(frequencies), max(frequencies)) if frequencies else None,
+            first_of_kind=first_of_kind,
+            interrupted=interrupted,
         )
+
+
+def _named(command: StepCommand) -> str:
+    """A step as a refusal names it: its label and where it is in the file."""
+    return f"step {command.label!r} ({command.source})"
 
 
 @dataclass(frozen=True)
@@ -304,6 +316,10 @@ class Needs:
     voltage_range_V: tuple[float, float] | None
     eis_modes: frozenset[str]
     frequency_range_Hz: tuple[float, float] | None
+    # Where the program asks it, for the refusal's words: the first step of each kind, and the
+    # first step an every-block interrupts (None: no step is interrupted).
+    first_of_kind: Mapping[StepKind, str] = field(default_factory=dict)
+    interrupted: str | None = None
 
 
 def _walk(nodes: tuple[Node, ...]) -> Iterator[StepCommand]:

@@ -134,3 +134,26 @@ async def test_a_job_the_instrument_refuses_when_it_comes_up_keeps_its_reason_ev
     assert "refused: p1 cannot run plate steps" in " ".join(listing.stdout.split())
     with Store(lab.database) as store:
         assert store.runs() == []  # nothing touched the cell
+
+
+def test_a_refusal_names_the_first_step_the_channel_cannot_run_and_an_interrupted_step() -> None:
+    """A person reading "cannot measure impedance spectra" needs to know which step asks for them;
+    a channel that runs each step to its end (a cycler's step file) refuses an every-block too."""
+    from cyclerd.drivers.base import Capabilities, unmet_needs
+    from cyclerd.protocols import loads
+    from cyclerd.protocols.compiler import compile_protocol
+
+    program = compile_protocol(loads((LIBRARY / "insitu_eis.yaml").read_text()))
+    runs_to_the_end = Capabilities(
+        kinds=frozenset({"rest", "cc", "plate", "strip", "cv", "cccv"}),
+        current_max_A=1.0,
+        voltage_range_V=(-5.0, 5.0),
+        interrupts_steps=False,
+    )
+    problems = unmet_needs(program.needs(), runs_to_the_end, "n1")
+    assert problems[0].startswith("n1 cannot measure impedance spectra (EIS): step 'in-situ EIS' (steps[")
+    assert problems[1].startswith(
+        "n1 runs each step to its end and cannot interrupt it for an every-block: step 'plate with EIS'"
+    )
+    interrupting = Capabilities(**{**runs_to_the_end.__dict__, "interrupts_steps": True})
+    assert not any("every-block" in p for p in unmet_needs(program.needs(), interrupting, "n1"))

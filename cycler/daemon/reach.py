@@ -14,8 +14,10 @@ from collections.abc import Iterable
 
 from cyclerd.daemon.config import Lab
 from cyclerd.drivers.base import Capabilities, unmet_needs
+from cyclerd.drivers.cycler import CYCLERS
 from cyclerd.drivers.keithley2450 import CAPABILITIES as KEITHLEY_2450
 from cyclerd.drivers.methodscript_packages import FAMILIES
+from cyclerd.engine.instruments import cycler_driver
 from cyclerd.protocols.program import Program
 from cyclerd.simulators.channel import CAPABILITIES as SIMULATED
 
@@ -32,6 +34,7 @@ def widest(each: Iterable[Capabilities]) -> Capabilities:
         frequency_range_Hz=(
             (min(f[0] for f in frequencies), max(f[1] for f in frequencies)) if frequencies else None
         ),
+        interrupts_steps=any(c.interrupts_steps for c in them),
     )
 
 
@@ -50,6 +53,8 @@ def channel_capabilities(lab: Lab, channel: str) -> Capabilities:
     if found.sim is not None:
         return SIMULATED
     instrument = next(i for i in lab.instruments if i.name == found.instrument)
+    if instrument.driver in CYCLERS:
+        return cycler_driver(instrument.driver).CAPABILITIES
     return _BY_DRIVER[instrument.driver]
 
 

@@ -19,9 +19,11 @@ from typing import Any
 
 from cyclerd.doctor.broker import check_broker
 from cyclerd.doctor.config import check_channels, check_config
+from cyclerd.doctor.cyclers import check_cycler
 from cyclerd.doctor.instruments import check_instrument
 from cyclerd.doctor.store import check_database
 from cyclerd.doctor.verdict import Check, Verdict, exit_code
+from cyclerd.drivers.cycler import CYCLERS
 
 __all__ = ["Check", "Verdict", "diagnose", "exit_code", "serve_pids"]
 
@@ -51,7 +53,15 @@ async def diagnose(config: Path, timeout_s: float = 2.0, ask_instruments: bool =
             group.create_task(
                 _guarded(
                     f"instrument {i.name}",
-                    check_instrument(i, timeout_s, holder if i.name in used else free, ask_instruments),
+                    check_cycler(
+                        i,
+                        {c.name: c.cycler_channel or 0 for c in lab.channels if c.instrument == i.name},
+                        timeout_s,
+                        holder if i.name in used else free,
+                        ask_instruments,
+                    )
+                    if i.driver in CYCLERS
+                    else check_instrument(i, timeout_s, holder if i.name in used else free, ask_instruments),
                 )
             )
             for i in lab.instruments

@@ -50,7 +50,7 @@ async def check_instrument(
         return Check(name, Verdict.WARN, detail)
     probe = _ask_keithley if instrument.driver == "keithley2450" else _ask_methodscript
     try:
-        identity = await _in_thread(lambda: probe(instrument.resource, timeout_s), timeout_s + 1.0)
+        identity = await in_daemon_thread(lambda: probe(instrument.resource, timeout_s), timeout_s + 1.0)
     except ProbeFailed as exc:
         return Check(name, Verdict.FAIL, str(exc))
     except TimeoutError:
@@ -59,7 +59,7 @@ async def check_instrument(
     return Check(name, Verdict.OK, f"{instrument.driver} at {instrument.resource}: {identity}")
 
 
-async def _in_thread(work: Callable[[], T], timeout_s: float) -> T:
+async def in_daemon_thread(work: Callable[[], T], timeout_s: float) -> T:
     """Blocking I/O in a daemon thread: a hung link delays doctor by `timeout_s`, never its exit
     (the default executor's threads are joined when the event loop closes)."""
     loop = asyncio.get_running_loop()

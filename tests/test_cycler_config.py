@@ -1,0 +1,81 @@
+"""A cycler in lab.toml: one instrument, many lab channels, each naming its cycler channel; the
+mistakes a person makes there are reported at their line, with what to write instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cyclerd.daemon.config import emulated, load_config
+from cyclerd.drivers.cycler import ResourceError, host_and_port
+from cyclerd.protocols import ProtocolError
+
+
+def cycler_lab(channels: str, driver: str = "maccor") -> str:
+    return f"""\
+lab = "cyclers"
+
+[[instruments]]
+name = "macc"
+driver = "{driver}"
+resource = "tcp://127.0.0.1:57570"
+
+[[instruments]]
+name = "smu"
+driver = "keithley2450"
+resource = "TCPIP::127.0.0.1::5025::SOCKET"
+{channels}"""
+
+
+def channel(name: str, instrument: str, cycler_channel: int | None = None) -> str:
+    line = "" if cycler_channel is None else f"cycler_channel = {cycler_channel}\n"
+    return f'\n[[channels]]\nname = "{name}"\ninstrument = "{instrument}"\n{line}'
+
+
+def test_eight_lab_channels_on_one_cycler_load(tmp_path: Path) -> None:
+    config = tmp_path / "lab.toml"
+    config.write_text(cycler_lab("".join(channel(f"c{n}", "macc", n) for n in range(1, 9))))
+    lab = load_config(config)
+    assert [(c.name, c.instrument, c.cycler_channel) for c in lab.channels][-1] == ("c8", "macc", 8)
+
+
+@pytest.mark.parametrize(
+    ("channels", "said"),
+    [
+        (
+            channel("c1", "macc"),
+            ":15:1: channels.0.instrument: channel 'c1' is on maccor cycler 'macc': add cycler_channel = N",
+        ),
+        (
+            channel("k1", "smu", 2),
+            ":16:1: channels.0.cycler_channel: channel 'k1' is on keithley2450 'smu', which has one channel:"
+            " remove cycler_channel",
+        ),
+        (
+            channel("c1", "macc", 3) + channel("c2", "macc", 3),
+            ":21:1: channels.1.cycler_channel: channel 'c2' and channel 'c1' both drive channel 3 of 'macc'",
+        ),
+        (
+            channel("c1", "macc", 0),
+            ":16:1: channels.0.cycler_channel: 'cycler_channel' must be greater than or equal to 1",
+        ),
+    ],
+    ids=["missing", "on-an-smu", "twice", "zero"],
+)
+def test_a_cycler_channel_mistake_is_reported_at_its_line(tmp_path: Path, channels: str, said: str) -> None:
+    config = tmp_path / "lab.toml"
+    config.write_text(cycler_lab(channels))
+    with pytest.raises(ProtocolError) as err:
+        load_config(config)
+    assert f"{config}{said}" in str(err.value)
+
+
+def test_a_cycler_resource_is_tcp_host_and_port_and_on_loopback_an_emulator() -> None:
+    assert host_and_port("tcp://192.168.1.30:57570", 1) == ("192.168.1.30", 57570)
+    assert host_and_port("TCP://cycler-pc", 502) == ("cycler-pc", 502)
+    for wrong in ("192.168.1.30:57570", "tcp://host:port", "socket://host:1", "tcp://host:1/path"):
+        with pytest.raises(ResourceError, match="tcp://host:port"):
+            host_and_port(wrong, 1)
+    assert emulated("tcp://127.0.0.1:57570")
+    assert not emulated("tcp://192.168.1.30:57570")

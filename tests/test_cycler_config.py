@@ -79,3 +79,10 @@ def test_a_cycler_resource_is_tcp_host_and_port_and_on_loopback_an_emulator() ->
             host_and_port(wrong, 1)
     assert emulated("tcp://127.0.0.1:57570")
     assert not emulated("tcp://192.168.1.30:57570")
+
+
+def test_the_documented_lab_configuration_loads() -> None:
+    """docs/lab.toml is what people copy: it must be a valid configuration, cyclers included."""
+    lab = load_config(Path(__file__).parents[1] / "docs" / "lab.toml")
+    assert {i.driver for i in lab.instruments} >= {"keithley2450", "methodscript", "maccor"}
+    assert [c.cycler_channel for c in lab.channels if c.instrument == "maccor1"] == [1, 2]

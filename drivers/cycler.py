@@ -27,7 +27,7 @@ class CyclerSurvey:
 
     identity: str  # maker, model, serial and firmware where the cycler tells them
     channels: int
-    busy: frozenset[int]  # cycler channels (from 1) running a test now (ours or anyone's)
+    busy: frozenset[int]  # cycler channels (from 1) running a test cyclerd did not start
 
 
 class CyclerDriver(Protocol):

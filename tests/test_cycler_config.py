@@ -86,3 +86,14 @@ def test_the_documented_lab_configuration_loads() -> None:
     lab = load_config(Path(__file__).parents[1] / "docs" / "lab.toml")
     assert {i.driver for i in lab.instruments} >= {"keithley2450", "methodscript", "maccor"}
     assert [c.cycler_channel for c in lab.channels if c.instrument == "maccor1"] == [1, 2]
+
+
+def test_an_emulated_cycler_in_virtual_time_is_refused_with_a_message() -> None:
+    """The cyclers' emulators run on accelerated real time only; asked for speed 0 they say so."""
+    from typer.testing import CliRunner
+
+    from cyclerd.cli.main import app
+
+    result = CliRunner().invoke(app, ["emulate", "maccor", "--speed", "0", "--port", "0"])
+    assert result.exit_code == 2
+    assert "speed must be more than 0" in result.output

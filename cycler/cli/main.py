@@ -142,7 +142,7 @@ def emulate(
             raise fail(f"no emulator {instrument!r}; choose keithley2450, methodscript, {', '.join(CYCLERS)}")
     except KeyboardInterrupt:
         pass
-    except presets.PresetError as exc:
+    except (presets.PresetError, ValueError) as exc:  # ValueError: a cycler at speed 0, say
         raise fail(str(exc)) from None
     except OSError as exc:  # the port is taken, or a pty cannot be opened
         raise fail(f"cannot serve the {instrument} emulator: {exc.strerror or exc}") from None

@@ -53,6 +53,7 @@ DEFAULT_CURRENT_LIMIT_A = 0.1
 FLUSH_AFTER_S = 1.0  # hand logged samples to the runner at least this often (wall clock)
 FLUSH_AFTER_SAMPLES = 256
 WATCH_SLICES = 10  # a poll interval's wait is cut in this many, to notice a closed link in it
+WATCH_SLICE_MIN_S = 0.1  # ... but none shorter than this on the wall clock: a check costs a syscall
 
 
 class SteppedChannel:
@@ -62,6 +63,9 @@ class SteppedChannel:
         self.instrument = instrument
         self.clock = clock
         self.poll_interval_s = poll_interval_s
+        # Asked once: isinstance() against a runtime-checkable Protocol walks its members, and
+        # per reading that cost as much as the reading's own query.
+        self._watched = instrument if isinstance(instrument, LinkWatched) else None
 
     @property
     def name(self) -> str:
@@ -201,13 +205,15 @@ class SteppedChannel:
         """Wait a poll interval. An instrument that knows its link was closed (it rebooted, its
         end of the cable went) ends the wait early: the next reading fails at once, and the
         runner reconnects, while the instrument may still be driving the cell."""
-        if not isinstance(self.instrument, LinkWatched):
+        if self._watched is None:
             self.clock.sleep_blocking(self.poll_interval_s, halt)
             return
-        for _ in range(WATCH_SLICES):
-            if halt.is_set() or self.instrument.link_lost():
+        wall_s = self.clock.wall_s(self.poll_interval_s)
+        slices = max(1, min(WATCH_SLICES, int(wall_s / WATCH_SLICE_MIN_S)))
+        for _ in range(slices):
+            if halt.is_set() or self._watched.link_lost():
                 return
-            self.clock.sleep_blocking(self.poll_interval_s / WATCH_SLICES, halt)
+            self.clock.sleep_blocking(self.poll_interval_s / slices, halt)
 
 
 def _clamp_for(command: CurrentCommand, limits: SafetyLimits) -> float:

@@ -354,7 +354,7 @@ class MaccorChannel(SteppedChannel):
     """The software stepper on a Maccor channel; the cycler learns each step's safety window."""
 
     def __init__(self, cycler: MaccorCycler, clock: Clock, poll_interval_s: float = 1.0) -> None:
-        super().__init__(cycler, clock, poll_interval_s)
+        super().__init__(cycler, clock, poll_interval_s, rest_between_steps=True)
         self.cycler = cycler
 
     def run(

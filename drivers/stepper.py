@@ -59,10 +59,21 @@ WATCH_SLICE_MIN_S = 0.1  # ... but none shorter than this on the wall clock: a c
 class SteppedChannel:
     """A Channel made of a SourceMeasure instrument and the software stepper."""
 
-    def __init__(self, instrument: SourceMeasure, clock: Clock, poll_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        instrument: SourceMeasure,
+        clock: Clock,
+        poll_interval_s: float = 1.0,
+        rest_between_steps: bool = False,
+    ) -> None:
+        """`rest_between_steps`: the output goes to rest (off) as soon as a step's end is read, in
+        the worker, so the cell is not driven, uncounted, at the old level while the runner
+        stores the step and starts the next. A cycler channel rests for free; an SMU would open
+        its output relay at every step, so there it is left off."""
         self.instrument = instrument
         self.clock = clock
         self.poll_interval_s = poll_interval_s
+        self.rest_between_steps = rest_between_steps
         # Asked once: isinstance() against a runtime-checkable Protocol walks its members, and
         # per reading that cost as much as the reading's own query.
         self._watched = instrument if isinstance(instrument, LinkWatched) else None
@@ -97,7 +108,7 @@ class SteppedChannel:
             raise NotImplementedError(f"{self.instrument.name} cannot run {command.kind} steps")
         try:
             await self._source(command, limits)
-            async for item in self._poll(command, start, limits, pause_at_s):
+            async for item in self._poll(command, start, limits, pause_at_s, self.clock.now()):
                 yield item
         except BaseException:
             # Never leave a cell driven by a failed step. If the link itself failed this cannot
@@ -123,7 +134,12 @@ class SteppedChannel:
                 assert_never(command)
 
     async def _poll(
-        self, command: StepCommand, start: StepProgress, limits: SafetyLimits, pause_at_s: float | None
+        self,
+        command: StepCommand,
+        start: StepProgress,
+        limits: SafetyLimits,
+        pause_at_s: float | None,
+        sourced_at: float,
     ) -> AsyncGenerator[Batch | StepEnd, None]:
         """Poll in the instrument's worker thread; batches come back at most every second.
 
@@ -140,7 +156,7 @@ class SteppedChannel:
 
         def work() -> None:
             try:
-                self._poll_in_worker(command, start, limits, pause_at_s, post, halt)
+                self._poll_in_worker(command, start, limits, pause_at_s, sourced_at, post, halt)
             except BaseException as exc:  # noqa: BLE001 - not swallowed: re-raised in the event loop
                 post(exc)
 
@@ -163,9 +179,14 @@ class SteppedChannel:
         start: StepProgress,
         limits: SafetyLimits,
         pause_at_s: float | None,
+        sourced_at: float,
         post: Callable[[Batch | StepEnd | BaseException], None],
         halt: threading.Event,
     ) -> None:
+        """`sourced_at`: when (on `self.clock`) the output took the step's level. The cell is
+        driven from then, not from the first reading: the stretch between counts, with the first
+        reading's values, and the step's time starts there. It is milliseconds of host latency,
+        which an accelerated clock makes seconds of cell time."""
         watch = EndWatch(command, limits)
         counter = Counter(start)
         record = RecordState()
@@ -174,9 +195,10 @@ class SteppedChannel:
         fresh = start.t_s == 0.0  # a step's first sample is always logged
         flushed = time.monotonic()
         while not halt.is_set():
+            asked_at = self.clock.now() if origin is None else 0.0
             reading = self.instrument.read()
-            if origin is None:
-                origin = reading.t_s - start.t_s  # instrument time at step time 0
+            if origin is None:  # instrument time at step time 0
+                origin = reading.t_s - start.t_s - max(0.0, asked_at - sourced_at)
             # One reading at a time, so scalar arithmetic: numpy would cost more than the query.
             t, v, i = reading.t_s - origin, reading.voltage_V, reading.current_A
             q, e = counter.add_one(t, v, i)
@@ -195,6 +217,8 @@ class SteppedChannel:
                 if reason == SAFETY:
                     with contextlib.suppress(InstrumentFault):
                         self.instrument.output_off_now()
+                elif self.rest_between_steps:
+                    self.instrument.output_off_now()
                 post(StepEnd(reason, StepProgress(t, counter.charge_As, counter.energy_J), detail))
                 return
             self._idle(halt)

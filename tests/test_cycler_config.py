@@ -97,3 +97,27 @@ def test_an_emulated_cycler_in_virtual_time_is_refused_with_a_message() -> None:
     result = CliRunner().invoke(app, ["emulate", "maccor", "--speed", "0", "--port", "0"])
     assert result.exit_code == 2
     assert "speed must be more than 0" in result.output
+
+
+@pytest.mark.parametrize("driver", ["maccor", "neware", "arbin"])
+def test_a_cycler_channel_refuses_at_submit_what_no_cycler_runs(tmp_path: Path, driver: str) -> None:
+    """Checked from lab.toml alone, before the job is queued: spectra and sweeps name their step;
+    the paper's plating/stripping is accepted."""
+    from importlib.resources import files
+
+    from cyclerd.daemon.reach import refusals
+    from cyclerd.protocols import loads
+    from cyclerd.protocols.compiler import compile_protocol
+
+    config = tmp_path / "lab.toml"
+    config.write_text(cycler_lab(channel("c1", "macc", 1), driver))
+    lab = load_config(config)
+    library = files("cyclerd.protocols") / "library"
+
+    def refused(name: str) -> list[str]:
+        return refusals(lab, "c1", compile_protocol(loads((library / name).read_text())))
+
+    assert refused("plating_stripping.yaml") == []
+    assert refused("formation.yaml") == []
+    assert refused("eis_after_cycling.yaml")[0].startswith("c1 cannot measure impedance spectra (EIS): step '")
+    assert refused("cv.yaml")[0].startswith("c1 cannot run sweep steps: step '")

@@ -7,8 +7,8 @@ CPU time is the client side only. In one run, for each channel count:
 - bare: the third-party client (pymacnet, pycti-arbin, aurora-neware) asks for every channel's
   readings in a round-robin loop, as fast as it can, and parses them; nothing is stored. CPU per
   reading.
-- cyclerd: every channel runs a plating step of `--hours` cell hours at once, each reading logged
-  (record every poll), through `open_cycler_channel`, `Runner` and a `StoreSink` into one SQLite
+- cyclerd: every channel runs one plating step at once, `--readings` readings long, each reading
+  logged (record every poll), through `open_cycler_channel`, `Runner` and a `StoreSink` into one SQLite
   store. CPU per stored sample.
 
 Run: .venv/bin/python bench/cycler_overhead.py [--cyclers maccor,neware,arbin] [--channels 8,64]
@@ -223,14 +223,17 @@ def main() -> int:
     parser.add_argument("--cyclers", default="maccor,neware,arbin")
     parser.add_argument("--channels", default="8,64")
     parser.add_argument("--speed", type=float, default=3600.0, help="cell seconds per real second")
-    parser.add_argument("--hours", type=float, default=2.0, help="cell hours of plating per channel")
+    parser.add_argument(
+        "--readings", type=int, default=300, help="readings per channel (a 1 h step logged every 12 s)"
+    )
     args = parser.parse_args()
     print(f"{'cycler':8} {'channels':>8} {'bare µs/reading':>16} {'cyclerd µs/sample':>18} {'ratio':>6}")
     for cycler in args.cyclers.split(","):
         for channels in (int(n) for n in args.channels.split(",")):
             # One reading per channel every poll_s cell seconds: about 1500 readings a second in all.
             poll_s = max(1.0, args.speed * channels / 1500)
-            bare, ours = measure(cycler, channels, args.speed, poll_s, args.hours)
+            hours = args.readings * poll_s / 3600
+            bare, ours = measure(cycler, channels, args.speed, poll_s, hours)
             print(f"{cycler:8} {channels:8d} {bare:16.1f} {ours:18.1f} {ours / bare:6.2f}")
     print("target: ratio <= 1.5")
     return 0

@@ -150,7 +150,7 @@ def output_fields(mode: str, current_A: float, voltage_V: float) -> dict[str, An
     }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ChannelStatus:
     """A (4, 7) reply: where the channel's test stands, and its readings."""
 

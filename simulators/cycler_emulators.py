@@ -18,8 +18,9 @@ class CyclerEmulatorModule(Protocol):
 
     async def serve(self, preset: str, port: int | None, speed: float, seed: int, channels: int) -> None:
         """Serve until cancelled: `channels` channels, each a `preset` cell (seeds seed, seed+1, ...),
-        on 127.0.0.1:`port` (None: the cycler's own port; 0: any free one); `speed` times real
-        time (0: virtual time, advanced by the client's queries)."""
+        on 127.0.0.1:`port` (None: the cycler's own port; 0: any free one), at `speed` times real
+        time (more than 0: a cycler's channels run side by side on one clock, which the
+        clients' queries cannot advance as a single SMU's readings do)."""
         ...
 
 

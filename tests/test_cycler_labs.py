@@ -177,3 +177,27 @@ def test_eight_channels_on_one_cycler_agree_with_the_simulator(
                 atol=allowed_As,
                 err_msg=f"{run.channel} {column}",
             )
+    if name == "E1":  # the tools read a cycler's runs as any other
+        shown_and_exported(tmp_path, runs[0].id)
+
+
+def shown_and_exported(folder: Path, run_id: int) -> None:
+    from typer.testing import CliRunner
+
+    from cyclerd.cli.main import app
+
+    db = str(folder / "lab.db")
+    shown = CliRunner().invoke(app, ["show", str(run_id), "--db", db])
+    assert shown.exit_code == 0, shown.output
+    assert (
+        len([line for line in shown.output.splitlines() if line.strip().startswith(("1 ", "2 ", "3 "))]) == 3
+    )
+    exported = folder / "run.bdf.csv"
+    done = CliRunner().invoke(
+        app, ["export", str(run_id), "--format", "bdf-csv", "-o", str(exported), "--db", db]
+    )
+    assert done.exit_code == 0, done.output
+    header = exported.read_text().splitlines()[0]
+    assert "Voltage / V" in header
+    assert "Current / A" in header
+    assert len((folder / "run.cycles.csv").read_text().splitlines()) == 1 + 3

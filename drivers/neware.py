@@ -6,7 +6,7 @@ batches, and when the BTS reports the test finished the step ends with the limit
 met. The engine keeps loops and cycles. The BTS reads a step file from its own disk: the file is
 written to `step_dir` (a temporary folder by default) and its path sent, so cyclerd runs on the BTS
 PC, or `step_dir` is a folder both see under the same path. All I/O is asyncio streams: one request
-at a time on one connection per cyclerd channel.
+at a time on one connection per cyclerd channel (`neware_link`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import logging
 import socket
 import tempfile
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from cyclerd.drivers.base import (
     SAFETY,
     Batch,
     Capabilities,
-    InstrumentDisconnected,
     InstrumentError,
     InstrumentFault,
     InstrumentGarbled,
@@ -41,7 +39,9 @@ from cyclerd.drivers.base import (
 from cyclerd.drivers.clock import Clock
 from cyclerd.drivers.conditions import EndWatch
 from cyclerd.drivers.cycler import CyclerSurvey, host_and_port
-from cyclerd.drivers.neware_steps import NewareStep, StepFile, StepPlan, plan_step, to_xml, why_ended
+from cyclerd.drivers.neware_link import ChannelLink, Record
+from cyclerd.drivers.neware_stepfile import NewareStep, StepFile, to_xml
+from cyclerd.drivers.neware_steps import StepPlan, plan_step, why_ended
 from cyclerd.protocols.program import (
     EndConditions,
     ImpedanceCommand,
@@ -81,16 +81,17 @@ class NewareChannel:
         timeout_s: float = TIMEOUT_S,
         step_dir: Path | None = None,
     ) -> None:
-        self.host, self.port, self.cycler_channel = host, port, cycler_channel
-        self.clock, self.poll_s, self.timeout_s = clock, poll_s, timeout_s
+        self.clock, self.poll_s = clock, poll_s
         self.step_dir = step_dir or Path(tempfile.gettempdir()) / "cyclerd-neware"
-        self.address: wire.Address | None = None
-        self._link: wire.BtsLink | None = None
+        self.link = ChannelLink(host, port, cycler_channel, timeout_s)
 
     @property
     def name(self) -> str:
-        where = f" ({self.address.key})" if self.address is not None else ""
-        return f"Neware {self.host}:{self.port} channel {self.cycler_channel}{where}"
+        return self.link.name
+
+    @property
+    def address(self) -> wire.Address | None:
+        return self.link.address
 
     @property
     def capabilities(self) -> Capabilities:
@@ -101,11 +102,11 @@ class NewareChannel:
     async def open(self) -> None:
         """Connect, find the channel, and take it over: a test cyclerd left running is stopped,
         anyone else's is refused."""
-        await self._connect()
-        live = await self._inquire()
+        await self.link.open()
+        live = await self.link.inquire()
         if live.get("workstatus") in (wire.WORKING, wire.PAUSE):
             if not live.get("barcode", "").startswith(BARCODE):
-                self._drop()  # without stopping anyone else's test
+                self.link.close()  # without stopping anyone else's test
                 raise InstrumentFault(
                     self.name,
                     f"a test runs there (sample {live.get('barcode')!r}) that cyclerd did not start; "
@@ -114,59 +115,27 @@ class NewareChannel:
             log.info("%s: stopping a test cyclerd left running", self.name)
             await self.safe_state()
 
-    async def _connect(self) -> None:
-        link = wire.BtsLink(self.host, self.port, self.name, self.timeout_s)
-        await link.open()
-        try:
-            found = await self._find(link)
-        except BaseException:
-            link.close()
-            raise
-        self.address, self._link = found, link
-
-    async def _find(self, link: wire.BtsLink) -> wire.Address:
-        """The channel's address: the `cycler_channel`-th that getdevinfo lists (the same as before)."""
-        await link.ask(wire.request("connect"))
-        try:
-            listed = wire.rows(await link.ask(wire.request("getdevinfo")), "middle")
-            channels = [wire.address_of(attributes, self.host) for attributes, _ in listed]
-        except wire.WireError as exc:
-            raise InstrumentGarbled(self.name, f"unreadable channel list: {exc}") from None
-        if not 1 <= self.cycler_channel <= len(channels):
-            raise InstrumentFault(self.name, f"no such channel: the BTS lists channels 1 to {len(channels)}")
-        found = channels[self.cycler_channel - 1]
-        if self.address is not None and found != self.address:
-            raise InstrumentFault(
-                self.name, f"channel {self.cycler_channel} is now {found.key}: the BTS's changed"
-            )
-        return found
-
     async def reconnect(self) -> None:
         """After a dropped link or a confused conversation: a new connection, then the channel stopped."""
-        self._drop()
-        await self._connect()
+        self.link.close()
+        await self.link.open()
         await self.safe_state()
         log.info("%s: reconnected; channel stopped", self.name, extra={"kind": "reconnect"})
 
     async def close(self) -> None:
         """Stop the channel if the BTS still answers, then close the connection."""
-        if self._link is None:
+        if not self.link.connected:
             return
         try:
             await self.safe_state()
         except InstrumentFault as exc:
             log.warning("%s: could not stop the channel while closing: %s", self.name, exc)
-        self._drop()
-
-    def _drop(self) -> None:
-        link, self._link = self._link, None
-        if link is not None:
-            link.close()
+        self.link.close()
 
     async def safe_state(self) -> None:
         """Stop whatever runs on the channel; a channel with nothing running is fine."""
-        answer = next((text for _, text in await self._rows(wire.request("stop", self._where()))), "")
-        if answer != "ok" and (await self._inquire()).get("workstatus") in (wire.WORKING, wire.PAUSE):
+        answer = await self.link.stop()
+        if answer != "ok" and (await self.link.inquire()).get("workstatus") in (wire.WORKING, wire.PAUSE):
             raise InstrumentError(self.name, 0, f"the BTS would not stop the channel ({answer!r})")
 
     async def impedance(self, spec: ImpedanceSpec) -> Spectrum:
@@ -186,7 +155,7 @@ class NewareChannel:
             raise NotImplementedError(f"{self.name} cannot run {command.kind} steps")
         charging = True
         if isinstance(command, VoltageCommand):  # Neware holds a voltage one way: toward it
-            charging = command.voltage_V >= self._number(await self._inquire(), "voltage")
+            charging = command.voltage_V >= self.link.number(await self.link.inquire(), "voltage")
         ceiling = limits.current_max_A or CAPABILITIES.current_max_A
         plan = plan_step(command, start, limits, pause_at_s, charging=charging, current_limit_A=ceiling)
         if plan.over is not None:
@@ -206,37 +175,27 @@ class NewareChannel:
     async def _start(self, file: StepFile, command: StepCommand) -> int:
         """Start `file` on the channel; the BTS's id of the new test (once it names a new one: the
         records and status read before would be the last test's)."""
-        before = await self._latest_test()
-        path = self.step_dir / f"cyclerd-{self._where().key}-{uuid.uuid4().hex[:12]}.xml"
+        before = await self.link.latest_test()
+        path = self.step_dir / f"cyclerd-{self.link.where.key}-{uuid.uuid4().hex[:12]}.xml"
         await asyncio.to_thread(_write, path, to_xml(file))
         try:
-            barcode = f"{BARCODE}-step{command.index}"
-            reply = await self._rows(
-                wire.start_request(self._where(), str(path), barcode, str(self.step_dir))
-            )
+            answer = await self.link.start(str(path), f"{BARCODE}-step{command.index}", str(self.step_dir))
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
-        answer = next((text for _, text in reply), "")
         if answer != "ok":
             raise InstrumentError(
                 self.name,
                 0,
                 f"the BTS would not start the step file of {command.source} ({answer!r}); see its log",
             )
-        give_up = asyncio.get_running_loop().time() + self.timeout_s
-        while (test := await self._latest_test()) == before:
+        give_up = asyncio.get_running_loop().time() + self.link.timeout_s
+        while (test := await self.link.latest_test()) == before:
             if asyncio.get_running_loop().time() > give_up:
                 raise InstrumentFault(
                     self.name, f"the BTS said it started {command.source} but began no test"
                 )
             await asyncio.sleep(POLL_WALL_MIN_S)
         return test
-
-    async def _latest_test(self) -> int:
-        rows = await self._rows(wire.request("inquiredf", self._where()))
-        if not rows:
-            raise InstrumentGarbled(self.name, "inquiredf named no test")
-        return int(self._number(rows[0][0], "testid"))
 
     async def _follow(
         self, command: StepCommand, plan: StepPlan, start: StepProgress, test_id: int
@@ -246,9 +205,9 @@ class NewareChannel:
         seen, last = 0, None  # records read; the latest batch
         while True:
             await asyncio.sleep(max(self.clock.wall_s(self.poll_s), POLL_WALL_MIN_S))
-            live = await self._inquire()
+            live = await self.link.inquire()
             status = live.get("workstatus", "")
-            records = await self._download(test_id, seen)
+            records = await self.link.download(test_id, seen)
             seen += len(records)
             over = status in (wire.FINISH, wire.PROTECT)
             if (batch := self._batch(records, start, step)) is not None:
@@ -284,7 +243,7 @@ class NewareChannel:
             raise InstrumentFault(self.name, f"the BTS ended test {test} without a single record")
         progress = _progress(last)
         if status == wire.PROTECT:
-            code = int(self._number(live, "log_code"))
+            code = int(self.link.number(live, "log_code"))
             words = wire.LOG_WORDS.get(code, f"log code {code}")
             return StepEnd(SAFETY, progress, f"the cycler stopped the step: {status}, {words}")
         reason = why_ended(
@@ -299,24 +258,12 @@ class NewareChannel:
             raise InstrumentFault(self.name, f"test {test} finished without meeting any of its limits")
         return StepEnd(reason, progress)
 
-    async def _download(self, test_id: int, seen: int) -> list[dict[str, str]]:
-        """The test's records after the first `seen`."""
-        got: list[dict[str, str]] = []
-        while True:
-            request = wire.request(
-                "download", self._where(), testid=test_id, startpos=seen + len(got) + 1, count=wire.CHUNK
-            )
-            rows = [attributes for attributes, _ in await self._rows(request)]
-            got += rows
-            if len(rows) < wire.CHUNK:
-                return got
-
-    def _batch(self, records: list[dict[str, str]], start: StepProgress, step: NewareStep) -> Batch | None:
+    def _batch(self, records: list[Record], start: StepProgress, step: NewareStep) -> Batch | None:
         mine = [r for r in records if r.get("stepid") == "1"]
         if not mine:
             return None
         names = ("testtime", "volt", "curr", "cap", "eng")
-        columns = {name: np.array([self._number(r, name) for r in mine]) for name in names}
+        columns = {name: np.array([self.link.number(r, name) for r in mine]) for name in names}
         return Batch(
             start.t_s + columns["testtime"] / 1000.0,
             columns["volt"],
@@ -331,37 +278,6 @@ class NewareChannel:
             await asyncio.shield(self.safe_state())
         except (InstrumentFault, asyncio.CancelledError) as exc:
             log.error("%s: could not stop the channel after %r: %s", self.name, cause, exc)
-
-    # -- plumbing ---------------------------------------------------------------------------------------
-
-    def _where(self) -> wire.Address:
-        if self.address is None:
-            raise InstrumentDisconnected(self.name, "not open: call open() first")
-        return self.address
-
-    async def _ask(self, request: bytes) -> ET.Element:
-        if self._link is None:
-            raise InstrumentDisconnected(self.name, "not connected: the link was lost")
-        return await self._link.ask(request)
-
-    async def _rows(self, request: bytes, container: str = "list") -> list[wire.Row]:
-        """The elements of the reply to `request` (InstrumentGarbled when it has none)."""
-        try:
-            return wire.rows(await self._ask(request), container)
-        except wire.WireError as exc:
-            raise InstrumentGarbled(self.name, str(exc)) from None
-
-    async def _inquire(self) -> dict[str, str]:
-        rows = await self._rows(wire.request("inquire", self._where()))
-        if not rows:
-            raise InstrumentGarbled(self.name, "inquire told nothing of the channel")
-        return rows[0][0]
-
-    def _number(self, attributes: dict[str, str], name: str) -> float:
-        try:
-            return wire.number(attributes, name)
-        except wire.WireError as exc:
-            raise InstrumentGarbled(self.name, str(exc)) from None
 
 
 def _host_watch(command: StepCommand, host_end: EndConditions) -> EndWatch | None:

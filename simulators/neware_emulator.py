@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cyclerd.drivers import neware_wire as wire
 from cyclerd.drivers.neware import CAPABILITIES
-from cyclerd.drivers.neware_steps import StepFile, StepFileError, StepType, parse_step_file
+from cyclerd.drivers.neware_stepfile import StepFile, StepFileError, StepType, parse_step_file
 from cyclerd.simulators.cycler_bank import BankChannel, CyclerBank
 from cyclerd.simulators.neware_runner import CCCV, CV, Record, TestRun
 from cyclerd.simulators.scpi_server import Faults, running

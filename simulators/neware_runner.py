@@ -2,12 +2,14 @@
 with their limits, cycle steps, the file's protection, and the records the BTS keeps (at the
 record interval, on voltage or current changes, and each step's first and last point).
 
-Each tick asks the cell how it will respond (without changing it) on a grid of at most FINE_S up
-to a little past the clock: records and the first limit met come from there, a cut-off located
-between grid points (`crossing`); then the channel's output stage is advanced exactly there and
-the next drive starts at the limit, as a BTS acts within milliseconds. Charge and energy are
-counted by the runner over its samples. Ticks come when the next limit is due, WAKE_WALL_S apart
-at most.
+Each tick asks the cell how it will respond (without changing it) on a grid of at most FINE_S,
+aligned to the step's start, up to the clock: records and the first limit met come from there, a
+cut-off located between grid points (`crossing`); then the channel's output stage is advanced
+exactly there and the next drive starts at the limit, as a BTS acts within milliseconds. Only the
+runner moves the cell while a test runs (the channel is not read then): a cell moved on by a
+reading would leave a stretch no sample saw, a hole in the records however late the tick. Charge
+and energy are counted by the runner over its samples. Ticks come when the next limit is due,
+WAKE_WALL_S apart at most.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from numpy.typing import NDArray
 
 from cyclerd.drivers import neware_wire as wire
 from cyclerd.drivers.conditions import End, first
-from cyclerd.drivers.neware_steps import NewareStep, StepFile, StepType
+from cyclerd.drivers.neware_stepfile import NewareStep, StepFile, StepType
 from cyclerd.drivers.record import RecordState, select
 from cyclerd.protocols.program import RecordRule
 from cyclerd.simulators.crossing import Sample, crossing
@@ -34,7 +36,6 @@ FINE_S = 1.0  # the look-ahead grid (emulator time) at most: records and ends re
 MAX_POINTS = 4096  # per look-ahead; a longer stretch (a stalled loop) is walked more coarsely
 COARSE_POINTS = 64  # the look-ahead that decides when to wake
 WAKE_WALL_S = 0.02  # the runner wakes at least this often (wall clock)
-AHEAD_WALL_S = 0.005  # ... and looks this far past the clock (see `tick`)
 LATEST_WALL_S = 5e-4  # ... and waits at least this long
 COMPLIANCE_V = 5.0  # a current source clamps at the channel's voltage range
 CCCV = frozenset({StepType.CCCV_CHARGE, StepType.CCCV_DISCHARGE})
@@ -113,41 +114,41 @@ class TestRun:
         """The host stopped the test: the data up to now, then the channel off."""
         if self.status != wire.WORKING:
             return
-        self._advance(self.channel.clock.now())
-        self.channel.reading()
+        self._advance(self.channel.clock.now(), to_end=True)
         self._output(None)
         self._final_point()
         self._finish(wire.STOP, wire.TEST_STOPPED)
 
     def tick(self) -> float | None:
         """Records up to now, acting on each limit met on the way; emulator seconds until the
-        next tick (None: the test is over).
-
-        The look-ahead runs AHEAD_WALL_S past the clock: the channel, read afterwards, then finds
-        its cell already there, and no stretch of time passes unlooked-at while this computes.
-        """
+        next tick (None: the test is over)."""
         clock = self.channel.clock
         while self.status == wire.WORKING:
             if (why := self._tripped()) is not None:
                 self._protect(why)
                 break
-            event = self._advance(clock.now() + AHEAD_WALL_S * clock.factor)
+            event = self._advance(clock.now())
             if event is None:
-                self.channel.reading()  # the channel's own safety (an injected trip) acts here
                 if self._tripped() is None:
                     return self._until_next()
             elif event.kind == "switch":
                 self._hold()
             elif event.kind == "protect":
-                self._output(None)
-                self._protect(event.why, at_once=True)
+                self._protect(event.why)
             else:
                 self._goto(self.number + 1)
         return None
 
     def _tripped(self) -> str | None:
-        """Why the channel's own safety stopped it (set whenever the bank reads it), or None."""
-        return self.channel.tripped
+        """Why the channel's own safety stops it (an injected trip), or None.
+
+        The bank would trip the channel when read (`BankChannel.sync`), but reading it moves its
+        cell to the clock's present behind the runner's back; so the runner takes the trip itself.
+        """
+        channel = self.channel
+        if channel.tripped is None and (why := channel.faults.trip) is not None:
+            channel.faults.trip, channel.tripped = None, why
+        return channel.tripped
 
     def _cell_to(self, t_s: float) -> None:
         """The cell driven as it is up to `t_s`, where a limit was met: the BTS acts on a limit
@@ -228,20 +229,20 @@ class TestRun:
         self._drive = Drive(False, self.step.voltage_V, self.step.current_A or self.current_max_A)
         self._output(self._drive)
 
-    def _protect(self, why: str, at_once: bool = False) -> None:
-        """The test ends in "protect"; the point the channel stopped at is recorded (`at_once`:
-        it was, as the limit's point)."""
+    def _protect(self, why: str) -> None:
+        """The test ends in "protect", the output off; the point it stopped at is recorded."""
         self.why = why
-        if not at_once:
-            self._final_point()
+        self._output(None)
+        self._final_point()
         self._finish(wire.PROTECT, protection_code(why))
 
     def _final_point(self) -> None:
-        """The channel's reading now, recorded as the step's last point (a stop, a protection)."""
-        v, i = self.channel.reading()
-        t = np.array([max(self.channel.terminals.t_s, self._last[0])])
-        q, e = self._count(t, np.array([v]), np.array([i]))
-        self._keep(t, np.array([v]), np.array([i]), q, e)
+        """The latest sample recorded as the step's last point (a stop, a protection), unless it is."""
+        t, v, i = self._last
+        if self.records and self.records[-1].t_s >= t:
+            return
+        q, e = self.counted
+        self.records.append(Record(self.number, self.cycle, self.step.word, t - self._t0, t, v, i, q, e))
 
     def _finish(self, status: str, code: int) -> None:
         self.status, self.log_code = status, code
@@ -282,17 +283,18 @@ class TestRun:
         return met
 
     def _look(
-        self, t_to: float, points: int | None
+        self, t_to: float, points: int | None, to_end: bool = False
     ) -> tuple[FloatArray, FloatArray, FloatArray, _Event | None]:
         """Samples from the last one to `t_to` (emulator time), cut at the first limit met there.
 
-        `points` None: the record grid (aligned to the step's start); else that many, evenly.
+        `points` None: the record grid (aligned to the step's start) up to `t_to`, `t_to` itself
+        a sample only with `to_end` (a stop) or as the step's time limit; else that many, evenly.
         """
         t_state, t_end = self.channel.terminals.t_s, t_to
         limit_t = None if self.step.time_s is None else self._t0 + self.step.time_s
-        if limit_t is not None:
-            t_end = min(t_end, limit_t)
-        times = self._grid(t_state, t_end, points)
+        if limit_t is not None and limit_t <= t_end:
+            t_end, to_end = limit_t, True
+        times = self._grid(t_state, t_end, points, to_end)
         if len(times) == 0:
             due = limit_t is not None and limit_t <= t_state + 1e-9
             return times, times, times, (self._at(limit_t, t_state) if due and limit_t is not None else None)
@@ -323,7 +325,12 @@ class TestRun:
             )
         return times, v, i, event
 
-    def _grid(self, t_from: float, t_to: float, points: int | None) -> FloatArray:
+    def _grid(self, t_from: float, t_to: float, points: int | None, to_end: bool) -> FloatArray:
+        """Sample times after `t_from` up to `t_to`: the step's grid, and `t_to` itself `to_end`.
+
+        The grid's points only, else: a sample off the grid (when the runner happened to wake)
+        could be recorded, and the next record due `every_s` after it would wait for the grid.
+        """
         if t_to <= t_from + 1e-9:
             return np.empty(0)
         if points is not None:
@@ -331,7 +338,9 @@ class TestRun:
         step = min(FINE_S, self._rule.every_s or FINE_S)
         step = max(step, (t_to - t_from) / MAX_POINTS)
         m = np.arange(math.floor((t_from - self._t0) / step) + 1, math.floor((t_to - self._t0) / step) + 1)
-        times = self._t0 + m * step
+        times = self._t0 + m.astype(np.float64) * step
+        if not to_end:
+            return times[(times > t_from + 1e-9) & (times <= t_to)]
         times = times[(times > t_from + 1e-9) & (times < t_to - 1e-9)]
         return np.append(times, t_to)
 
@@ -365,10 +374,10 @@ class TestRun:
         why = words.format(value, limit / 1.001 if words.startswith("current") else limit)
         return _Event(float(times[k]), float(v[k]), float(i[k]), "protect", why)
 
-    def _advance(self, t_to: float) -> _Event | None:
+    def _advance(self, t_to: float, to_end: bool = False) -> _Event | None:
         """Take the samples up to `t_to` into the counters and the records, and the cell there;
         the limit met on the way, if any (the cell then stands there)."""
-        times, v, i, event = self._look(t_to, None)
+        times, v, i, event = self._look(t_to, None, to_end)
         if len(times):
             q, e = self._count(times, v, i)
             self._keep(times, v, i, q, e, last=event is not None and event.kind != "switch")

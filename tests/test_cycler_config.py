@@ -119,5 +119,6 @@ def test_a_cycler_channel_refuses_at_submit_what_no_cycler_runs(tmp_path: Path, 
 
     assert refused("plating_stripping.yaml") == []
     assert refused("formation.yaml") == []
-    assert refused("eis_after_cycling.yaml")[0].startswith("c1 cannot measure impedance spectra (EIS): step '")
+    eis = "c1 cannot measure impedance spectra (EIS): step '"
+    assert refused("eis_after_cycling.yaml")[0].startswith(eis)
     assert refused("cv.yaml")[0].startswith("c1 cannot run sweep steps: step '")

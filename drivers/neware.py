@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
@@ -42,6 +43,7 @@ from cyclerd.drivers.cycler import CyclerSurvey, host_and_port
 from cyclerd.drivers.neware_link import ChannelLink, Record
 from cyclerd.drivers.neware_stepfile import NewareStep, StepFile, to_xml
 from cyclerd.drivers.neware_steps import StepPlan, plan_step, why_ended
+from cyclerd.drivers.stepper import FLUSH_AFTER_S, FLUSH_AFTER_SAMPLES
 from cyclerd.protocols.program import (
     EndConditions,
     ImpedanceCommand,
@@ -200,9 +202,16 @@ class NewareChannel:
     async def _follow(
         self, command: StepCommand, plan: StepPlan, start: StepProgress, test_id: int
     ) -> AsyncGenerator[Batch | StepEnd, None]:
-        """Batches of the test's records as they come, then the step's end."""
+        """Batches of the test's records as they come, then the step's end.
+
+        Records are handed on at least once a second (wall clock), as the stepper does, not at
+        every poll: each batch is a commit, and an accelerated run polls many times a second.
+        The ends the host watches are checked on every poll's records all the same.
+        """
         step, watch = plan.file.steps[0], _host_watch(command, plan.host_end)
         seen, last = 0, None  # records read; the latest batch
+        pending: list[Record] = []  # read, not yet handed on
+        handed = time.monotonic()
         while True:
             await asyncio.sleep(max(self.clock.wall_s(self.poll_s), POLL_WALL_MIN_S))
             live = await self.link.inquire()
@@ -213,13 +222,19 @@ class NewareChannel:
             if (batch := self._batch(records, start, step)) is not None:
                 if (cut := _host_end(watch, batch)) is not None:
                     await self.safe_state()
+                    if (earlier := self._batch(pending, start, step)) is not None:
+                        yield earlier
                     yield cut[0]
                     yield cut[1]
                     return
                 # The BTS times the step; a virtual run clock follows it.
                 self.clock.elapse(batch.t_s[-1] - (start.t_s if last is None else last.t_s[-1]))
                 last = batch
-                yield dataclasses.replace(batch, final=over)
+                pending += records
+            due = time.monotonic() - handed >= FLUSH_AFTER_S or len(pending) >= FLUSH_AFTER_SAMPLES
+            if (over or due) and (joined := self._batch(pending, start, step)) is not None:
+                yield dataclasses.replace(joined, final=over)
+                pending, handed = [], time.monotonic()
             if status == wire.STOP:
                 raise InstrumentError(
                     self.name, wire.TEST_STOPPED, "the test was stopped on the BTS, not by cyclerd"

@@ -195,7 +195,10 @@ class Arbin:
     def _status(self) -> cti.ChannelStatus:
         if not self.link.connected:
             self._connect()
-        return self.link.ask(cti.ChannelInfoRequest(self.index), cti.ChannelStatus)
+        status = self.link.ask(cti.ChannelInfoRequest(self.index), cti.ChannelStatus)
+        if status.channel != self.index:  # never another channel's readings as this one's
+            raise InstrumentGarbled(self.name, f"asked for channel index {self.index}, got {status.channel}")
+        return status
 
     def _read(self) -> Reading:
         status = self._status()

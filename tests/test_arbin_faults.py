@@ -173,3 +173,33 @@ async def test_a_dropped_link_is_reopened_and_the_channel_put_to_rest(
     await arbin.close()
     assert not emulator.bank.channel(3).on
     assert not emulator.channels[2].test.running
+
+
+async def test_a_status_of_another_channel_is_never_read_as_this_ones() -> None:
+    """A CTI server that answers channel 1's question with channel 4's status: the reading is
+    refused as garbled, not taken for channel 1's."""
+    import socket
+    import threading
+
+    from cyclerd.drivers import arbin_messages as cti
+    from cyclerd.drivers.base import InstrumentGarbled
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)  # the login
+            conn.sendall(cti.encode(cti.LoginFeedback(cti.LOGIN_OK, serial="SN1", nickname="x", channels=8)))
+            conn.recv(65536)  # channel index 0's status, asked
+            conn.sendall(cti.encode(cti.ChannelStatus(channels=1, channel=3, status=0, voltage_V=3.9)))
+            conn.recv(65536)
+
+    threading.Thread(target=serve, daemon=True).start()
+    arbin = Arbin("127.0.0.1", port, 1, timeout_s=TIMEOUT_S)
+    try:
+        with pytest.raises(InstrumentGarbled, match="asked for channel index 0, got 3"):
+            await arbin.open()  # a failed open releases the link itself
+    finally:
+        listener.close()

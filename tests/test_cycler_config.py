@@ -122,3 +122,20 @@ def test_a_cycler_channel_refuses_at_submit_what_no_cycler_runs(tmp_path: Path, 
     eis = "c1 cannot measure impedance spectra (EIS): step '"
     assert refused("eis_after_cycling.yaml")[0].startswith(eis)
     assert refused("cv.yaml")[0].startswith("c1 cannot run sweep steps: step '")
+
+
+def test_an_unreachable_cycler_is_one_plain_line_and_exit_3(tmp_path: Path) -> None:
+    """`cyclerd run` on a cycler nobody answers for: what failed, in plain words (no markup)."""
+    from mosquitto import free_port
+    from typer.testing import CliRunner
+
+    from cyclerd.cli.main import app
+
+    protocol = tmp_path / "rest.yaml"
+    protocol.write_text("name: rest\nsteps:\n  - rest: 1 min\n")
+    resource = f"tcp://127.0.0.1:{free_port()}"
+    args = ["run", str(protocol), "--instrument", resource, "--driver", "maccor", "--cycler-channel", "1"]
+    result = CliRunner().invoke(app, [*args, "--db", str(tmp_path / "x.db")])
+    assert result.exit_code == 3
+    assert "instrument: Maccor" in result.output
+    assert "[red]" not in result.output

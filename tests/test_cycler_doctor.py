@@ -43,6 +43,10 @@ def test_doctor_names_each_cyclers_identity_and_channels(tmp_path: Path, driver:
         assert found.verdict is Verdict.OK, found.detail
         assert f"{driver} at tcp://127.0.0.1:{port}: " in found.detail
         assert found.detail.endswith("4 channels")
+        for n in (1, 4):  # many lab channels share the cycler, each on a channel of its own
+            on = checks[f"channel c{n}"]
+            assert on.verdict is Verdict.OK, on.detail
+            assert on.detail.startswith(f"on channel {n} of cycler cyc ({driver} at tcp://127.0.0.1:")
 
         checks = {c.name: c for c in asyncio.run(diagnose(write_lab(tmp_path, driver, port, [2, 5]), 2.0))}
         beyond = checks["instrument cyc"]

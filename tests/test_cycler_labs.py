@@ -66,7 +66,7 @@ def e1_three_cycles() -> str:
 
 
 EXPERIMENTS = {
-    "E1": Experiment("E1", e1_three_cycles(), "mgagsn", speed=3600.0, poll_s=20.0),
+    "E1": Experiment("E1", e1_three_cycles(), "mgagsn", speed=1800.0, poll_s=10.0),
     "E7": Experiment(
         "E7", (LIBRARY / "formation.yaml").read_text(), "ncm811-anodeless", speed=14400.0, poll_s=60.0
     ),

@@ -95,7 +95,9 @@ def test_credentials_come_from_a_file_or_the_environment(
     assert lab.mqtt.password() == "from-env"
 
 
-async def test_an_instrument_that_comes_back_is_reconnected_and_the_job_runs(tmp_path: Path) -> None:
+async def test_an_instrument_that_comes_back_is_reconnected_and_the_job_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The SMU is off when the daemon starts: the channel retries with backoff (the others are
     not held up) and runs its job once the instrument answers."""
     import asyncio
@@ -150,6 +152,8 @@ async def test_an_instrument_that_comes_back_is_reconnected_and_the_job_runs(tmp
     assert smu_run.state == "completed"
     assert len(store.cycles(smu_run.id)["cycle"]) == 2
     assert any("smu reached after" in e["message"] for e in store.events())
+    said = [r.getMessage() for r in caplog.records if "cannot reach smu" in r.getMessage()]
+    assert said[0].startswith("k: cannot reach smu")  # the channel named once, as in the event
     store.close()
 
 

@@ -112,7 +112,9 @@ def emulate(
     channels: Annotated[
         int, typer.Option("--channels", min=1, max=512, help="A cycler's channels, each with its own cell.")
     ] = 8,
-    speed: Annotated[float, typer.Option("--speed", help="Real time x this; 0: virtual time.")] = 1.0,
+    speed: Annotated[
+        float, typer.Option("--speed", help="Real time x this; 0: virtual time (not for cyclers).")
+    ] = 1.0,
     virtual_step: Annotated[
         float | None, typer.Option("--virtual-step", help="Keithley: seconds of cell time per reading.")
     ] = None,

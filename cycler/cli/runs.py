@@ -189,7 +189,7 @@ def _execute(
     try:
         return asyncio.run(execute())
     except (InstrumentFault, OSError) as exc:
-        errors.print(f"[red]instrument:[/red] {exc}", markup=False)
+        errors.print(f"instrument: {exc}", markup=False)
         raise typer.Exit(ExitCode.INSTRUMENT_FAULT) from None
     except KeyboardInterrupt:
         ended = f"; run {started[0]} is recorded as failed (interrupted)" if started else ""

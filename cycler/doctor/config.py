@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cyclerd.daemon.config import Lab, load_config
 from cyclerd.doctor.verdict import Check, Verdict, current_user
+from cyclerd.drivers.cycler import CYCLERS
 from cyclerd.protocols import ProtocolError
 from cyclerd.simulators import presets
 
@@ -30,7 +31,8 @@ def check_config(path: Path) -> tuple[Check, Lab | None]:
 
 
 def check_channels(lab: Lab) -> list[Check]:
-    """Each channel has one cell position: a known simulated cell, or an instrument of its own."""
+    """Each channel has one cell position: a known simulated cell, an instrument of its own, or a
+    channel of a cycler."""
     instruments = {i.name: i for i in lab.instruments}
     users: dict[str, list[str]] = {}
     for channel in lab.channels:
@@ -51,7 +53,12 @@ def check_channels(lab: Lab) -> list[Check]:
         assert channel.instrument is not None  # config validation: exactly one of sim/instrument
         instrument = instruments[channel.instrument]  # and the instrument exists
         others = [c for c in users[channel.instrument] if c != channel.name]
-        if others:
+        if instrument.driver in CYCLERS:  # many channels, each on a channel of its own (config checks)
+            where = f"channel {channel.cycler_channel} of cycler {instrument.name}"
+            checks.append(
+                Check(name, Verdict.OK, f"on {where} ({instrument.driver} at {instrument.resource})")
+            )
+        elif others:
             detail = (
                 f"shares instrument {instrument.name} with {', '.join(others)}: a {instrument.driver} is one"
                 " cell position, and two channels would fight over it; give each channel its own instrument"

@@ -296,7 +296,7 @@ class Session:
         def noted(message: str) -> None:
             self.store.record_event(run_id, "instrument", message)
             fields = {"channel": self.channel, "run": run_id, "kind": "instrument"}
-            log.warning("%s: %s", self.channel, message, extra=fields)
+            log.warning("%s", message, extra=fields)  # it names the channel already
 
         return noted
 

@@ -8,7 +8,8 @@ streams as fast as the client reads and every sample moves the cell by its own i
 Faults (slow replies, hang-ups, garbled or lost packages, device errors, a reboot, a shorted cell)
 are injected from any thread; `faults.struck` and `frontend.switches` say, in device time, when a
 fault struck and when the cell was switched. Here: the online-command session; the links are in
-`methodscript_transport`, the scripts run in `methodscript_interp` on `methodscript_frontend`.
+`methodscript_transport`, the scripts run in `methodscript_interp` on `methodscript_frontend`
+(the cell) and `methodscript_peripherals` (GPIO, clock, multiplexer, ...).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cyclerd.simulators import methodscript_packages as pk
 from cyclerd.simulators.cell import CellModel
 from cyclerd.simulators.methodscript_frontend import AnalogFrontend
 from cyclerd.simulators.methodscript_interp import Interpreter
+from cyclerd.simulators.methodscript_peripherals import Peripherals
 from cyclerd.simulators.methodscript_transport import Transport
 from cyclerd.simulators.presets import make_cell
 
@@ -89,6 +91,7 @@ class MethodScriptEmulator:
         self.speed = speed if speed and speed > 0 else None  # None: virtual time
         self.clock: Clock = VirtualClock() if self.speed is None else AcceleratedClock(self.speed)
         self.frontend = AnalogFrontend(cell or make_cell(preset, seed=seed), self.clock, variant)
+        self.peripherals = Peripherals(started_s=self.clock.now())  # GPIO, clock, multiplexer, ...
         self.firmware = f"{variant}1100#{BUILD}"
         self.serial_number = serial_number
         self.faults = Faults()
@@ -194,6 +197,7 @@ class MethodScriptEmulator:
                 self._script.cancel()
             self._capturing, self._loaded = None, None
             self.frontend.power_off()
+            self.peripherals.reset()
             self._strike("power cycled")
             self.transport.drop(True, True)
 
@@ -300,7 +304,8 @@ class MethodScriptEmulator:
     async def _start_script(self, script: pk.Script, ack: str) -> None:
         await self.transport.write(ack)
         self._abort_event = asyncio.Event()
-        self._script = asyncio.create_task(Interpreter(script, self, self.frontend).run())
+        interpreter = Interpreter(script, self, self.frontend, self.peripherals)
+        self._script = asyncio.create_task(interpreter.run())
 
     @property
     def aborted(self) -> bool:

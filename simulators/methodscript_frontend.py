@@ -20,6 +20,7 @@ POTENTIOSTATIC_MODES = {2, 3}  # low-speed, high-speed potentiostat
 GALVANOSTAT_MODE = 6
 PGSTAT_MODES = {0, *POTENTIOSTATIC_MODES, GALVANOSTAT_MODE}  # 4 (max range) is the Pico's
 GALVANOSTATIC = ("cp", "geis", "lsp")  # techniques that need pgstat mode 6
+PGSTAT_CHANNELS = {0, 1}  # [U] channel 1 accepts pgstat mode 0 only (PSTrace's preamble)
 CHUNK_MAX = 256  # samples evaluated at once while the drive stays the same
 
 
@@ -86,6 +87,7 @@ class AnalogFrontend:
         self.clock = clock
         self.current_ranges = pk.CURRENT_RANGES_ES4_LR if variant == "es4_lr" else pk.CURRENT_RANGES_ES4_HR
         self.mode, self.on = 0, False  # [U] power-up state: pgstat off, cell off
+        self.channel = 0  # set_pgstat_chan: 0 is the cell's; 1 can only be switched off [U]
         self.levels = {"E": 0.0, "I": 0.0}
         self.windows: dict[str, tuple[float, float] | None] = {"ba": None, "ab": None}  # None: all
         self.settings: dict[str, object] = {}  # accepted, not modelled (bandwidth, applied ranges)
@@ -106,8 +108,13 @@ class AnalogFrontend:
         self.sync()
         first = values[0]
         if command == "set_pgstat_chan":
-            if first != 0:
-                raise pk.DeviceError(pk.ERR_BAD_ARGUMENT)  # one channel on an EmStat4
+            if first not in PGSTAT_CHANNELS:
+                raise pk.DeviceError(pk.ERR_BAD_ARGUMENT)  # one cell channel on an EmStat4
+            self.channel = int(first)
+        elif self.channel:  # PSTrace's scripts switch channel 1 off first; nothing else goes there
+            if command == "set_pgstat_mode" and first != 0:
+                raise pk.DeviceError(pk.ERR_NOT_SUPPORTED)
+            self.settings[f"channel {self.channel} {command}"] = list(values)
         elif command == "set_pgstat_mode":
             if first not in PGSTAT_MODES:
                 raise pk.DeviceError(pk.ERR_UNKNOWN_MODE)
@@ -138,7 +145,7 @@ class AnalogFrontend:
     def power_off(self) -> None:
         """Power lost: the cell relay opens and the pgstat is off, as at power-up."""
         self.sync()
-        self.mode = 0
+        self.mode, self.channel = 0, 0
         self._switch(False)
 
     def _switch(self, on: bool) -> None:

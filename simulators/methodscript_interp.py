@@ -2,30 +2,34 @@
 
 The interpreter walks a parsed script (methodscript_packages.parse), streams `M`/`P`/`T`/`*`
 lines through a `Runtime` (the emulator's link and clock) and turns runtime failures into
-`!XXXX: Line L`; `on_finished:` runs however the script ends (instrument-protocols.md §3.3–3.9).
-The front end owns the cell and its time, so a seed gives the same samples whatever the client.
+`!XXXX: Line L`; `on_finished:` runs however the script ends (instrument-protocols.md §3.3–3.9),
+also after `abort` (no error line [U]). The front end owns the cell and its time, so a seed gives
+the same samples whatever the client. Measurement loops take their readings from
+methodscript_techniques and methodscript_mux; peripherals answer in methodscript_peripherals.
+A plain loop's iteration costs LOOP_ITERATION_S of device time [U], so that a script polling a
+timer or a pin in a loop without `wait` still sees time pass.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-import numpy as np
-
+from cyclerd.simulators import methodscript_mux as mx
 from cyclerd.simulators import methodscript_packages as pk
+from cyclerd.simulators import methodscript_peripherals as io
 from cyclerd.simulators import methodscript_techniques as mt
 from cyclerd.simulators import methodscript_values as mv
-from cyclerd.simulators.cell import FloatArray
+from cyclerd.simulators.methodscript_commands import COMMANDS, VAL
 from cyclerd.simulators.methodscript_frontend import GALVANOSTAT_MODE, AnalogFrontend
 from cyclerd.simulators.methodscript_values import Value
 
-EIS_MAX_HZ = 200e3  # [U] the top frequency meas_loop_eis accepts
+LOOP_ITERATION_S = 1e-3  # [U] device time one iteration of a plain `loop` takes
+HIBERNATE_TIMER = 0x04  # the wake-up source bit of `hibernate` that wakes after its seconds
 
 
 class Runtime(Protocol):
@@ -38,21 +42,25 @@ class Runtime(Protocol):
     async def emit(self, line: str) -> None: ...  # may raise DeviceError (an injected fault)
 
 
-Point = list[tuple[pk.Ref, Value]]  # the loop's output variables at one sample
-_Points = AsyncGenerator[Point | str, None]  # points, and `C` / `-` scan markers
-
-
 class _Break(Exception):
     pass
 
 
 class _Aborted(Exception):
-    pass
+    """`Z` from the host, or the script's own `abort`."""
 
 
-_COMPARE = {
+def _some_bit(a: float, b: float) -> bool:
+    return int(a) & int(b) != 0
+
+
+def _any_bit(a: float, b: float) -> bool:
+    return int(a) | int(b) != 0
+
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
     "==": float.__eq__, "!=": float.__ne__, "<": float.__lt__,
-    "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__,
+    "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__, "&": _some_bit, "|": _any_bit,
 }  # fmt: skip
 _ARITH = {"add_var": float.__add__, "sub_var": float.__sub__, "mul_var": float.__mul__}
 
@@ -60,8 +68,10 @@ _ARITH = {"add_var": float.__add__, "sub_var": float.__sub__, "mul_var": float._
 class Interpreter:
     """Runs one parsed script to its final empty line, whatever happens."""
 
-    def __init__(self, script: pk.Script, runtime: Runtime, frontend: AnalogFrontend) -> None:
-        self.script, self.rt, self.fe = script, runtime, frontend
+    def __init__(
+        self, script: pk.Script, runtime: Runtime, frontend: AnalogFrontend, peripherals: io.Peripherals
+    ) -> None:
+        self.script, self.rt, self.fe, self.io = script, runtime, frontend, peripherals
         self.vars = {name: [Value() for _ in range(max(n, 1))] for name, n in script.variables.items()}
         self.line = 0
         self._package: list[str] = []
@@ -75,7 +85,7 @@ class Interpreter:
             try:
                 await self._block(block)
             except _Aborted:
-                pass  # the session has answered `Z` already
+                pass  # `Z` (the session has answered it) or `abort`: no error line
             except pk.DeviceError as exc:
                 await self.rt.emit(pk.error_line(exc.code, self.line))
             finally:
@@ -94,12 +104,12 @@ class Interpreter:
                     if cond is None or self._holds(cond):
                         await self._block(body)
                         break
-            elif pk.COMMANDS[node.head.name].technique is None:
+            elif COMMANDS[node.head.name].technique is None:
                 await self.rt.emit("L")
                 with contextlib.suppress(_Break):
                     while self._holds(node.head):
                         await self._block(node.body)
-                        await self.rt.pause(0.0)  # a busy loop must still let `Z` in
+                        await self._pause_until(self._now() + LOOP_ITERATION_S)  # lets `Z` in too
                 await self.rt.emit("+")
             else:
                 await self._measurement(node)
@@ -116,16 +126,20 @@ class Interpreter:
     async def _measurement(self, node: pk.Loop) -> None:
         head = node.head
         self.line = head.line
-        points = self._points(head)
-        await self.rt.emit(f"M{pk.COMMANDS[head.name].technique:04X}")
+        outputs, points = self._points(head)
+        await self.rt.emit(f"M{COMMANDS[head.name].technique:04X}")
         async with contextlib.aclosing(points):
             async for item in points:
                 self._check_abort()
                 if isinstance(item, str):  # a scan's `C` / `-`
                     await self.rt.emit(item)
                     continue
-                for ref, value in item:
-                    self._set(ref, value)
+                for ref, value in zip(outputs, item, strict=True):
+                    if isinstance(value, list):  # one per multiplexer channel, into an array
+                        for k, one in enumerate(value):
+                            self._set(pk.Ref(ref.name, pk.Lit(float(k), True)), one)
+                    else:
+                        self._set(ref, value)
                 try:
                     await self._block(node.body)
                 except _Break:
@@ -138,6 +152,8 @@ class Interpreter:
         name, a = s.name, s.args
         if name == "breakloop":
             raise _Break
+        if name == "abort":
+            raise _Aborted
         if name == "store_var":
             self._set(_ref(a[0]), self._value(a[1], str(a[2])))
         elif name == "copy_var":
@@ -168,6 +184,12 @@ class Interpreter:
             await self._pause_until(self._int0 + periods * self._interval)
         elif name == "wait":
             await self._pause_until(self._now() + self._time(a[0]))
+        elif name == "hibernate":  # the cell stays as it is [U]; other sources than the timer wake it at once
+            sources, seconds = int(self._num(a[0])), self._time(a[1])
+            if not sources:
+                raise pk.DeviceError(pk.ERR_BAD_ARGUMENT)  # at least one wake-up source
+            if sources & HIBERNATE_TIMER:
+                await self._pause_until(self._now() + seconds)
         elif name == "cell_off":
             self.fe.cell_switch(False)
         elif name == "cell_on":  # ocp(E): switched on at E, no step on the cell [U] galvanostat: as is
@@ -180,6 +202,8 @@ class Interpreter:
             self.vars[str(a[0])] = [Value() for _ in range(size)]
         elif name in mv.STATEMENTS:
             mv.run(s, self)
+        elif name in io.STATEMENTS:
+            io.run(s, self, self.io, self._now())
         elif name in ("set_e", "set_i"):
             self.fe.level(name[-1].upper(), self._num(a[0]))
         elif name == "meas":
@@ -195,119 +219,18 @@ class Interpreter:
         voltage, current = self.fe.sample(duration)
         self._set(ref, self._measured(vartype, voltage if vartype == "ab" else current))
 
-    # -- techniques: each yields the readings of one point (or a `C` / `-` scan marker) ------
+    # -- measurement loops -----------------------------------------------------------------
 
-    def _points(self, head: pk.Stmt) -> _Points:
-        """Check the loop's arguments and the device state (before `M`), then yield its points."""
-        outputs = pk.COMMANDS[head.name].args.index(pk.VAL)  # output variables come first
-        r = [_ref(x) for x in head.args[:outputs]]
-        n = [self._num(x) for x in head.args[outputs:] if not isinstance(x, pk.Opt)]
+    def _points(self, head: pk.Stmt) -> tuple[list[pk.Ref], mt.Readings]:
+        """Check the loop's arguments and the device state (before `M`): its outputs and readings."""
+        outputs = COMMANDS[head.name].args.index(VAL)  # output variables come first
+        refs = [_ref(x) for x in head.args[:outputs]]
+        numbers = [self._num(x) for x in head.args[outputs:] if not isinstance(x, pk.Opt)]
+        options = {o.name: o.values for o in head.args if isinstance(o, pk.Opt)}
         name = head.name.removeprefix("meas_loop_")
-        if name in mt.NAMES:
-            return self._zip(r, mt.points(self, name, n))
-        if name in ("ca", "cp", "ocp"):
-            level, t_int, t_run = (0.0, *n) if name == "ocp" else n
-            if t_int <= 0 or t_run < 0:
-                raise pk.DeviceError(pk.ERR_INVALID_TIME)
-            self._start(name, "E" if name == "ca" else "I", level)
-            return self._hold(name, r, level, t_int, int(t_run / t_int + 1e-9))
-        if name in ("cv", "lsv"):
-            options = {o.name: self._num(o.values[0]) for o in head.args if isinstance(o, pk.Opt)}
-            vertices, step, rate = ([*n[:3], n[0]] if name == "cv" else n[:2]), n[-2], n[-1]
-            scans = int(options.get("nscans", 1))
-            if step < 0:
-                raise pk.DeviceError(pk.ERR_NEGATIVE_STEP)
-            if step == 0 or rate <= 0 or scans < 1:
-                raise pk.DeviceError(pk.ERR_BAD_ARGUMENT)
-            self._start("cv", "E", vertices[0])
-            return self._sweep(r, vertices, step, step / rate, scans)
-        amplitude, f_start, f_end, count, dc = n
-        if amplitude <= 0:
-            raise pk.DeviceError(pk.ERR_INVALID_AMPLITUDE)
-        if not (0 < f_start <= EIS_MAX_HZ and 0 < f_end <= EIS_MAX_HZ):
-            raise pk.DeviceError(pk.ERR_INVALID_FREQUENCY)
-        if count < 1:
-            raise pk.DeviceError(pk.ERR_BAD_ARGUMENT)
-        self._start(name, "E" if name == "eis" else "I", dc)
-        tdd = next((o.values for o in head.args if isinstance(o, pk.Opt)), ())
-        freqs = np.logspace(np.log10(f_start), np.log10(f_end), int(count))
-        return self._eis(name == "eis", r, amplitude, dc, freqs, tdd)
-
-    def _start(self, technique: str, kind: str, level: float) -> None:
-        self.fe.begin(technique)
-        if technique != "ocp":
-            self.fe.apply(kind, level)
-
-    async def _hold(self, name: str, r: list[pk.Ref], level: float, t_int: float, count: int) -> _Points:
-        t0 = self._now()
-        for k in range(1, count + 1):  # [U] the first point comes after one interval
-            await self._pause_until(t0 + k * t_int)
-            voltage, current = self.fe.sample(t_int)
-            if name == "ca":  # P4: CA da + ba, CP ab + db, OCP ab
-                yield [(r[0], Value(level, "da")), (r[1], self._measured("ba", current))]
-            elif name == "cp":
-                yield [(r[0], self._measured("ab", voltage)), (r[1], Value(level, "db"))]
-            else:
-                yield [(r[0], self._measured("ab", voltage))]
-
-    async def _sweep(
-        self, r: list[pk.Ref], vertices: list[float], step: float, dt: float, scans: int
-    ) -> _Points:
-        """CV / LSV as short potential holds on the step grid, one point per step."""
-        grid = [vertices[0]]
-        for a, b in itertools.pairwise(vertices):
-            n = max(1, round(abs(b - a) / step))
-            grid += [a + (b - a) * k / n for k in range(1, n + 1)]
-        k, t0 = 0, self._now()
-        for scan in range(scans):
-            if scans > 1:
-                yield f"C{scan:04X}"  # [U] the scan index
-            for potential in grid[1:] if scan else grid:
-                k += 1
-                await self._pause_until(t0 + k * dt)
-                self.fe.apply("E", potential)
-                _, current = self.fe.sample(dt)
-                yield [(r[0], Value(potential, "da")), (r[1], self._measured("ba", current))]
-            if scans > 1:
-                yield "-"
-
-    async def _zip(self, refs: list[pk.Ref], readings: mt.Readings) -> _Points:
-        async with contextlib.aclosing(readings):
-            async for values in readings:
-                yield list(zip(refs, values, strict=True))
-
-    async def _eis(
-        self, potentiostatic: bool, r: list[pk.Ref], amplitude: float, dc: float, freqs: FloatArray,
-        tdd: tuple[pk.Lit | pk.Ref, ...],
-    ) -> _Points:  # fmt: skip
-        """EIS / GEIS: Z of the cell at the frequencies, held at the DC level meanwhile."""
-        for f, z in zip(freqs, self.fe.spectrum(freqs), strict=True):
-            duration = max(2.0 / f, 0.05)  # [U] two periods, at least 50 ms per frequency
-            await self._pause_until(self._now() + duration)
-            self.fe.sample(duration)
-            i_ac = amplitude / abs(z) if potentiostatic else amplitude
-            i_meta, e_meta = self.fe.reading("ba", i_ac)[1], self.fe.reading("ab", i_ac * abs(z))[1]
-            if tdd:
-                self._time_domain(tdd, float(f), complex(z), amplitude, dc, potentiostatic)
-            yield [
-                (r[0], Value(float(f), "dc")),
-                (r[1], Value(float(z.real), "cc", meta=i_meta)),  # §3.5: cc on the current range,
-                (r[2], Value(float(z.imag), "cd", meta=e_meta)),  # cd on the potential range
-            ]
-
-    def _time_domain(
-        self, tdd: tuple[pk.Lit | pk.Ref, ...], f: float, z: complex, amp: float, dc: float, pot: bool
-    ) -> None:
-        """eis_tdd(E_array I_array count dt mode): one period of both signals per frequency [U]."""
-        if len(tdd) < 4:
-            raise pk.DeviceError(pk.ERR_INVALID_OPTION)
-        e_cells, i_cells = self.array(tdd[0]), self.array(tdd[1])
-        samples = min(mt.TDD_SAMPLES, len(e_cells), len(i_cells))
-        e, i, dt = mt.time_domain(f, z, amp, dc, pot, samples)
-        e_cells[:samples] = [Value(x, "da" if pot else "ab") for x in e]
-        i_cells[:samples] = [Value(x, "ba" if pot else "db") for x in i]
-        self._set(_ref(tdd[2]), Value(float(samples), "ja", is_int=True))
-        self._set(_ref(tdd[3]), Value(dt, "eb"))
+        if name in mx.NAMES:
+            return refs, mx.points(self, self.io.mux, name, numbers, refs)
+        return refs, mt.points(self, name, numbers, options)
 
     # -- values -------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""MethodSCRIPT as text: scripts in (SI literals, the command table, the parser), packages out.
+"""MethodSCRIPT as text: scripts in (SI literals, the parser over methodscript_commands' table),
+packages out.
 
 Pure and byte-exact to instrument-protocols.md §3.3–3.5 and §3.10: the parser refuses what the
 device refuses at load time (`!4001` unknown command, `!4004` bad literal, `!4007` undeclared
@@ -12,6 +13,8 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from cyclerd.simulators.methodscript_commands import COMMANDS, NEW, OP, REF, TEXT, VT, Spec
 
 # SI prefixes of literals and packages (§3.3, §3.5); ' ' (x1) appears in packages only.
 PREFIXES: dict[str, float] = {
@@ -43,7 +46,7 @@ ERR_BAD_VARTYPE, ERR_UNKNOWN_ONLINE, ERR_NOT_NOW, ERR_BAD_ARGUMENT = 0x0002, 0x0
 ERR_WRONG_IDENTIFIER, ERR_NO_SCRIPT, ERR_INVALID_TIME = 0x000A, 0x000C, 0x000D
 ERR_INVALID_POTENTIAL, ERR_NOT_FINITE, ERR_INVALID_FREQUENCY = 0x000F, 0x0010, 0x0011
 ERR_INVALID_AMPLITUDE, ERR_OCP_CELL_ON, ERR_NEGATIVE_STEP = 0x0012, 0x0014, 0x001C
-ERR_UNKNOWN_MODE, ERR_WRONG_MODE, ERR_SEVERE_OVERLOAD = 0x0021, 0x0023, 0x0032
+ERR_NOT_SUPPORTED, ERR_UNKNOWN_MODE, ERR_WRONG_MODE, ERR_SEVERE_OVERLOAD = 0x001B, 0x0021, 0x0023, 0x0032
 ERR_SYNTAX, ERR_UNKNOWN_COMMAND, ERR_INVALID_ARGUMENT = 0x4000, 0x4001, 0x4002
 ERR_UNEXPECTED_CHARACTER, ERR_UNKNOWN_VARTYPE, ERR_UNDECLARED = 0x4004, 0x4006, 0x4007
 ERR_INVALID_OPTION, ERR_NESTED_MEASUREMENT, ERR_CELL_MUST_BE_ON = 0x4008, 0x400B, 0x4027
@@ -137,72 +140,8 @@ def choose_range(table: dict[int, float], value: float, window: tuple[float, flo
 
 # -- scripts in ------------------------------------------------------------------------------
 
-NEW, REF, VAL, VT, OP, TEXT = "new", "ref", "val", "vt", "op", "text"  # argument kinds
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A script command: its arguments and, for a measurement loop, the `M` technique id."""
-
-    args: tuple[str, ...] = ()
-    technique: int | None = None
-    options: tuple[str, ...] = ()  # accepted trailing `name(value ...)` options
-    optional: int = 0  # how many of the last `args` may be left out (e.g. `smooth`)
-
-
-_HOLD = (REF, REF, VAL, VAL, VAL)
-_EIS = (REF, REF, REF, VAL, VAL, VAL, VAL, VAL)
-# The vocabulary (§3.3–3.8); anything else is `!4001` at load time.
-COMMANDS: dict[str, Spec] = {
-    "var": Spec((NEW,)), "array": Spec((NEW, VAL)),          # declare; array name <n>i
-    "store_var": Spec((REF, VAL, VT)),                       # value and variable type
-    "copy_var": Spec((REF, REF)),                            # copy_var src dst [U order]
-    "add_var": Spec((REF, VAL)), "sub_var": Spec((REF, VAL)),  # a = a op b
-    "mul_var": Spec((REF, VAL)), "div_var": Spec((REF, VAL)), "alter_vartype": Spec((REF, VT)),
-    "if": Spec((VAL, OP, VAL)), "elseif": Spec((VAL, OP, VAL)), "else": Spec(), "endif": Spec(),
-    "loop": Spec((VAL, OP, VAL)), "endloop": Spec(), "breakloop": Spec(),
-    "pck_start": Spec(), "pck_add": Spec((REF,)), "pck_end": Spec(),
-    "send_string": Spec((TEXT,)), "set_script_output": Spec((VAL,)),
-    "timer_start": Spec(), "timer_get": Spec((REF,)),
-    "set_int": Spec((VAL,)), "await_int": Spec(), "wait": Spec((VAL,)),
-    "set_pgstat_chan": Spec((VAL,)), "set_pgstat_mode": Spec((VAL,)),
-    "set_max_bandwidth": Spec((VAL,)), "set_acquisition_frac_autoadjust": Spec((VAL,)),
-    "set_range": Spec((VT, VAL)), "set_range_minmax": Spec((VT, VAL, VAL)),
-    "set_autoranging": Spec((VT, VAL, VAL)),
-    "set_e": Spec((VAL,)), "set_i": Spec((VAL,)), "cell_off": Spec(),
-    "meas": Spec((VAL, REF, VT)),                            # one-shot: meas t var ab|ba
-    "cell_on": Spec((), options=("ocp",)), "set_acquisition_frac": Spec((VAL,)),  # ocp(E): on at E
-    # arithmetic and arrays on the device (methodscript_maths)
-    "float_to_int": Spec((REF,)), "float_to_int_round": Spec((REF,)), "int_to_float": Spec((REF,)),
-    "pow_var": Spec((REF, VAL)), "mod_var": Spec((REF, VAL)), "log_var": Spec((REF,)),
-    **{f"bit_{op}_var": Spec((REF, VAL)) for op in ("and", "or", "xor", "lsl", "lsr")},
-    "bit_inv_var": Spec((REF,)),
-    "array_set": Spec((REF, VAL, VAL)), "array_get": Spec((REF, VAL, REF)),  # array index value|var
-    "mean": Spec((REF, REF)), "linear_fit": Spec((REF, REF, REF, REF)),  # arrays in, results out
-    "smooth": Spec((REF, VAL, VAL, VAL), optional=1),        # src [count] dst strength
-    "peak_detect": Spec((REF, VAL, REF, REF, VAL, VAL)),     # data count indices heights dir min_h
-    # peripherals an emulator has none of: accepted, without effect (docs/instruments.md)
-    "set_gpio_cfg": Spec((VAL, VAL)), "set_gpio": Spec((VAL,)), "set_gpio_msk": Spec((VAL, VAL)),
-    "set_gpio_pullup": Spec((VAL, VAL)), "get_gpio": Spec((REF,)), "get_gpio_msk": Spec((REF, VAL)),
-    "beep": Spec((VAL, VAL, VAL)), "notify_led": Spec((VAL,)),
-    "file_open": Spec((TEXT, VAL)), "file_close": Spec(),
-    # the techniques of methodscript_techniques (argument lists: outputs first, then inputs)
-    "meas_loop_lsp": Spec((REF, REF, VAL, VAL, VAL, VAL), 0x000F),  # E I I_begin I_end I_step rate
-    "meas_loop_dpv": Spec((REF, REF, *[VAL] * 6), 0x0001),   # E I E_begin E_end E_step E_pulse t_pulse rate
-    "meas_loop_swv": Spec((*[REF] * 4, *[VAL] * 5), 0x0002),  # E I I_fwd I_rev E_begin E_end E_step E_amp f
-    "meas_loop_npv": Spec((REF, REF, *[VAL] * 5), 0x0003),   # E I E_begin E_end E_step t_pulse rate
-    "meas_loop_acv": Spec((*[REF] * 6, *[VAL] * 6), 0x0004),  # E_dc I_dc E_ac I_ac Z' Z'' E_begin E_end ..
-    "meas_loop_pad": Spec((REF, REF, *[VAL] * 6), 0x0008),   # E I E_dc E_pulse t_pulse t_int t_run mode
-    "meas_loop_lsv": Spec((REF, REF, VAL, VAL, VAL, VAL), 0x0000),  # E I E_begin E_end step rate
-    "meas_loop_cv": Spec((REF, REF, VAL, VAL, VAL, VAL, VAL), 0x0005, ("nscans",)),  # .. vtx1 vtx2 ..
-    "meas_loop_ca": Spec(_HOLD, 0x0007),                     # E I E_dc t_int t_run
-    "meas_loop_cp": Spec(_HOLD, 0x000A),                     # E I I_dc t_int t_run
-    "meas_loop_ocp": Spec((REF, VAL, VAL), 0x000B),          # E t_int t_run
-    "meas_loop_eis": Spec(_EIS, 0x000D, ("eis_tdd",)),       # f Zre Zim E_ac f_start f_end n E_dc
-    "meas_loop_geis": Spec(_EIS, 0x000E),                    # f Zre Zim I_ac f_start f_end n I_dc
-}  # fmt: skip
 _OPENERS = {"if", "loop"} | {name for name, spec in COMMANDS.items() if spec.technique is not None}
-_OPS = {"==", "!=", "<", "<=", ">", ">="}
+_OPS = {"==", "!=", "<", "<=", ">", ">=", "&", "|"}  # & |: the bitwise result is not 0 [U |]
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _REF = re.compile(r"([a-z][a-z0-9_]*)(?:\[([^\]]*)\])?")
 _TOKEN = re.compile(r'f?"[^"]*"|[a-z_]+\([^)]*\)|\S+')

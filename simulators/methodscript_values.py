@@ -2,8 +2,7 @@
 
 Scripts reduce their data before they send it (a mean against spikes, a fit for a polarisation
 resistance, smoothing and peak search over arrays): `run` executes those statements on the
-interpreter's variables, and also gives the peripherals an emulator lacks (GPIO, buzzer, LED,
-files) their accepted, effect-free answers.
+interpreter's variables.
 """
 
 from __future__ import annotations
@@ -46,13 +45,9 @@ _BITS = {
     "bit_and_var": int.__and__, "bit_or_var": int.__or__, "bit_xor_var": int.__xor__,
     "bit_lsl_var": int.__lshift__, "bit_lsr_var": int.__rshift__,
 }  # fmt: skip
-PERIPHERALS = {
-    "set_gpio_cfg", "set_gpio", "set_gpio_msk", "set_gpio_pullup", "beep", "notify_led",
-    "file_open", "file_close",
-}  # fmt: skip
 STATEMENTS = {
     *_UNARY, *_BITS, "pow_var", "mod_var", "array_set", "array_get", "mean", "linear_fit",
-    "smooth", "peak_detect", "get_gpio", "get_gpio_msk", *PERIPHERALS,
+    "smooth", "peak_detect",
 }  # fmt: skip
 SMOOTH_WINDOWS = {0: 1, 1: 5, 2: 9, 3: 15, 4: 25}  # [U] strength -> Savitzky-Golay window
 
@@ -94,9 +89,6 @@ def run(s: pk.Stmt, v: Variables) -> None:
         _smooth(v.array(source), v.array(rest[-2]), count, int(v.num(rest[-1])))
     elif name == "peak_detect":
         _peaks(v, s)
-    elif name in ("get_gpio", "get_gpio_msk"):
-        v.set(_as_ref(a[0]), Value(0.0, "ec", is_int=True))  # [U] every input pin reads low
-    # PERIPHERALS: nothing to drive
 
 
 def _store(v: Variables, arg: pk.Arg, value: Value) -> None:

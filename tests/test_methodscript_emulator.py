@@ -304,7 +304,7 @@ def test_galvanostatic_eis(client: Client) -> None:
     ("script", "error"),
     [
         ("var p\nfoo 1", "!4001: Line 2, Col 1"),  # unknown command
-        ("var p\n  meas_loop_ca_alt_mux p p 1 2 3 4", "!4001: Line 2, Col 3"),  # no multiplexer here
+        ("var p\n  set_bipot_mode 1", "!4001: Line 2, Col 3"),  # no bipotentiostat here
         ("var p\nmeas_loop_ocp p 1 2 nscans(2)\nendloop", "!4008: Line 2, Col 21"),  # not its option
         ("store_var q 1 ja", "!4007: Line 1, Col 11"),  # undeclared variable
         ("var p\nstore_var p 1.5 ja", "!4004: Line 2, Col 14"),  # no decimals: the '.'

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -38,7 +38,6 @@ from typing import Any, TypeVar
 from cyclerd.drivers import arbin_messages as cti
 from cyclerd.drivers.arbin_link import CtiLink, credentials
 from cyclerd.drivers.base import (
-    Batch,
     Capabilities,
     Channel,
     InstrumentDisconnected,
@@ -47,13 +46,11 @@ from cyclerd.drivers.base import (
     InstrumentGarbled,
     InstrumentTimeout,
     Reading,
-    StepEnd,
-    StepProgress,
 )
 from cyclerd.drivers.clock import Clock
 from cyclerd.drivers.cycler import CyclerSurvey, ResourceError, host_and_port
 from cyclerd.drivers.stepper import SteppedChannel
-from cyclerd.protocols.program import SafetyLimits, StepCommand
+from cyclerd.protocols.program import SafetyLimits
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -91,7 +88,7 @@ class Arbin:
             raise ResourceError(f"Arbin channels are numbered from 1, not {cycler_channel}")
         self.cycler_channel = cycler_channel
         self.index = cycler_channel - 1  # CTI counts channels from 0
-        self.safety = SafetyLimits()  # the running step's, set by ArbinChannel before the step
+        self.safety = SafetyLimits()  # the running step's, kept before it (KeepsSafety)
         self.link = CtiLink(
             f"Arbin channel {cycler_channel} at {host}:{port}", host, port, timeout_s, credentials()
         )
@@ -109,6 +106,10 @@ class Arbin:
     @property
     def capabilities(self) -> Capabilities:
         return CAPABILITIES
+
+    def keep_safety(self, limits: SafetyLimits) -> None:
+        """The next step's safety window: set on the cycler before its output turns on."""
+        self.safety = limits
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -328,25 +329,6 @@ def _ended(status: cti.ChannelStatus) -> str:
     return f"the test ended, status {status.words}{why}"
 
 
-class ArbinChannel(SteppedChannel):
-    """The software stepper on an Arbin channel; each step's safety limits also become the
-    channel's own (MV_UD5..MV_UD7) before its output turns on."""
-
-    def __init__(self, arbin: Arbin, clock: Clock, poll_interval_s: float = 1.0) -> None:
-        super().__init__(arbin, clock, poll_interval_s, rest_between_steps=True)
-        self.arbin = arbin
-
-    def run(
-        self,
-        command: StepCommand,
-        start: StepProgress,
-        limits: SafetyLimits,
-        pause_at_s: float | None = None,
-    ) -> AsyncGenerator[Batch | StepEnd, None]:
-        self.arbin.safety = limits
-        return super().run(command, start, limits, pause_at_s)
-
-
 @asynccontextmanager
 async def open_cycler_channel(
     resource: str, cycler_channel: int, clock: Clock, poll_s: float
@@ -355,7 +337,7 @@ async def open_cycler_channel(
     arbin = Arbin(host, port, cycler_channel)
     await arbin.open()
     try:
-        yield ArbinChannel(arbin, clock, poll_s)
+        yield SteppedChannel(arbin, clock, poll_s, rest_between_steps=True)
     finally:
         await arbin.close()
 

@@ -206,6 +206,15 @@ class LinkWatched(Protocol):
 
 
 @runtime_checkable
+class KeepsSafety(Protocol):
+    """An instrument with safety limits of its own (a cycler's channel): it is told each step's
+    limits before the step's output turns on, so that it stops the cell itself when its host is
+    late or gone."""
+
+    def keep_safety(self, limits: SafetyLimits) -> None: ...
+
+
+@runtime_checkable
 class Snapshotting(Protocol):
     """A channel whose cell has a state to checkpoint (a simulated cell): after a restart the
     runner restores it, so the cell is as the crash left it, as a real cell would be."""

@@ -28,14 +28,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from cyclerd.drivers import maccor_wire as mn
 from cyclerd.drivers.base import (
-    Batch,
     Capabilities,
     InstrumentDisconnected,
     InstrumentError,
@@ -43,13 +42,11 @@ from cyclerd.drivers.base import (
     InstrumentGarbled,
     InstrumentTimeout,
     Reading,
-    StepEnd,
-    StepProgress,
 )
 from cyclerd.drivers.clock import Clock, RealClock
 from cyclerd.drivers.cycler import CyclerSurvey, host_and_port
 from cyclerd.drivers.stepper import SteppedChannel
-from cyclerd.protocols.program import SafetyLimits, StepCommand
+from cyclerd.protocols.program import SafetyLimits
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -79,7 +76,7 @@ class MaccorCycler:
             raise ValueError(f"cycler channels count from 1, not {cycler_channel}")
         self.resource, self.cycler_channel = resource, cycler_channel
         self.clock: Clock = clock or RealClock()
-        # The step's safety window; MaccorChannel sets it before each step.
+        # The step's safety window, kept before each step (KeepsSafety).
         self.safety = SafetyLimits()
         self.identity = ""
         self._chan = cycler_channel - 1  # MacNet counts from 0
@@ -98,6 +95,10 @@ class MaccorCycler:
     @property
     def capabilities(self) -> Capabilities:
         return CAPABILITIES
+
+    def keep_safety(self, limits: SafetyLimits) -> None:
+        """The next step's safety window: set on the cycler before its output turns on."""
+        self.safety = limits
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -350,34 +351,16 @@ class MaccorCycler:
             raise InstrumentDisconnected(self.name, f"link failed: {exc}") from None
 
 
-class MaccorChannel(SteppedChannel):
-    """The software stepper on a Maccor channel; the cycler learns each step's safety window."""
-
-    def __init__(self, cycler: MaccorCycler, clock: Clock, poll_interval_s: float = 1.0) -> None:
-        super().__init__(cycler, clock, poll_interval_s, rest_between_steps=True)
-        self.cycler = cycler
-
-    def run(
-        self,
-        command: StepCommand,
-        start: StepProgress,
-        limits: SafetyLimits,
-        pause_at_s: float | None = None,
-    ) -> AsyncGenerator[Batch | StepEnd, None]:
-        self.cycler.safety = limits
-        return super().run(command, start, limits, pause_at_s)
-
-
 @asynccontextmanager
 async def open_cycler_channel(
     resource: str, cycler_channel: int, clock: Clock, poll_s: float
-) -> AsyncIterator[MaccorChannel]:
+) -> AsyncIterator[SteppedChannel]:
     """Channel `cycler_channel` (from 1) of the Maccor at `resource` in direct mode; its test is
     stopped (output off) on the way out."""
     cycler = MaccorCycler(resource, cycler_channel, clock)
     try:
         await cycler.open()
-        yield MaccorChannel(cycler, clock, poll_s)
+        yield SteppedChannel(cycler, clock, poll_s, rest_between_steps=True)
     finally:
         await cycler.close()
 

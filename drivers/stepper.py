@@ -24,6 +24,7 @@ from cyclerd.drivers.base import (
     Batch,
     Capabilities,
     InstrumentFault,
+    KeepsSafety,
     LinkWatched,
     Reopenable,
     SourceMeasure,
@@ -77,6 +78,7 @@ class SteppedChannel:
         # Asked once: isinstance() against a runtime-checkable Protocol walks its members, and
         # per reading that cost as much as the reading's own query.
         self._watched = instrument if isinstance(instrument, LinkWatched) else None
+        self._keeps = instrument if isinstance(instrument, KeepsSafety) else None
 
     @property
     def name(self) -> str:
@@ -106,6 +108,8 @@ class SteppedChannel:
     ) -> AsyncGenerator[Batch | StepEnd, None]:
         if isinstance(command, SweepCommand | ImpedanceCommand):
             raise NotImplementedError(f"{self.instrument.name} cannot run {command.kind} steps")
+        if self._keeps is not None:
+            self._keeps.keep_safety(limits)
         try:
             await self._source(command, limits)
             async for item in self._poll(command, start, limits, pause_at_s, self.clock.now()):

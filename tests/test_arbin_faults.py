@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from cyclerd.drivers.arbin import Arbin, ArbinChannel
+from cyclerd.drivers.arbin import Arbin
 from cyclerd.drivers.base import InstrumentDisconnected
 from cyclerd.drivers.clock import AcceleratedClock
+from cyclerd.drivers.stepper import SteppedChannel
 from cyclerd.engine.cursor import Cursor
 from cyclerd.engine.runner import Runner
 from cyclerd.engine.sinks import RunEvent, Sink, StepEnded
@@ -121,7 +122,10 @@ async def test_a_fault_leaves_the_cell_safe_and_the_other_channels_running(
     striking = asyncio.create_task(strike(emulator, case))
     try:
         result = await Runner(
-            compile_protocol(loads(PLATE)), ArbinChannel(arbin, clock, POLL_S), clock, record
+            compile_protocol(loads(PLATE)),
+            SteppedChannel(arbin, clock, POLL_S, rest_between_steps=True),
+            clock,
+            record,
         ).run()
     finally:
         striking.cancel()

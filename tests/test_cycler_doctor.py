@@ -10,6 +10,7 @@ from typing import Any
 
 import pymacnet  # type: ignore[import-untyped]
 import pytest
+from test_maccor import pymacnet_config
 
 from cyclerd.doctor.diagnose import diagnose
 from cyclerd.doctor.verdict import Verdict
@@ -57,27 +58,7 @@ def test_doctor_names_each_cyclers_identity_and_channels(tmp_path: Path, driver:
 def test_doctor_warns_of_a_lab_channel_whose_cycler_channel_runs_someone_elses_test(tmp_path: Path) -> None:
     emulator = MaccorEmulator("mgagsn", 4, 1, 3600.0)
     with running(emulator) as port:
-        others = {
-            "server_ip": "127.0.0.1",
-            "json_msg_port": port,
-            "bin_msg_port": emulator.binary_port,
-            "msg_buffer_size_bytes": 4096,
-            "channel": 3,
-            "test_name": "formation-17",
-            "test_procedure": "unused",
-            "c_rate_ah": 1,
-            "v_max_safety_limit_v": 3.0,
-            "v_min_safety_limit_v": -0.5,
-            "i_max_safety_limit_a": 0.01,
-            "i_min_safety_limit_a": 0.01,
-            "power_safety_limit_chg_w": 1,
-            "power_safety_limit_dsg_w": 1,
-            "v_max_v": 2.0,
-            "v_min_v": -0.3,
-            "data_record_time_s": 10,
-            "data_record_voltage_delta_vbys": 0,
-            "data_record_current_delta_abys": 0,
-        }
+        others = pymacnet_config(emulator, 3, test_name="formation-17")
         assert pymacnet.ChannelInterface(others).start_test_with_direct_control()
         checks = {c.name: c for c in asyncio.run(diagnose(write_lab(tmp_path, "maccor", port, [1, 3]), 2.0))}
         busy = checks["instrument cyc"]

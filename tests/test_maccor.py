@@ -27,7 +27,8 @@ from cyclerd.drivers import maccor_wire as mn
 from cyclerd.drivers.base import Batch, InstrumentFault, StepEnd, StepProgress, unmet_needs
 from cyclerd.drivers.clock import AcceleratedClock
 from cyclerd.drivers.cycler import ResourceError
-from cyclerd.drivers.maccor import CAPABILITIES, MaccorChannel, MaccorCycler, open_cycler_channel, survey
+from cyclerd.drivers.maccor import CAPABILITIES, MaccorCycler, open_cycler_channel, survey
+from cyclerd.drivers.stepper import SteppedChannel
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.protocols.program import Loop
@@ -99,7 +100,7 @@ def macnet(port: int, name: str, **params: Any) -> dict[str, Any]:
         link.close()
 
 
-async def run_steps(channel: MaccorChannel, text: str) -> list[tuple[list[Batch], StepEnd]]:
+async def run_steps(channel: SteppedChannel, text: str) -> list[tuple[list[Batch], StepEnd]]:
     """Each step of `text` on `channel`: its batches and its end."""
     program = compile_protocol(loads(text))
     steps = []
@@ -223,7 +224,7 @@ async def test_a_cc_step_to_a_cutoff_and_a_rest_follow_the_cell(cycler: tuple[Ma
     emulator, resource = cycler
     cell = emulator.bank.channel(1)
     async with open_cycler_channel(resource, 1, AcceleratedClock(SPEED), POLL_S) as channel:
-        assert isinstance(channel, MaccorChannel)
+        assert isinstance(channel, SteppedChannel)
         assert emulator.channels[0].test_name.startswith("cyclerd-001-")
         (plate, plate_end), (rest, rest_end) = await run_steps(channel, PLATE_AND_REST.format(density=1))
         assert cell.limits.voltage_min_V == pytest.approx(-0.55)  # the window, 50 mV wider

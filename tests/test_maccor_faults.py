@@ -20,7 +20,8 @@ from cyclerd.drivers.base import (
     StepProgress,
 )
 from cyclerd.drivers.clock import AcceleratedClock
-from cyclerd.drivers.maccor import MaccorChannel, MaccorCycler
+from cyclerd.drivers.maccor import MaccorCycler
+from cyclerd.drivers.stepper import SteppedChannel
 from cyclerd.protocols import loads
 from cyclerd.protocols.compiler import compile_protocol
 from cyclerd.protocols.program import CurrentCommand, SafetyLimits
@@ -70,15 +71,15 @@ async def maccor(resource: str, number: int) -> AsyncIterator[MaccorCycler]:
 
 
 @asynccontextmanager
-async def bench(resource: str) -> AsyncIterator[tuple[MaccorChannel, MaccorCycler]]:
+async def bench(resource: str) -> AsyncIterator[tuple[SteppedChannel, MaccorCycler]]:
     """Channel 1 as cyclerd steps it, and channel 2 charging at BYSTANDER_A."""
     async with maccor(resource, 1) as victim, maccor(resource, 2) as bystander:
         await bystander.source_current(BYSTANDER_A, 3.0)
-        yield MaccorChannel(victim, AcceleratedClock(SPEED), POLL_S), bystander
+        yield SteppedChannel(victim, AcceleratedClock(SPEED), POLL_S, rest_between_steps=True), bystander
 
 
 async def fault_in_a_plate(
-    emulator: MaccorEmulator, channel: MaccorChannel, inject: Callable[[], None]
+    emulator: MaccorEmulator, channel: SteppedChannel, inject: Callable[[], None]
 ) -> InstrumentFault:
     """Start the long plate on `channel`, inject once its output is on; the fault it ends with."""
     (command,) = PLATE.body
@@ -96,7 +97,7 @@ async def fault_in_a_plate(
     return raised.value
 
 
-async def make_safe(channel: MaccorChannel) -> None:
+async def make_safe(channel: SteppedChannel) -> None:
     """What the runner does after a fault: the cell safe, through a new link if need be."""
     try:
         await channel.safe_state()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from cyclerd.drivers import arbin_messages as cti
 from cyclerd.drivers.arbin import (
@@ -30,6 +29,7 @@ from cyclerd.drivers.arbin import (
 from cyclerd.simulators.cycler_bank import BankChannel, ChannelLimits, CyclerBank
 from cyclerd.simulators.scpi_server import Faults, running
 from cyclerd.simulators.smu_output import Drive
+from cyclerd.simulators.tcp_clients import Clients
 
 __all__ = ["DEFAULT_PORT", "ArbinEmulator", "running", "serve"]
 log = logging.getLogger(__name__)
@@ -227,69 +227,26 @@ class ArbinEmulator:
             channels=channels,
         )
         self.port = port
-        self._server: asyncio.Server | None = None
-        self._clients: dict[asyncio.StreamWriter, asyncio.Task[Any]] = {}
+        self._clients = Clients(self.faults)
 
     async def start(self) -> int:
         """Listen on 127.0.0.1 (port 0: a free one); returns the port."""
-        loop = asyncio.get_running_loop()
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-        def drop() -> None:
-            loop.call_soon_threadsafe(self._drop_all)
-            self.faults.strike("connection dropped")
-
-        self.faults.on_drop(drop)
+        self.port = await self._clients.listen(self._serve, self.port)
         return self.port
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        handlers = list(self._clients.values())
-        self._drop_all()
-        for handler in handlers:
-            handler.cancel()  # it may be sleeping on a delay fault
-        if handlers:
-            await asyncio.wait(handlers)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    def _drop_all(self) -> None:
-        for writer in list(self._clients):
-            writer.close()
+        await self._clients.stop()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients[writer] = task
         session = Session()
-        try:
-            while (frame := await _next_frame(reader)) is not None:
-                reply = self._answer(frame, session)
-                if reply is None:
-                    if not session.logged_in:
-                        break  # a client that has not logged in is shown the door
-                    continue
-                if (delay := self.faults.next_delay()) > 0:
-                    await asyncio.sleep(delay)
-                    self.faults.strike(f"a reply {delay:g} s late")
-                if self.faults.garble_next > 0:
-                    self.faults.garble_next -= 1
-                    reply = bytes(b ^ 0xFF for b in reply[:12]) + reply[12:]  # magic and length
-                    self.faults.strike("a garbled reply")
-                if writer.is_closing():
-                    break
-                writer.write(reply)
-                await writer.drain()
-        except ConnectionError:
-            log.info("client connection lost")
-        except asyncio.CancelledError:
-            log.debug("client handler cancelled")  # only stop() cancels: end quietly, as ScpiServer
-        finally:
-            self._clients.pop(writer, None)
-            writer.close()
+        while (frame := await _next_frame(reader)) is not None:
+            reply = self._answer(frame, session)
+            if reply is None:
+                if not session.logged_in:
+                    return  # a client that has not logged in is shown the door
+                continue
+            if not await self._clients.reply(writer, reply, _garbled):
+                return
 
     def _answer(self, frame: bytes, session: Session) -> bytes | None:
         """The reply to one request; None for none."""
@@ -344,6 +301,10 @@ class ArbinEmulator:
 
     def _channel(self, index: int) -> FollowChannel | None:
         return self.channels[index] if 0 <= index < len(self.channels) else None
+
+
+def _garbled(reply: bytes) -> bytes:
+    return bytes(b ^ 0xFF for b in reply[:12]) + reply[12:]  # its magic and length broken
 
 
 async def _next_frame(reader: asyncio.StreamReader) -> bytes | None:

@@ -30,13 +30,14 @@ import contextlib
 import json
 import logging
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from cyclerd.drivers import maccor_wire as mn
 from cyclerd.simulators.cycler_bank import CyclerBank
 from cyclerd.simulators.maccor_channels import MacNetChannel, Refused, number
 from cyclerd.simulators.scpi_server import Faults, garble, running
+from cyclerd.simulators.tcp_clients import Clients
 
 __all__ = ["DEFAULT_PORT", "Faults", "MaccorEmulator", "running", "serve"]
 log = logging.getLogger(__name__)
@@ -132,9 +133,7 @@ class MaccorEmulator:
         self.channels = [MacNetChannel(channel) for channel in self.bank.channels]
         self.host, self.port = host, port
         self.binary_port = binary_port_for(port) if binary_port is None else binary_port
-        self._servers: list[asyncio.Server] = []
-        self._clients: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
+        self._clients = Clients(self.faults)
         self._watch: asyncio.Task[None] | None = None
         self._dispatch: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "system_info": self._system_info,
@@ -153,22 +152,12 @@ class MaccorEmulator:
 
     async def start(self) -> int:
         """Listen on both ports (0: free ones); returns the JSON-RPC port."""
-        loop = asyncio.get_running_loop()
-        json_server = await asyncio.start_server(self._serve_json, self.host, self.port)
         try:
-            binary_server = await asyncio.start_server(self._serve_binary, self.host, self.binary_port)
+            self.port = await self._clients.listen(self._serve_json, self.port)
+            self.binary_port = await self._clients.listen(self._serve_binary, self.binary_port)
         except OSError:
-            json_server.close()
+            await self._clients.stop()
             raise
-        self._servers = [json_server, binary_server]
-        self.port = int(json_server.sockets[0].getsockname()[1])
-        self.binary_port = int(binary_server.sockets[0].getsockname()[1])
-
-        def drop() -> None:
-            loop.call_soon_threadsafe(self._drop_clients)
-            self.faults.strike("connections dropped")
-
-        self.faults.on_drop(drop)
         self._watch = asyncio.create_task(self._watch_safety())
         return self.port
 
@@ -177,18 +166,7 @@ class MaccorEmulator:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        for server in self._servers:
-            server.close()
-        self._drop_clients()
-        if self._handlers:
-            _, pending = await asyncio.wait(set(self._handlers), timeout=1.0)
-            for task in pending:
-                task.cancel()  # still sleeping on a delay fault
-            if pending:
-                await asyncio.wait(pending)
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers = []
+        await self._clients.stop()
 
     def answer(self, params: dict[str, Any]) -> dict[str, Any]:
         """A MacNet request's `params` -> its reply's `result`; raises Refused."""
@@ -273,71 +251,38 @@ class MaccorEmulator:
 
     async def _serve_json(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream = JsonObjects()
-        async with self._client(writer):
-            while data := await reader.read(65536):
-                for request in stream.feed(data):
-                    await self._send(writer, self._reply_to(request))
-                if stream.pending > MAX_REQUEST_BYTES:
-                    await self._send(writer, mn.error_reply(mn.INVALID_REQUEST, "request too long", None))
-                    return
-
-    async def _send(self, writer: asyncio.StreamWriter, message: bytes) -> None:
-        if (delay := self.faults.next_delay()) > 0:
-            await asyncio.sleep(delay)
-            self.faults.strike(f"a reply {delay:g} s late")
-        if writer.is_closing():
-            return
-        if self.faults.garble_next > 0:
-            self.faults.garble_next -= 1
-            message = ("<" + garble(message.decode())[1:]).encode()  # never JSON: not even its first brace
-            self.faults.strike("a garbled reply")
-        writer.write(message)
-        await writer.drain()
+        while data := await reader.read(65536):
+            for request in stream.feed(data):
+                await self._clients.reply(writer, self._reply_to(request), _garbled)
+            if stream.pending > MAX_REQUEST_BYTES:
+                too_long = mn.error_reply(mn.INVALID_REQUEST, "request too long", None)
+                await self._clients.reply(writer, too_long, _garbled)
+                return
 
     # -- the binary port -----------------------------------------------------------------
 
     async def _serve_binary(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with self._client(writer):
-            while True:
+        while True:
+            try:
+                header = await reader.readexactly(BINARY_HEADER.size)
+                fclass, fnum, chan, length = BINARY_HEADER.unpack(header)
+                data = await reader.readexactly(length)
+            except asyncio.IncompleteReadError:
+                return
+            outcome = 0xFF  # a message not emulated here
+            if (fclass, fnum) == (6, 8) and length == BINARY_OUTPUT.size:
+                current, voltage, _, _, current_range, mode = BINARY_OUTPUT.unpack(data)
+                params = {"Chan": chan, "ChMode": chr(mode), "Current": current, "Voltage": voltage}
+                params["CurrentRange"] = current_range
                 try:
-                    header = await reader.readexactly(BINARY_HEADER.size)
-                    fclass, fnum, chan, length = BINARY_HEADER.unpack(header)
-                    data = await reader.readexactly(length)
-                except asyncio.IncompleteReadError:
-                    return
-                outcome = 0xFF  # a message not emulated here
-                if (fclass, fnum) == (6, 8) and length == BINARY_OUTPUT.size:
-                    current, voltage, _, _, current_range, mode = BINARY_OUTPUT.unpack(data)
-                    params = {"Chan": chan, "ChMode": chr(mode), "Current": current, "Voltage": voltage}
-                    params["CurrentRange"] = current_range
-                    try:
-                        result = self._channel(params).set_output(params)
-                        outcome = 0 if result["Result"] == mn.OK else mn.result_code(result["Result"]) & 0xFF
-                    except Refused:
-                        outcome = 0xFE
-                writer.write(BINARY_HEADER.pack(fclass, fnum, chan, 1) + bytes([outcome]))
-                await writer.drain()
+                    result = self._channel(params).set_output(params)
+                    outcome = 0 if result["Result"] == mn.OK else mn.result_code(result["Result"]) & 0xFF
+                except Refused:
+                    outcome = 0xFE
+            writer.write(BINARY_HEADER.pack(fclass, fnum, chan, 1) + bytes([outcome]))
+            await writer.drain()
 
     # -- clients and the channels' own watch ---------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _client(self, writer: asyncio.StreamWriter) -> AsyncIterator[None]:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(writer)
-        self._handlers.add(task)
-        try:
-            yield
-        except (ConnectionError, asyncio.CancelledError):
-            log.debug("client connection ended")  # quietly: asyncio's stream callback logs otherwise
-        finally:
-            self._clients.discard(writer)
-            self._handlers.discard(task)
-            writer.close()
-
-    def _drop_clients(self) -> None:
-        for writer in list(self._clients):
-            writer.close()
 
     async def _watch_safety(self) -> None:
         """A cycler checks its channels' limits continuously, with or without a host asking."""
@@ -346,6 +291,10 @@ class MaccorEmulator:
             for channel in self.channels:
                 if channel.bank.on:
                     channel.follow()
+
+
+def _garbled(reply: bytes) -> bytes:
+    return ("<" + garble(reply.decode())[1:]).encode()  # never JSON: not even its first brace
 
 
 async def serve(preset: str, port: int | None, speed: float, seed: int, channels: int) -> None:

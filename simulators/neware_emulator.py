@@ -27,6 +27,7 @@ from cyclerd.drivers.neware_stepfile import StepFile, StepFileError, StepType, p
 from cyclerd.simulators.cycler_bank import BankChannel, CyclerBank
 from cyclerd.simulators.neware_runner import CCCV, CV, Record, TestRun
 from cyclerd.simulators.scpi_server import Faults, running
+from cyclerd.simulators.tcp_clients import Clients
 
 __all__ = ["DEFAULT_PORT", "NewareEmulator", "running", "serve"]
 log = logging.getLogger(__name__)
@@ -75,9 +76,7 @@ class NewareEmulator:
         self.port = port
         self.origin = dt.datetime.now()  # the wall date of emulator time 0, for the records' atime
         self._next_test = 1
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._clients = Clients(self.faults)
         self.commands: dict[str, Callable[[ET.Element], bytes]] = {
             "connect": lambda _: wire.reply("connect", "<result>ok</result>"),
             "getdevinfo": self._getdevinfo,
@@ -95,61 +94,23 @@ class NewareEmulator:
     # -- serving -----------------------------------------------------------------------------------
 
     async def start(self) -> int:
-        loop = asyncio.get_running_loop()
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-        def drop() -> None:
-            loop.call_soon_threadsafe(self._drop_all)
-            self.faults.strike("connection dropped")
-
-        self.faults.on_drop(drop)
+        self.port = await self._clients.listen(self._serve, self.port)
         return self.port
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        self._drop_all()
-        tasks = {slot.task for slot in self.slots if slot.task is not None} | self._handlers
-        for task in tasks:
+        runs = [slot.task for slot in self.slots if slot.task is not None]
+        for task in runs:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=2.0)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    def _drop_all(self) -> None:
-        for writer in list(self._clients):
-            writer.close()
+        if runs:
+            await asyncio.wait(runs, timeout=2.0)
+        await self._clients.stop()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        self._clients.add(writer)
         frames = wire.Frames()
-        try:
-            while data := await reader.read(65536):
-                for message in frames.feed(data):
-                    answer = self.handle(message)
-                    if (delay := self.faults.next_delay()) > 0:
-                        await asyncio.sleep(delay)
-                        self.faults.strike(f"a reply {delay:g} s late")
-                    if self.faults.garble_next > 0:
-                        self.faults.garble_next -= 1
-                        answer = broken(answer)
-                        self.faults.strike("a broken reply")
-                    if writer.is_closing():
-                        break
-                    writer.write(answer)
-                    await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            log.debug("client connection ended")
-        finally:
-            self._clients.discard(writer)
-            self._handlers.discard(task)
-            writer.close()
+        while data := await reader.read(65536):
+            for message in frames.feed(data):
+                if not await self._clients.reply(writer, self.handle(message), broken):
+                    return
 
     def handle(self, message: str) -> bytes:
         """One request -> its framed reply."""

@@ -108,3 +108,39 @@ def test_a_channel_tripping_its_own_safety_stops_its_run_and_the_others_complete
         # driver reports it; either way in the cycler's words.
         said = [e["message"] for e in store.events(runs[0].id) if e["kind"] in ("fault", "safety")]
         assert any(TRIPS[driver] in message for message in said), said
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("driver", ["maccor", "neware", "arbin"])
+def test_a_cycler_that_goes_away_stops_its_runs_without_failing_their_jobs(
+    tmp_path: Path, driver: str
+) -> None:
+    """The vendor's API gone for good mid-run: each run stops by the fault policy, in the store as
+    such; that its test could not be stopped on the cycler afterwards is an event to read, not a
+    failed job with a traceback in the journal."""
+    import contextlib
+
+    emulator = EMULATORS[driver]("mgagsn", 2, 5, SPEED)
+    serving = contextlib.ExitStack()
+    port = serving.enter_context(running(emulator))
+    lab = lab_of(tmp_path, driver, port).model_copy(
+        update={"channels": lab_of(tmp_path, driver, port).channels[:2]}
+    )
+    with Store(lab.database) as store:
+        for n in (1, 2):
+            store.jobs.submit(f"c{n}", "E1", E1_TWO_CYCLES, "e1.yaml", {})
+
+    def vanish() -> None:
+        channel = emulator.bank.channel(1)
+        deadline = time.monotonic() + 30
+        while not (channel.on and channel.step_time_s > 1800.0) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        serving.close()
+
+    threading.Thread(target=vanish, daemon=True).start()
+    asyncio.run(asyncio.wait_for(Daemon(lab).run(until_idle=True), 60))
+    with Store(lab.database) as store:
+        assert not store.jobs.list("failed"), [job["reason"] for job in store.jobs.list("failed")]
+        assert {run.state for run in store.runs()} == {"stopped"}
+        unsure = ("could not release", "could not confirm the cell is safe")
+        assert any(w in e["message"] for e in store.events() for w in unsure)

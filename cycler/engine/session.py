@@ -17,9 +17,10 @@ import asyncio
 import functools
 import logging
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -168,6 +169,27 @@ Device = SimulatedCell | Instrument
 
 
 @asynccontextmanager
+async def _released(
+    opening: AbstractAsyncContextManager[Channel], name: str, device: Instrument, note: Callable[[str], None]
+) -> AsyncIterator[Channel]:
+    """The opened channel; a failure to release it afterwards (the instrument gone when its test is
+    to be stopped) is noted, and never takes the place of how the run ended, nor of the error that
+    ended it."""
+    channel = await opening.__aenter__()
+    try:
+        yield channel
+    finally:
+        ending = sys.exc_info()
+        try:
+            await opening.__aexit__(*ending)
+        except (InstrumentFault, OSError) as exc:
+            if exc is ending[1]:
+                raise
+            check = "check in its own software that the channel is stopped"
+            note(f"{name}: could not release {device.called} ({exc}); {check}")
+
+
+@asynccontextmanager
 async def open_device(
     device: Device, program: Program | None, name: str, cursor: Cursor | None, note: Callable[[str], None]
 ) -> AsyncIterator[tuple[Channel, Clock]]:
@@ -196,9 +218,10 @@ async def open_device(
         while True:
             attempt += 1
             try:
-                instrument = await stack.enter_async_context(
-                    open_channel(device.driver, device.resource, real, device.poll_s, device.cycler_channel)
+                opening = open_channel(
+                    device.driver, device.resource, real, device.poll_s, device.cycler_channel
                 )
+                instrument = await stack.enter_async_context(_released(opening, name, device, note))
                 break
             except (InstrumentFault, OSError) as exc:
                 if device.give_up_s is not None and waited >= device.give_up_s:

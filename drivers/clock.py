@@ -94,6 +94,26 @@ class VirtualClock:
         return 0.0
 
 
+class PacedClock(VirtualClock):
+    """Virtual time kept to `speed` simulated seconds per wall-clock second: a simulated lab
+    that people can watch (the dashboard's demo). Time still moves only when someone sleeps, by
+    exactly what they slept; a sleep only waits for the wall clock to catch up, and a simulation
+    that falls behind runs as fast as it can until it has caught up."""
+
+    def __init__(self, speed: float, start: float = 0.0) -> None:
+        if speed <= 0:
+            raise ValueError("the pace must be positive")
+        super().__init__(start)
+        self.speed = speed
+        self._start = start
+        self._wall_origin = time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        self._now += max(0.0, seconds)
+        due = self._wall_origin + (self._now - self._start) / self.speed
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+
 class AcceleratedClock:
     """Real time sped up by `factor`: for demos against emulators, where sockets need real time."""
 

@@ -68,8 +68,10 @@ async def execute(
     command: Command,
     controls: Controls | None = None,
     refusals: Refusals | None = None,
+    by: str | None = None,
 ) -> dict[str, Any]:
-    """Carry out `command` on `channel`; the reply's fields, without `ok`.
+    """Carry out `command` on `channel`, asked by user `by` when known (the dashboard's login,
+    named in the run's events); the reply's fields, without `ok`.
 
     Pause, resume and stop of a run in `controls` (this process's) act at once; for a run that
     another process runs, the request waits in the store for that process to act on it. A
@@ -79,13 +81,15 @@ async def execute(
     if command.action == "status":
         return _status(store, channel)
     if command.action == "submit":
-        return await _submit(store, channel, command, refusals)
+        return await _submit(store, channel, command, refusals, by)
     run_id = _target_run(store, channel, command.run)
     if controls is not None and run_id in controls:
-        done = controls.act(run_id, command.action)
+        done = controls.act(run_id, command.action, by)
         if done.startswith("refused"):
             raise CommandError(done)
         return {"run": run_id, "result": done}
+    if by is not None:  # the process that runs it says what it did, but not who asked
+        store.record_event(run_id, "control", f"{command.action} asked by {by}", data={"by": by})
     request = store.requests.add(run_id, command.action)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RESULT_WAIT_S
@@ -123,10 +127,12 @@ def _target_run(store: Store, channel: str, run_id: int | None) -> int:
     return run_id
 
 
-async def _submit(store: Store, channel: str, command: Command, refusals: Refusals | None) -> dict[str, Any]:
+async def _submit(
+    store: Store, channel: str, command: Command, refusals: Refusals | None, by: str | None
+) -> dict[str, Any]:
     if command.protocol is None:
         raise CommandError("submit needs 'protocol': the protocol file's text")
-    source = command.name or f"mqtt:{channel}"
+    source = command.name or (f"mqtt:{channel}" if by is None else f"web:{by}")
     unknown = sorted(set(command.cell) - {"cell", "area", "capacity", "mass"})
     if unknown:
         raise CommandError(f"cell: unknown keys {', '.join(unknown)}; use cell, area, capacity, mass")
@@ -140,4 +146,8 @@ async def _submit(store: Store, channel: str, command: Command, refusals: Refusa
     if refusals is not None and (why := refusals(program)):
         raise CommandError(f"refused: {'; '.join(why)}; nothing was queued")
     job = store.jobs.submit(channel, program.name, command.protocol, source, dict(command.cell))
+    if by is not None:
+        store.record_event(
+            None, "job", f"job {job} on {channel} ({program.name}) submitted by {by}", data={"by": by}
+        )
     return {"job": job, "name": program.name}

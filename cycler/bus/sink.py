@@ -2,15 +2,56 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
-from cyclerd.bus.publisher import Bus
 from cyclerd.engine.cursor import Cursor, Phase
 from cyclerd.engine.sinks import Columns, RunEvent, Sink, SpectrumTaken, StepEnded, StepStarted
 from cyclerd.engine.states import FINAL, RunState
 from cyclerd.engine.time_left import InStep, TimeLeft
 from cyclerd.protocols.program import Program
+
+
+class Publisher(Protocol):
+    """A live view of the lab's runs: the MQTT bus (cyclerd.bus.publisher.Bus), the dashboard's
+    hub (cyclerd.web.live.LiveHub). Each hook must return at once: the runner waits for it."""
+
+    def track(self, channel: str, run_id: int) -> None: ...
+
+    def publish_batch(self, channel: str, run_id: int, columns: Mapping[str, Any]) -> None: ...
+
+    def publish_state(self, channel: str, state: Mapping[str, Any]) -> None: ...
+
+    def publish_event(self, channel: str, run_id: int, event: RunEvent) -> None: ...
+
+    def publish_spectrum(self, channel: str, run_id: int, spectrum: SpectrumTaken) -> None: ...
+
+
+class Publishers:
+    """Several live views fed as one, so that each sees the same states, computed once."""
+
+    def __init__(self, publishers: Sequence[Publisher]) -> None:
+        self.publishers = tuple(publishers)
+
+    def track(self, channel: str, run_id: int) -> None:
+        for publisher in self.publishers:
+            publisher.track(channel, run_id)
+
+    def publish_batch(self, channel: str, run_id: int, columns: Mapping[str, Any]) -> None:
+        for publisher in self.publishers:
+            publisher.publish_batch(channel, run_id, columns)
+
+    def publish_state(self, channel: str, state: Mapping[str, Any]) -> None:
+        for publisher in self.publishers:
+            publisher.publish_state(channel, state)
+
+    def publish_event(self, channel: str, run_id: int, event: RunEvent) -> None:
+        for publisher in self.publishers:
+            publisher.publish_event(channel, run_id, event)
+
+    def publish_spectrum(self, channel: str, run_id: int, spectrum: SpectrumTaken) -> None:
+        for publisher in self.publishers:
+            publisher.publish_spectrum(channel, run_id, spectrum)
 
 
 class BusSink(Sink):
@@ -26,7 +67,7 @@ class BusSink(Sink):
     The time left comes from the run's `program` (without one, the state has no time left).
     """
 
-    def __init__(self, bus: Bus, channel: str, run_id: int, program: Program | None = None) -> None:
+    def __init__(self, bus: Publisher, channel: str, run_id: int, program: Program | None = None) -> None:
         self.bus = bus
         self.channel = channel
         self.run_id = run_id

@@ -25,6 +25,7 @@ from cyclerd.cli import control as control_cli
 from cyclerd.cli import doctor as doctor_cli
 from cyclerd.cli import export as export_cli
 from cyclerd.cli import runs as runs_cli
+from cyclerd.cli import web as web_cli
 from cyclerd.cli.exit_codes import ExitCode
 from cyclerd.cli.lab import fail, load_lab, store_to_serve
 from cyclerd.cli.options import AreaOption, CapacityOption, MassOption, cell_spec, console, errors
@@ -234,6 +235,7 @@ control_cli.register(app)
 analysis_cli.register(app)
 export_cli.register(app)
 doctor_cli.register(app)
+web_cli.register(app)
 
 
 def _said(command: Callable[..., None]) -> Callable[..., None]:

@@ -42,6 +42,25 @@ class Mqtt(_Strict):
         return None
 
 
+class Web(_Strict):
+    """The dashboard (cyclerd.web): where it listens, who may log in, and its certificate."""
+
+    bind: str = Field("127.0.0.1", description="The address to listen on; 0.0.0.0 opens it to the network.")
+    port: int = Field(8080, gt=0, lt=65536)
+    users: Path = Field(Path("users.toml"), description="Who may log in (`cyclerd web user add`).")
+    anonymous: bool = Field(False, description="Anyone who can reach the port may look, never control.")
+    tls_cert: Path | None = Field(None, description="A PEM certificate (chain): serve https.")
+    tls_key: Path | None = Field(None, description="The certificate's PEM private key.")
+    session_hours: float = Field(12.0, gt=0, description="A login lasts this long.")
+    max_upload_kb: int = Field(1024, gt=0, description="The largest protocol file the page takes.")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Web:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both for https, or neither")
+        return self
+
+
 class Instrument(_Strict):
     name: str
     driver: Literal["keithley2450", "methodscript", "maccor", "neware", "arbin"]
@@ -86,6 +105,7 @@ class Lab(_Strict):
     lab: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Used in MQTT topics.")
     database: Path = Path("cyclerd.db")
     mqtt: Mqtt | None = None
+    web: Web | None = Field(None, description="The dashboard the daemon serves; unset: none.")
     instruments: list[Instrument] = Field(default_factory=list)
     channels: list[Channel] = Field(min_length=1)
     resume: Literal["resume", "stop"] = Field(
@@ -96,6 +116,12 @@ class Lab(_Strict):
     )
     speed: float = Field(
         1.0, gt=0, description="Time acceleration for instrument channels: >1 only against emulators."
+    )
+    sim_speed: float | None = Field(
+        None,
+        gt=0,
+        description="Simulated channels' pace in simulated seconds per second, to watch them live;"
+        " unset: as fast as the CPU allows.",
     )
     alerts: AlertsConfig | None = Field(
         None, description="Who is told when a run ends other than completed, or the daemon goes away."
@@ -246,6 +272,13 @@ def load_config(path: str | Path) -> Lab:
             if (value := getattr(lab.mqtt, key)) is not None
         }
         update["mqtt"] = lab.mqtt.model_copy(update=files)
+    if lab.web is not None:
+        files = {
+            key: _beside(path, value)
+            for key in ("users", "tls_cert", "tls_key")
+            if (value := getattr(lab.web, key)) is not None
+        }
+        update["web"] = lab.web.model_copy(update=files)
     if lab.alerts is not None:
         update["alerts"] = lab.alerts.beside(path.parent)
     return lab.model_copy(update=update)

@@ -29,7 +29,7 @@ from cyclerd.alerts.notifier import Alerts
 from cyclerd.alerts.sink import AlertSink
 from cyclerd.bus import commands
 from cyclerd.bus.publisher import Bus
-from cyclerd.bus.sink import BusSink
+from cyclerd.bus.sink import BusSink, Publisher, Publishers
 from cyclerd.daemon import reach
 from cyclerd.daemon.config import Channel as ChannelConfig
 from cyclerd.daemon.config import Lab
@@ -56,6 +56,8 @@ from cyclerd.protocols.units import registry
 from cyclerd.store import heartbeat
 from cyclerd.store.database import Run, Store
 from cyclerd.store.heartbeat import keep_beating
+from cyclerd.web.live import LiveHub
+from cyclerd.web.serve import serve_dashboard
 
 __all__ = ["Daemon", "open_store", "serve_lab"]
 
@@ -77,6 +79,8 @@ class Daemon:
         self._commands: Store | None = None  # MQTT commands' own connection, opened with the first
         if bus is not None:
             bus.handle_commands(self.command)
+        self.live = None if lab.web is None else LiveHub(lab.lab)  # the dashboard's feed
+        self._publishers: list[Publisher] = [p for p in (bus, self.live) if p is not None]
 
     async def run(self, until_idle: bool = False) -> None:
         """Serve every channel; with `until_idle`, return once no channel has a job left.
@@ -89,7 +93,7 @@ class Daemon:
         store = await open_store(self.lab.database, wal_thread=True)
         self.alerts.after_restart(heartbeat.last(store))  # read before this daemon's first beat
         try:
-            async with self.alerts, asyncio.TaskGroup() as group:
+            async with self.alerts, serve_dashboard(self.lab, self), asyncio.TaskGroup() as group:
                 poller = group.create_task(forward_requests(store, self.controls), name="requests")
                 beating = group.create_task(keep_beating(store), name="heartbeat")  # for `cyclerd status`
                 channels = [
@@ -109,30 +113,42 @@ class Daemon:
 
     async def command(self, channel: str, payload: bytes) -> dict[str, Any]:
         """Answer one MQTT command: {"ok": true, ...} or {"ok": false, "error": ...}; never raises."""
-        if channel not in {c.name for c in self.lab.channels}:
-            names = ", ".join(c.name for c in self.lab.channels)
-            return {"ok": False, "error": f"no channel {channel!r} in lab {self.lab.lab}; channels: {names}"}
         try:
-            if self._commands is None:
-                self._commands = Store(self.lab.database)
-            command = commands.parse_command(payload)
-            refusals = partial(reach.refusals, self.lab, channel)
-            reply = await commands.execute(self._commands, channel, command, self.controls, refusals)
+            reply = await self.execute(channel, commands.parse_command(payload))
             return {"ok": True, **reply}
         except commands.CommandError as exc:
             return {"ok": False, "error": str(exc)}
+
+    async def execute(self, channel: str, command: commands.Command, by: str | None = None) -> dict[str, Any]:
+        """Carry out a command (MQTT's, the dashboard's, asked by user `by`) on `channel`; the
+        reply's fields. CommandError says why it cannot be carried out."""
+        if channel not in {c.name for c in self.lab.channels}:
+            names = ", ".join(c.name for c in self.lab.channels)
+            raise commands.CommandError(f"no channel {channel!r} in lab {self.lab.lab}; channels: {names}")
+        try:
+            if self._commands is None:
+                self._commands = Store(self.lab.database)
+            return await commands.execute(
+                self._commands, channel, command, self.controls, self.refusals(channel), by
+            )
+        except commands.CommandError:
+            raise
         except Exception as exc:
             problem = as_unwritable(exc, self.lab.database)
             if problem is None:
                 raise
-            return {"ok": False, "error": f"the daemon cannot use its store now: {problem.why}"}
+            raise commands.CommandError(f"the daemon cannot use its store now: {problem.why}") from None
+
+    def refusals(self, channel: str) -> commands.Refusals:
+        """Why `channel` cannot run a program ([] if it may)."""
+        return partial(reach.refusals, self.lab, channel)
 
     # -- one channel ---------------------------------------------------------------------
 
     def _session(self, store: Store, channel: ChannelConfig, cell: str | None = None) -> Session:
         device: Device
         if channel.sim is not None:
-            device = SimulatedCell(channel.sim, channel.seed)
+            device = SimulatedCell(channel.sim, channel.seed, speed=self.lab.sim_speed)
         else:
             found = next(i for i in self.lab.instruments if i.name == channel.instrument)
             device = Instrument(
@@ -146,14 +162,15 @@ class Daemon:
                 label=found.name,
                 cycler_channel=channel.cycler_channel,
             )
-        bus, name = self.bus, channel.name
+        publishers, name = self._publishers, channel.name
 
         def views(run_id: int, program: Program) -> Sequence[Sink]:
             logged = LogSink(log, name, run_id, cell)
             alerting = AlertSink(self.alerts, store, name, run_id)
-            if bus is None:
+            if not publishers:
                 return (logged, alerting)
-            return (BusSink(bus, name, run_id, program), logged, alerting)
+            live = publishers[0] if len(publishers) == 1 else Publishers(publishers)
+            return (BusSink(live, name, run_id, program), logged, alerting)
 
         return Session(store, name, device, self.controls, views, resumable=True)
 
@@ -373,8 +390,8 @@ class Daemon:
         return "done", outcome[0], None
 
     def _publish_state(self, channel: str, state: Mapping[str, Any]) -> None:
-        if self.bus is not None:
-            self.bus.publish_state(channel, state)
+        for publisher in self._publishers:
+            publisher.publish_state(channel, state)
 
 
 async def open_store(path: Path, wal_thread: bool = False) -> Store:

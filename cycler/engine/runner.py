@@ -118,16 +118,17 @@ class Runner:
 
     # -- control -------------------------------------------------------------------------
 
-    def pause(self) -> None:
-        self._transition(RunState.PAUSED, "pause requested")
+    def pause(self, by: str | None = None) -> None:
+        """`by`: who asked (a dashboard user), named in the run's event."""
+        self._transition(RunState.PAUSED, _asked("pause requested", by), by)
         self.control.pause()
 
-    def resume(self) -> None:
-        self._transition(RunState.RUNNING, "resumed")
+    def resume(self, by: str | None = None) -> None:
+        self._transition(RunState.RUNNING, _asked("resumed", by), by)
         self.control.resume()
 
-    def stop(self) -> None:
-        self._transition(RunState.STOPPING, "stop requested")
+    def stop(self, by: str | None = None) -> None:
+        self._transition(RunState.STOPPING, _asked("stop requested", by), by)
         self.control.stop()
 
     @property
@@ -190,11 +191,11 @@ class Runner:
             self.control.pause()
         self._event("gap", *gap_event(cursor, self._outage_s, self.executor.next_seq))
 
-    def _transition(self, state: RunState, message: str) -> None:
+    def _transition(self, state: RunState, message: str, by: str | None = None) -> None:
         check_transition(self.state, state)
         self.state = state
         self.sinks.state_changed(state, self._cycles_begun)
-        self._event("state", message, {"state": state.value})
+        self._event("state", message, {"state": state.value} | ({} if by is None else {"by": by}))
 
     def _event(self, kind: str, message: str, data: Mapping[str, Any] | None = None) -> None:
         self.executor.event(kind, message, data)
@@ -406,3 +407,7 @@ class Runner:
         noted = self._note(command, number, Phase.DONE, None)
         ended = StepEnded(number, self.test_time_s, "spectrum", 0.0, 0.0)
         self.sinks.step_ended(ended, self._cursor(StepProgress()) if noted else None)
+
+
+def _asked(what: str, by: str | None) -> str:
+    return what if by is None else f"{what} by {by}"

@@ -28,7 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from cyclerd.analysis.cycles import CycleSummary, ForwardStats
 from cyclerd.drivers.base import Channel, InstrumentFault, Snapshotting, unmet_needs
-from cyclerd.drivers.clock import AcceleratedClock, Clock, RealClock, VirtualClock
+from cyclerd.drivers.clock import AcceleratedClock, Clock, PacedClock, RealClock, VirtualClock
 from cyclerd.engine.cursor import Cursor
 from cyclerd.engine.instruments import open_channel
 from cyclerd.engine.record import RecordGuard
@@ -144,6 +144,7 @@ class SimulatedCell:
     preset: str
     seed: int = 0
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    speed: float | None = None  # None: as fast as the CPU allows; else paced, to be watched live
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ async def open_device(
     An instrument needs no `program` to be opened; a simulated cell is built for its area."""
     if isinstance(device, SimulatedCell):
         assert program is not None, "a simulated cell is built for its program's area"
-        clock = VirtualClock()
+        clock = VirtualClock() if device.speed is None else PacedClock(device.speed)
         cell = make_cell(device.preset, seed=device.seed, area_m2=program.area_m2, overrides=device.overrides)
         channel = SimulatedChannel(cell, clock, name=name)
         if cursor is not None:
@@ -249,16 +250,17 @@ class Controls:
     def __iter__(self) -> Iterator[int]:
         return iter(list(self._runners))
 
-    def act(self, run_id: int, action: str) -> str:
-        """Carry out `action` on run `run_id`: 'done', or 'refused: why'. KeyError: not here."""
+    def act(self, run_id: int, action: str, by: str | None = None) -> str:
+        """Carry out `action` on run `run_id`, asked by user `by` (named in the run's event):
+        'done', or 'refused: why'. KeyError: not here."""
         runner = self._runners[run_id]
         try:
             if action == "pause":
-                runner.pause()
+                runner.pause(by)
             elif action == "resume":
-                runner.resume()
+                runner.resume(by)
             elif action == "stop":
-                runner.stop()
+                runner.stop(by)
             else:
                 raise TransitionError(f"unknown action {action!r}; actions: {', '.join(ACTIONS)}")
         except TransitionError as exc:

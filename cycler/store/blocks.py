@@ -92,3 +92,31 @@ def read_blocks(rows: Iterable[tuple[Any, ...]], after_seq: int, limit: int | No
     if count == 0:
         return {name: np.empty(0) for name in SAMPLE_COLUMNS}
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def read_columns(
+    rows: Iterable[tuple[Any, ...]], names: tuple[str, ...], after_seq: int
+) -> tuple[dict[str, FloatArray], int]:
+    """Only the columns `names` (each as float64) of block rows (first_seq, last_seq, then one blob
+    per name, in seq order), seq > after_seq; and the last seq read (`after_seq` when none).
+
+    The dashboard plots three of a run's eight columns over millions of samples: decoding only
+    those, and no seq column, is most of what makes a long run's page open fast. A NULL blob
+    (no thermometer) reads as NaN.
+    """
+    parts: list[list[NDArray[Any]]] = [[] for _ in names]
+    dtypes = [_dtype(name) for name in names]
+    last = after_seq
+    for first, last_seq, *blobs in rows:
+        start = max(0, after_seq + 1 - first)
+        n = last_seq - first + 1 - start
+        if n <= 0:
+            continue
+        for part, dtype, blob in zip(parts, dtypes, blobs, strict=True):
+            part.append(np.full(n, np.nan) if blob is None else np.frombuffer(blob, dtype=dtype)[start:])
+        last = last_seq
+    columns = {
+        name: np.concatenate(part).astype(np.float64, copy=False) if part else np.empty(0)
+        for name, part in zip(names, parts, strict=True)
+    }
+    return columns, last

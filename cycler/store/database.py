@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cyclerd.store.blocks import INSERT, SELECT, block_rows, read_blocks
+from cyclerd.store.blocks import BLOB_COLUMNS, INSERT, SELECT, block_rows, read_blocks, read_columns
 from cyclerd.store.migrate import migrate
 from cyclerd.store.queue import JobQueue, Requests
 from cyclerd.store.schema import CYCLE_COLUMNS, SAMPLE_COLUMNS, SCHEMA
@@ -328,6 +328,44 @@ class Store:
             f"{SELECT} WHERE run_id = ? AND last_seq > ? ORDER BY last_seq", (run_id, after_seq)
         )
         return read_blocks(cursor, after_seq, limit)
+
+    def sample_columns(
+        self,
+        run_id: int,
+        names: tuple[str, ...] = ("t", "voltage", "current"),
+        after_seq: int = -1,
+        last_s: float | None = None,
+    ) -> tuple[dict[str, FloatArray], int]:
+        """Some columns of a run's samples with seq > after_seq, and the last seq read
+        (`after_seq` when there is none).
+
+        The dashboard keeps a run's plotted columns in memory and reads only what a live run
+        added since (`after_seq`). `last_s` reads back from the newest block only as far as
+        that many seconds of test time before the last sample (whole blocks, so the first may
+        start earlier): a tile's sparkline of a months-long run reads a few blocks, not the run.
+        """
+        unknown = [name for name in names if name not in BLOB_COLUMNS]
+        if unknown or (last_s is not None and "t" not in names):
+            raise ValueError(f"columns {names}: give some of {BLOB_COLUMNS}, t among them with last_s")
+        select = (
+            f"SELECT first_seq, last_seq, {', '.join(names)} FROM sample_blocks"
+            " WHERE run_id = ? AND last_seq > ? ORDER BY last_seq"
+        )
+        if last_s is None:
+            return read_columns(self._db.execute(select, (run_id, after_seq)), names, after_seq)
+        at = 2 + names.index("t")
+        newest: list[tuple[Any, ...]] = []
+        since: float | None = None
+        cursor = self._db.execute(f"{select} DESC", (run_id, after_seq))
+        for row in cursor:
+            newest.append(row)
+            t = np.frombuffer(row[at], dtype="<f8")
+            if since is None:
+                since = float(t[-1]) - last_s
+            if t[0] <= since:
+                break
+        cursor.close()
+        return read_columns(reversed(newest), names, after_seq)
 
     def spectra(self, run_id: int) -> list[dict[str, Any]]:
         """Each spectrum of a run: sequence, t, step, cycle, frequency and complex impedance."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -388,3 +389,46 @@ def test_web_settings_are_checked_at_their_line(tmp_path: Path) -> None:
     assert isinstance(problem, Problem)
     assert problem.line == 3
     assert "tls_cert and tls_key go together" in problem.message
+
+
+def test_doctor_says_what_keeps_the_dashboard_from_starting(tmp_path: Path) -> None:
+    from cyclerd.doctor.dashboard import check_dashboard
+    from cyclerd.doctor.verdict import Verdict
+
+    lab = make_lab(tmp_path)
+    assert lab.web is not None
+    verdicts = {c.name: c for c in check_dashboard(lab.web, daemon_running=False)}
+    assert verdicts["dashboard users"].verdict is Verdict.OK
+    assert "1 operator(s)" in verdicts["dashboard users"].detail
+    assert verdicts["dashboard port"].verdict is Verdict.OK
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[users.bob]\nrole = "admin"\npassword = "x"\n')
+    exposed = lab.web.model_copy(update={"users": bad, "bind": "0.0.0.0"})
+    verdicts = {c.name: c for c in check_dashboard(exposed, daemon_running=False)}
+    assert verdicts["dashboard users"].verdict is Verdict.FAIL
+    assert "'admin'" in verdicts["dashboard users"].detail
+    assert verdicts["dashboard tls"].verdict is Verdict.WARN
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = lab.web.model_copy(update={"port": taken.getsockname()[1]})
+        (port,) = [c for c in check_dashboard(busy, daemon_running=False) if c.name == "dashboard port"]
+    assert port.verdict is Verdict.FAIL
+    assert "run without its dashboard" in port.detail
+
+
+async def test_a_dashboard_that_cannot_listen_leaves_the_channels_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        lab = make_lab(tmp_path, port=taken.getsockname()[1]).model_copy(update={"sim_speed": None})
+        with Store(lab.database) as store:
+            store.jobs.submit("ch1", "E1", E1.replace("count: 250", "count: 2"), "e1.yaml", {})
+        await asyncio.wait_for(Daemon(lab).run(until_idle=True), 60)
+    with Store(lab.database) as store:
+        assert [job["state"] for job in store.jobs.list()] == ["done"]
+        assert store.runs()[0].state == "completed"
+    said = [r.getMessage() for r in caplog.records if "dashboard" in r.getMessage()]
+    assert any("cannot listen" in line and "the channels run without it" in line for line in said)

@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,7 @@ from cyclerd.cli.exit_codes import ExitCode
 from cyclerd.cli.lab import ConfigOption, ReadDbOption, fail, find, open_store
 from cyclerd.cli.options import console, errors
 from cyclerd.daemon.config import Web
-from cyclerd.web.users import Role, Users, UsersFileError, add_user, remove_user
+from cyclerd.web.users import NAME_PATTERN, Role, Users, UsersFileError, add_user, remove_user
 
 web_app = typer.Typer(
     help="The dashboard: `cyclerd web --db lab.db` serves a store read-only; `cyclerd web user` sets logins.",
@@ -70,6 +71,7 @@ async def _serve(database: Path, settings: Web, users: Users) -> None:
     host = settings.bind if ":" not in settings.bind else f"[{settings.bind}]"
     who = "anyone who reaches it" if settings.anonymous else f"the {len(users)} user(s) of the users file"
     console.print(f"dashboard of {database} (read-only) at http://{host}:{port}/ for {who}", markup=False)
+    sys.stdout.flush()  # said now, not when the server stops: a log or a script reads the address
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -90,6 +92,8 @@ def user_add(
 ) -> None:
     """Add a user, or set a user's role and password; the password is asked for (or read from
     $CYCLERD_WEB_PASSWORD) and stored as a scrypt hash. A running daemon reads the file as it starts."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise fail(f"{name!r} cannot be a login name: use letters, digits, '.', '_' and '-'")
     password = os.environ.get(PASSWORD_ENV)
     if password is None:
         password = getpass.getpass(f"password for {name}: ")

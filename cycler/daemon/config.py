@@ -46,7 +46,7 @@ class Web(_Strict):
     """The dashboard (cyclerd.web): where it listens, who may log in, and its certificate."""
 
     bind: str = Field("127.0.0.1", description="The address to listen on; 0.0.0.0 opens it to the network.")
-    port: int = Field(8080, gt=0, lt=65536)
+    port: int = Field(8080, ge=0, lt=65536, description="0: any free port (the log says which).")
     users: Path = Field(Path("users.toml"), description="Who may log in (`cyclerd web user add`).")
     anonymous: bool = Field(False, description="Anyone who can reach the port may look, never control.")
     tls_cert: Path | None = Field(None, description="A PEM certificate (chain): serve https.")

@@ -20,6 +20,7 @@ from typing import Any
 from cyclerd.doctor.broker import check_broker
 from cyclerd.doctor.config import check_channels, check_config
 from cyclerd.doctor.cyclers import check_cycler
+from cyclerd.doctor.dashboard import check_dashboard
 from cyclerd.doctor.instruments import check_instrument
 from cyclerd.doctor.store import check_database
 from cyclerd.doctor.verdict import Check, Verdict, exit_code
@@ -68,6 +69,7 @@ async def diagnose(config: Path, timeout_s: float = 2.0, ask_instruments: bool =
         ]
     checks = [loaded, *check_channels(lab), *database.result()]
     checks += broker.result() if broker is not None else [Check("broker", Verdict.OK, "no [mqtt]: not used")]
+    checks += check_dashboard(lab.web, daemon_running=bool(pids))
     for instrument, task in zip(lab.instruments, asked, strict=True):
         checks += task.result() if instrument.name in used else map(_unused, task.result())
     return checks

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ class _Channel:
     batches: list[tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]] = field(
         default_factory=list
     )
+    stored_unix: float = 0.0  # when the newest of `batches` was stored (the sinks follow the store)
     changed: bool = False
 
 
@@ -83,6 +85,7 @@ class LiveHub:
         self._advance(live, float(t[-1]), float(voltage[-1]), float(current[-1]))
         if self._pages:
             live.batches.append((np.asarray(t), np.asarray(voltage), np.asarray(current)))
+            live.stored_unix = time.time()
         live.changed = True
 
     def publish_event(self, channel: str, run_id: int, event: RunEvent) -> None:
@@ -154,7 +157,12 @@ class LiveHub:
             if live.batches and live.run is not None:
                 t, voltage, current = (np.concatenate(c) for c in zip(*live.batches, strict=True))
                 t, voltage, current = thin(t, voltage, current, TAIL_POINTS)
-                message = {"type": "samples", "channel": name, "run": live.run}
+                message = {
+                    "type": "samples",
+                    "channel": name,
+                    "run": live.run,
+                    "stored_unix": live.stored_unix,
+                }
                 message |= {"t": t.tolist(), "voltage": voltage.tolist(), "current": current.tolist()}
                 texts.append(_encode(message))
             live.batches.clear()

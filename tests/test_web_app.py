@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 
 from cyclerd.daemon.config import Lab, load_config
 from cyclerd.daemon.service import Daemon
@@ -432,3 +433,15 @@ async def test_a_dashboard_that_cannot_listen_leaves_the_channels_running(
         assert store.runs()[0].state == "completed"
     said = [r.getMessage() for r in caplog.records if "dashboard" in r.getMessage()]
     assert any("cannot listen" in line and "the channels run without it" in line for line in said)
+
+
+async def test_a_visitor_sent_to_log_in_comes_back_to_the_whole_address(tmp_path: Path) -> None:
+    async with serving(make_lab(tmp_path), jobs=()) as served, aiohttp.ClientSession() as visitor:
+        wanted = "/history?channel=ch1&state=completed"
+        async with visitor.get(f"{served.url}{wanted}", allow_redirects=False) as answer:
+            assert answer.status == 302
+            login = yarl.URL(answer.headers["Location"])
+        assert login.path == "/login"
+        assert login.query["next"] == wanted
+        async with visitor.get(f"{served.url}/static/main.js") as answer:
+            assert answer.content_type in ("text/javascript", "application/javascript")

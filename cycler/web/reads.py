@@ -111,13 +111,11 @@ def _tile_of_run(reader: Reader, store: Store, run: Run) -> dict[str, Any]:
     rows = store.read(
         "SELECT t, unix, kind, message FROM events WHERE run_id = ? ORDER BY id DESC LIMIT 1", (run.id,)
     )
-    step = store.read("SELECT kind FROM steps WHERE run_id = ? ORDER BY number DESC LIMIT 1", (run.id,))
     tile = {
         "run": run.id,
         "run_name": run.name,
         "state": run.state,
         "step_label": stand.step_label,
-        "step_kind": step[0]["kind"] if step else None,
         "cycle": stand.cycle,
         "step_time_s": stand.step_time_s,
         "elapsed_s": stand.elapsed_s,

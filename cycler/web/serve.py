@@ -17,7 +17,7 @@ from aiohttp import web
 
 from cyclerd.daemon.config import Lab, Web
 from cyclerd.web import app
-from cyclerd.web.app import Control, Dashboard
+from cyclerd.web.dashboard import Control, Dashboard
 from cyclerd.web.live import LiveHub
 from cyclerd.web.reads import ChannelInfo, Reader, channels_of_store
 from cyclerd.web.sessions import Sessions

@@ -54,8 +54,11 @@ class SeriesPlot {
     container.after(this.status);
   }
 
+  /** One bucket per pixel of the plotting area (the server sends each bucket's min and max). */
   points() {
-    return Math.max(50, Math.min(4000, Math.round(this.container.clientWidth || 800)));
+    const area = this.plot && !this.container.hidden ? this.plot.over.clientWidth : 0;
+    const estimate = plotWidth(this.container) - 2 * Math.round(3.4 * remPx());
+    return Math.max(50, Math.min(4000, Math.round(area || estimate)));
   }
 
   async load(t0h = null, t1h = null) {

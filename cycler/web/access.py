@@ -1,0 +1,112 @@
+"""Who is asking, and what they may do: looking takes a session (or anonymous viewing); acting
+takes an operator's session, its CSRF token and a request from one of the dashboard's own pages
+(its Origin), so that another site open in the same browser cannot act for the user. Logging in
+and out are here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from cyclerd.web.dashboard import of
+from cyclerd.web.jsontext import dumps
+from cyclerd.web.sessions import Session, csrf_ok, same_origin
+
+log = logging.getLogger(__name__)
+
+COOKIE = "cyclerd_session"
+
+
+def session_of(request: web.Request) -> Session | None:
+    return of(request).sessions.get(request.cookies.get(COOKIE))
+
+
+def may_look(request: web.Request) -> bool:
+    return of(request).anonymous or session_of(request) is not None
+
+
+def must_look(request: web.Request) -> None:
+    if not may_look(request):
+        raise json_error(401, "log in to see this lab (or ask for anonymous viewing in lab.toml's [web])")
+
+
+def can_control(request: web.Request) -> bool:
+    """Whether this request's user may pause, resume, stop and submit here."""
+    session = session_of(request)
+    return session is not None and session.may_control and of(request).control is not None
+
+
+def operator(request: web.Request) -> Session:
+    """The session of a state-changing request, which must come from one of the dashboard's own
+    pages (Origin), carry the session's CSRF token, and be an operator's; else 403."""
+    dashboard = of(request)
+    if not same_origin(
+        request.headers.get("Origin"), request.headers.get("Referer"), request.scheme, request.host
+    ):
+        raise json_error(403, "refused: the request does not come from this dashboard's own page")
+    if dashboard.control is None:
+        raise json_error(403, "this dashboard only reads its store (cyclerd web --db): no control here")
+    session = session_of(request)
+    if session is None:
+        raise json_error(403, "log in first: only a logged-in operator may control runs")
+    if not csrf_ok(session, request.headers.get("X-CSRF-Token")):
+        raise json_error(403, "refused: the request lacks this session's CSRF token; reload the page")
+    if not session.may_control:
+        raise json_error(403, f"{session.user} is a {session.role}: only an operator may control runs")
+    return session
+
+
+def json_error(status: int, message: str) -> web.HTTPException:
+    error = web.HTTPException(text=dumps({"ok": False, "error": message}), content_type="application/json")
+    error.set_status(status)
+    return error
+
+
+def json_response(value: Any, status: int = 200) -> web.Response:
+    return web.Response(text=dumps(value), status=status, content_type="application/json")
+
+
+async def log_in(request: web.Request) -> web.StreamResponse:
+    dashboard = of(request)
+    if not same_origin(
+        request.headers.get("Origin"), request.headers.get("Referer"), request.scheme, request.host
+    ):
+        raise json_error(403, "refused: log in from this dashboard's own login page")
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, Mapping) or not isinstance(body.get("user"), str):
+        raise json_error(400, "send {user, password} as JSON")
+    name, password = body["user"], str(body.get("password") or "")
+    if not dashboard.users:
+        raise json_error(
+            401, "nobody can log in yet: add a user with `cyclerd web user add NAME --role operator`"
+        )
+    user = await asyncio.to_thread(dashboard.users.authenticate, name, password)  # one scrypt
+    if user is None:
+        why = dashboard.users.locked_out(name) or "wrong user name or password"
+        log.warning("dashboard: a login as %r failed (%s)", name, why)
+        raise json_error(401, why)
+    session = dashboard.sessions.open(user)
+    log.info("dashboard: %s logged in as %s", user.name, user.role)
+    response = json_response({"ok": True, "user": user.name, "role": user.role.value})
+    response.set_cookie(COOKIE, session.token, **dashboard.sessions.cookie_attributes(dashboard.secure))
+    return response
+
+
+async def log_out(request: web.Request) -> web.StreamResponse:
+    dashboard = of(request)
+    if not same_origin(
+        request.headers.get("Origin"), request.headers.get("Referer"), request.scheme, request.host
+    ):
+        raise json_error(403, "refused: log out from this dashboard's own page")
+    dashboard.sessions.close(request.cookies.get(COOKIE))
+    response = json_response({"ok": True})
+    response.del_cookie(COOKIE, path="/")
+    return response

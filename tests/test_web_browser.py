@@ -175,6 +175,24 @@ def test_a_run_page_plots_the_run_and_lists_its_events(lab: Lab, page: Any) -> N
     page.goto(f"{lab.url}/runs/{run}")
     wait_until(page, "() => Number(document.body.dataset.plotPoints || 0) > 100")
     assert page.locator("#plot-vi canvas").count() >= 1
+    # Zoom: drag across the middle of the plot; the page fetches that range's detail.
+    box = page.locator("#plot-vi .u-over").bounding_box()
+    assert box is not None
+    middle = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.4, middle)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, middle, steps=5)
+    page.mouse.up()
+    wait_until(page, "() => runView.series.zoom !== null")
+    zoomed = page.evaluate("runView.series.zoom")
+    wait_until(page, "() => runView.series.shown.samples < runView.series.whole.samples")  # the detail came
+    # Pan: half a range back, the same width.
+    page.get_by_role("button", name="Earlier: pan back by half the range shown").click()
+    panned = page.evaluate("runView.series.zoom")
+    assert abs((panned[1] - panned[0]) - (zoomed[1] - zoomed[0])) < 1e-9
+    assert panned[0] < zoomed[0]
+    page.get_by_role("button", name="Show the whole run (or double-click the plot)").click()
+    wait_until(page, "() => runView.series.zoom === null")
     page.locator("#events tr").first.wait_for()
     assert "run started" in page.locator("#events").inner_text()
     wait_until(page, "() => document.querySelector('#plot-cycles canvas') !== null")

@@ -189,9 +189,14 @@ function applyState(ch, state) {
 /** Adds live samples to a sparkline, keeping the last hour of test time and a bounded number of points. */
 function appendSpark(spark, t, voltage) {
   const n = Math.min(t.length, voltage.length);
+  // A message may repeat samples /api/lab already gave (the socket and the read race at the
+  // page's start): only what is newer than the line's end is added, so the line never runs back.
+  let last = spark.t.length ? spark.t[spark.t.length - 1] : -Infinity;
   for (let i = 0; i < n; i++) {
+    if (!(t[i] > last)) continue;
     spark.t.push(t[i]);
     spark.voltage.push(voltage[i]);
+    last = t[i];
   }
   if (!spark.t.length) return;
   const since = spark.t[spark.t.length - 1] - SPARK_SPAN_S;

@@ -51,7 +51,36 @@ class SeriesPlot {
     this.fetchZoom = debounce((t0, t1) => this.zoom && this.load(t0, t1), 200);
     this.reloadWhole = debounce(() => !this.zoom && this.load(), 2000);
     this.status = el("p", { class: "plot-status" });
-    container.after(this.status);
+    const button = (label, title, act) =>
+      el("button", { type: "button", class: "plot-pan", title, "aria-label": title, onclick: act }, label);
+    this.nav = el("div", { class: "plot-nav" },
+      button("◀", "Earlier: pan back by half the range shown", () => this.pan(-0.5)),
+      button("▶", "Later: pan on by half the range shown", () => this.pan(0.5)),
+      button("Whole run", "Show the whole run (or double-click the plot)", () => this.showWhole()));
+    container.after(this.nav, this.status);
+    container.tabIndex = 0; // the arrow keys pan a zoomed plot that has the focus
+    container.addEventListener("keydown", (e) => {
+      if (e.key === "ArrowLeft" || e.key === "ArrowRight") {
+        e.preventDefault();
+        this.pan(e.key === "ArrowLeft" ? -0.5 : 0.5);
+      }
+    });
+  }
+
+  /** Move a zoomed view along the run by `fraction` of its width, then fetch that range's detail. */
+  pan(fraction) {
+    if (!this.zoom || !this.whole) return;
+    const [a, b] = this.zoom;
+    const width = b - a;
+    const whole = wholeRange(this.whole);
+    if (!whole) return;
+    const [start, end] = whole;
+    const t0 = Math.min(Math.max(a + fraction * width, start), Math.max(start, end - width));
+    const range = [t0, t0 + width];
+    this.zoom = range;
+    this.request++;
+    this.setX(range);
+    this.fetchZoom(range[0], range[1]);
   }
 
   /** One bucket per pixel of the plotting area (the server sends each bucket's min and max). */
@@ -202,7 +231,8 @@ function seriesNote(data, zoomed) {
   if (!data.count) return zoomed ? "No samples in this range." : "No samples recorded yet.";
   const how = data.decimated ? "drawn as each pixel's minimum and maximum" : "all drawn";
   return `${data.samples.toLocaleString("en")} samples in this range, ${how}. ` +
-    "Drag across the plot to zoom in; double-click for the whole run.";
+    (zoomed ? "◀ ▶ or the arrow keys pan; double-click for the whole run."
+      : "Drag across the plot to zoom in; double-click for the whole run.");
 }
 
 function wholeRange(data, body) {

@@ -20,11 +20,13 @@ import aiohttp
 import pytest
 import yarl
 
-from cyclerd.daemon.config import Lab, load_config
+from cyclerd.daemon.config import Lab, Web, load_config
 from cyclerd.daemon.service import Daemon
 from cyclerd.protocols import ProtocolError, load
 from cyclerd.protocols.errors import Problem
 from cyclerd.store.database import Store
+from cyclerd.web import app
+from cyclerd.web.serve import serve_store
 from cyclerd.web.users import Role, Users, add_user
 from tests.mosquitto import free_port
 
@@ -349,10 +351,6 @@ async def test_https_with_the_configured_certificate_and_a_secure_cookie(tmp_pat
 
 
 async def test_a_store_is_served_read_only_by_cyclerd_web(tmp_path: Path) -> None:
-    from cyclerd.daemon.config import Web
-    from cyclerd.web import app
-    from cyclerd.web.serve import serve_store
-
     lab = make_lab(tmp_path)
     async with serving(lab, jobs=("ch1",)) as served:
         run = served.run_of("ch1")
@@ -445,3 +443,30 @@ async def test_a_visitor_sent_to_log_in_comes_back_to_the_whole_address(tmp_path
         assert login.query["next"] == wanted
         async with visitor.get(f"{served.url}/static/main.js") as answer:
             assert answer.content_type in ("text/javascript", "application/javascript")
+
+
+async def test_the_cycles_shown_are_the_reports_figures(tmp_path: Path) -> None:
+    from cyclerd.analysis.cycles import coulombic_efficiencies, cumulative_ce
+    from cyclerd.analysis.plot_data import load_run
+
+    lab = make_lab(tmp_path).model_copy(update={"sim_speed": None})
+    with Store(lab.database) as store:
+        store.jobs.submit("ch1", "E1", E1.replace("count: 250", "count: 6"), "e1.yaml", {})
+    await asyncio.wait_for(Daemon(lab).run(until_idle=True), 60)
+    with Store(lab.database) as store:
+        run = store.runs()[0].id
+        cycles = load_run(store, run).cycles
+    assert lab.web is not None
+    settings = lab.web.model_copy(update={"anonymous": True})
+    runner, dashboard = await serve_store(lab.database, settings, Users())
+    url = f"http://127.0.0.1:{lab.web.port}/api/runs/{run}/cycles"
+    try:
+        async with aiohttp.ClientSession() as client, client.get(url) as answer:
+            shown = await answer.json()
+    finally:
+        await app.stop(runner, dashboard)
+    assert shown["cycle"] == [c.cycle for c in cycles] == [1, 2, 3, 4, 5, 6]
+    assert (shown["forward_label"], shown["reverse_label"]) == ("plated", "stripped")
+    assert shown["ce_percent"] == pytest.approx(100 * coulombic_efficiencies(cycles))
+    assert shown["cumulative_ce_percent"] == pytest.approx(100 * cumulative_ce(cycles))
+    assert shown["reverse_mAh"] == pytest.approx([c.reverse_As / 3.6 for c in cycles])

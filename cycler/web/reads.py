@@ -237,15 +237,12 @@ def cycles_view(reader: Reader, run_id: int) -> dict[str, Any]:
     store = reader.store()
     store.run(run_id)  # KeyError for an unknown run
     cycles = store.cycles(run_id)
-    forward_sign = cycles["forward_sign"]
-    plating = bool(len(forward_sign)) and float(forward_sign[0]) < 0
-    symmetric = _symmetric(store, run_id)
-    if symmetric:
-        labels = ("plated", "stripped") if plating else ("stripped", "plated")
-    else:
-        labels = ("discharged", "charged") if plating else ("charged", "discharged")
+    # As the report names them: a cycle that begins with negative current plates lithium (a
+    # seed-layer half-cell); one that begins by charging is a full cell's.
+    plating = bool(len(cycles["forward_sign"])) and float(cycles["forward_sign"][0]) < 0
+    labels = ("plated", "stripped") if plating else ("charged", "discharged")
     ce = cycles["coulombic_efficiency"]
-    cumulative = np.cumprod(np.where(np.isfinite(ce), ce, 1.0)) if len(ce) else ce
+    cumulative = np.cumprod(ce)  # the paper's cumulative CE, as in the report: unknown after an unknown CE
     return {
         "cycle": cycles["cycle"].astype(int).tolist(),
         "forward_mAh": (cycles["forward_As"] / 3.6).tolist(),
@@ -253,15 +250,8 @@ def cycles_view(reader: Reader, run_id: int) -> dict[str, Any]:
         "forward_label": labels[0],
         "reverse_label": labels[1],
         "ce_percent": _percent(ce),
-        "cumulative_ce_percent": _percent(np.where(np.isfinite(ce), cumulative, np.nan)),
+        "cumulative_ce_percent": _percent(cumulative),
     }
-
-
-def _symmetric(store: Store, run_id: int) -> bool:
-    """Whether the run plates and strips lithium (a seed layer, a symmetric cell) rather than
-    charging a full cell: the steps' labels say so in every library protocol."""
-    rows = store.read("SELECT DISTINCT label FROM steps WHERE run_id = ? LIMIT 50", (run_id,))
-    return any("plat" in str(r["label"]).lower() or "strip" in str(r["label"]).lower() for r in rows)
 
 
 def _percent(fractions: np.ndarray) -> list[float | None]:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint types unit mosquitto chromium clean
+.PHONY: demo dashboard test install lint types unit mosquitto chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,19 @@ demo: install
 	$(BIN)/cyclerd report 1 --db demo.db --output demo-report.html
 	$(BIN)/cyclerd validate protocols/library/*.yaml > demo-plans.txt
 	@echo "the run's report: demo-report.html; plans of every library protocol: demo-plans.txt"
+
+# A simulated lab to watch (docs/demo-lab.toml): four E1 runs paced at an hour of test time a
+# second, the dashboard at http://127.0.0.1:8080/; log in as demo / demo-password to control.
+# Ctrl-C stops the lab (every cell made safe, as for a real one).
+dashboard: install
+	rm -rf demo-lab && mkdir demo-lab && cp docs/demo-lab.toml demo-lab/lab.toml
+	CYCLERD_WEB_PASSWORD=demo-password $(BIN)/cyclerd web user add demo --role operator --users demo-lab/users.toml
+	$(BIN)/cyclerd serve --config demo-lab/lab.toml & \
+	  until [ -f demo-lab/lab.db ]; do sleep 0.2; done; \
+	  for i in 1 2 3 4; do \
+	    $(BIN)/cyclerd submit protocols/library/plating_stripping.yaml --channel ch$$i --config demo-lab/lab.toml; \
+	  done; \
+	  echo "the lab's dashboard: http://127.0.0.1:8080/ (Ctrl-C stops the lab)"; wait
 
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || command -v /usr/sbin/mosquitto >/dev/null 2>&1 || \

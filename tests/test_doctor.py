@@ -156,6 +156,7 @@ def test_a_good_lab_passes_every_check_and_the_instruments_are_left_as_they_were
         "broker login",
         "instrument smu1",
         "instrument es4",
+        "dashboard",
     ]
     assert "MODEL 2450, serial 04400001, firmware 1.7.12b" in checks["instrument smu1"].detail
     es4 = checks["instrument es4"].detail

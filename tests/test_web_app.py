@@ -120,17 +120,17 @@ async def test_the_live_feed_shows_each_channel_moving_within_a_second(tmp_path:
             seen: dict[str, list[dict[str, Any]]] = {"ch1": [], "ch2": []}
             samples: dict[str, int] = {"ch1": 0, "ch2": 0}
             start = time.monotonic()
-            hello = json.loads((await socket.receive(timeout=5)).data)
-            assert hello == {"type": "hello", "lab": "weblab"}
+            first = json.loads((await socket.receive(timeout=5)).data)  # each message: a list of updates
+            assert first[0] == {"type": "hello", "lab": "weblab"}
             while time.monotonic() - start < 5 and not all(
                 len({s.get("cycle") for s in seen[c]}) >= 2 and samples[c] for c in seen
             ):
-                message = json.loads((await socket.receive(timeout=5)).data)
-                if message["type"] == "state":
-                    seen[message["channel"]].append(message["state"])
-                elif message["type"] == "samples":
-                    samples[message["channel"]] += len(message["t"])
-                    assert len(message["t"]) == len(message["voltage"]) == len(message["current"])
+                for message in json.loads((await socket.receive(timeout=5)).data):
+                    if message["type"] == "state":
+                        seen[message["channel"]].append(message["state"])
+                    elif message["type"] == "samples":
+                        samples[message["channel"]] += len(message["t"])
+                        assert len(message["t"]) == len(message["voltage"]) == len(message["current"])
             for channel, states in seen.items():
                 cycles = [s["cycle"] for s in states if "cycle" in s]
                 assert len(set(cycles)) >= 2, f"{channel}: the cycle never moved in 5 s: {cycles}"

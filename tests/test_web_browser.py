@@ -139,6 +139,15 @@ def wait_until(page: Any, condition: str, arg: Any = None, timeout_s: float = 10
         time.sleep(0.05)
 
 
+def log_in(page: Any, lab: Lab, then: str) -> None:
+    """Log in as the operator from the login page, which sends the browser on to `then`."""
+    page.goto(f"{lab.url}/login?next={then}")
+    page.fill("#login-user", ALICE[0])
+    page.fill("#login-password", ALICE[1])
+    page.click("#login-submit")
+    page.wait_for_url(f"{lab.url}{then}")
+
+
 def field(page: Any, channel: str, name: str) -> str:
     text: str = page.locator(f'[data-channel="{channel}"] [data-field="{name}"]').inner_text()
     return text
@@ -217,11 +226,7 @@ def test_an_anonymous_visitor_sees_no_control(lab: Lab, page: Any) -> None:
 
 def test_an_operator_logs_in_and_stops_a_run_and_the_event_names_them(lab: Lab, page: Any) -> None:
     run = lab.run_of("ch4")
-    page.goto(f"{lab.url}/login?next=/runs/{run}")
-    page.fill("#login-user", ALICE[0])
-    page.fill("#login-password", ALICE[1])
-    page.click("#login-submit")
-    page.wait_for_url(f"**/runs/{run}")
+    log_in(page, lab, f"/runs/{run}")
     page.on("dialog", lambda dialog: dialog.accept())
     page.locator('[data-action="stop"]').click()
     deadline = time.monotonic() + 10
@@ -236,11 +241,7 @@ def test_an_operator_logs_in_and_stops_a_run_and_the_event_names_them(lab: Lab, 
 
 def test_a_foreign_page_cannot_act_for_a_logged_in_operator(lab: Lab, page: Any, tmp_path: Path) -> None:
     run = lab.run_of("ch1")
-    page.goto(f"{lab.url}/login")
-    page.fill("#login-user", ALICE[0])
-    page.fill("#login-password", ALICE[1])
-    page.click("#login-submit")
-    page.wait_for_url(f"{lab.url}/")
+    log_in(page, lab, "/")
     # Another site on this machine (another port: same-site, so the session cookie goes along).
     (tmp_path / "index.html").write_text(
         "<!doctype html><title>elsewhere</title><script>"
@@ -272,11 +273,7 @@ def test_a_foreign_page_cannot_act_for_a_logged_in_operator(lab: Lab, page: Any,
 
 
 def test_a_bad_protocol_shows_the_errors_validate_prints(lab: Lab, page: Any, tmp_path: Path) -> None:
-    page.goto(f"{lab.url}/login?next=/submit")
-    page.fill("#login-user", ALICE[0])
-    page.fill("#login-password", ALICE[1])
-    page.click("#login-submit")
-    page.wait_for_url("**/submit")
+    log_in(page, lab, "/submit")
     broken = tmp_path / "broken.yaml"
     broken.write_text(E1.replace("count: 250", "cuont: 250"))
     page.set_input_files("#protocol-file", str(broken))

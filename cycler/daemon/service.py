@@ -57,7 +57,6 @@ from cyclerd.store import heartbeat
 from cyclerd.store.database import Run, Store
 from cyclerd.store.heartbeat import keep_beating
 from cyclerd.web.live import LiveHub
-from cyclerd.web.serve import serve_dashboard
 
 __all__ = ["Daemon", "open_store", "serve_lab"]
 
@@ -90,6 +89,10 @@ class Daemon:
         again in each transaction. Sharing is safe because no transaction spans an await
         (`Store.transaction` refuses a second task).
         """
+        # The dashboard's server (aiohttp, the analysis behind its pages) is imported only by a
+        # daemon that serves one: every other command starts through this module's import.
+        from cyclerd.web.serve import serve_dashboard
+
         store = await open_store(self.lab.database, wal_thread=True)
         self.alerts.after_restart(heartbeat.last(store))  # read before this daemon's first beat
         try:

@@ -69,9 +69,9 @@ async def diagnose(config: Path, timeout_s: float = 2.0, ask_instruments: bool =
         ]
     checks = [loaded, *check_channels(lab), *database.result()]
     checks += broker.result() if broker is not None else [Check("broker", Verdict.OK, "no [mqtt]: not used")]
-    checks += check_dashboard(lab.web, daemon_running=bool(pids))
     for instrument, task in zip(lab.instruments, asked, strict=True):
         checks += task.result() if instrument.name in used else map(_unused, task.result())
+    checks += check_dashboard(lab.web, daemon_running=bool(pids))
     return checks
 
 

@@ -47,10 +47,12 @@ function runPage(main) {
     el("section", { class: "panel" }, el("h2", {}, "Events"), p.eventsBox),
   );
   runView.series = new SeriesPlot(p.vi, id);
-  loadRun().then(() => runView.series.load());
+  // The server reads in one thread, in the order asked: the plot first, the spectrum fits last.
+  runView.series.load();
+  loadRun();
   loadCycles();
-  loadSpectrum();
   loadEvents();
+  loadSpectrum();
   connectLive(onRunMessage, () => {
     loadRun();
     loadCycles();

@@ -307,7 +307,10 @@ function connectLive(onMessage, onReconnect) {
       } catch {
         return;
       }
-      if (message && typeof message.type === "string") onMessage(message);
+      // One message per flush of the daemon's feed: an array of updates, applied in order.
+      for (const update of Array.isArray(message) ? message : [message]) {
+        if (update && typeof update.type === "string") onMessage(update);
+      }
     });
     socket.addEventListener("close", () => {
       setLiveIndicator("offline");

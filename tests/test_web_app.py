@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import socket
 import subprocess
@@ -470,3 +471,38 @@ async def test_the_cycles_shown_are_the_reports_figures(tmp_path: Path) -> None:
     assert shown["ce_percent"] == pytest.approx(100 * coulombic_efficiencies(cycles))
     assert shown["cumulative_ce_percent"] == pytest.approx(100 * cumulative_ce(cycles))
     assert shown["reverse_mAh"] == pytest.approx([c.reverse_As / 3.6 for c in cycles])
+
+
+async def test_the_spectrum_panel_shows_the_reports_fits(tmp_path: Path) -> None:
+    from cyclerd.analysis.eis_trends import spectrum_trends
+
+    lab = make_lab(tmp_path).model_copy(update={"sim_speed": None})
+    lab = lab.model_copy(update={"channels": [lab.channels[0].model_copy(update={"sim": "mgagsn-pvdf"})]})
+    with Store(lab.database) as store:
+        text = (LIBRARY / "insitu_eis.yaml").read_text()
+        store.jobs.submit("ch1", "E5", text, "insitu_eis.yaml", {})
+    await asyncio.wait_for(Daemon(lab).run(until_idle=True), 120)
+    with Store(lab.database) as store:
+        run = store.runs()[0].id
+        report = spectrum_trends(store, run)
+        last = store.spectra(run)[-1]
+    assert lab.web is not None
+    settings = lab.web.model_copy(update={"anonymous": True})
+    runner, dashboard = await serve_store(lab.database, settings, Users())
+    url = f"http://127.0.0.1:{lab.web.port}/api/runs/{run}/spectrum"
+    try:
+        async with aiohttp.ClientSession() as client, client.get(url) as answer:
+            shown = await answer.json()
+    finally:
+        await app.stop(runner, dashboard)
+    assert 2 <= len(report.t_s) <= 24  # every spectrum is in the trend
+    assert shown["trend"]["t_s"] == pytest.approx(list(report.t_s))
+    fitted = shown["trend"]["resistances_ohm"]
+    assert fitted["R_b"] == pytest.approx(list(report.R_b_ohm))
+    assert fitted["R_CT"] == pytest.approx(list(report.R_CT_ohm))
+    sei = [math.nan if v is None else v for v in fitted["R_SEI"]]
+    assert sei == pytest.approx(list(report.R_SEI_ohm), nan_ok=True)
+    latest = shown["latest"]
+    assert latest["sequence"] == last["sequence"]
+    assert latest["z_real_ohm"] == pytest.approx(list(last["impedance_ohm"].real))
+    assert latest["fit"]["circuit"] == report.circuit[-1]

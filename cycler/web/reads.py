@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 
 from cyclerd.analysis.eis_trends import ModelChoice, choose_circuit
-from cyclerd.analysis.eisfit import FitInputError, high_frequency_intercept
+from cyclerd.analysis.eisfit import FitInputError
 from cyclerd.cli.status_view import Estimates, standing
 from cyclerd.engine.states import FINAL, RunState
 from cyclerd.store.database import Run, Store
@@ -265,9 +265,9 @@ def events_view(reader: Reader, run_id: int) -> dict[str, Any]:
 
 
 def spectrum_view(reader: Reader, run_id: int) -> dict[str, Any]:
-    """The latest spectrum with its fit, and the resistances' trend over the run: the
-    high-frequency intercept of every spectrum (cheap), and the fitted arcs of TREND_FITS
-    spectra spread over the run (each fit costs tens of milliseconds; kept once made)."""
+    """The latest spectrum with its fit, and the fitted resistances' trend over the run: R_b,
+    R_SEI (None where the spectrum does not need the SEI arc) and R_CT of TREND_FITS spectra
+    spread over the run, the latest among them (each fit costs tens of milliseconds; kept)."""
     store = reader.store()
     store.run(run_id)
     spectra = store.spectra(run_id)
@@ -295,22 +295,14 @@ def spectrum_view(reader: Reader, run_id: int) -> dict[str, Any]:
             "parameters": parameters,
         }
     picked = np.unique(np.linspace(0, len(spectra) - 1, min(TREND_FITS, len(spectra))).round().astype(int))
-    intercepts = []
-    for spectrum in spectra:
-        try:
-            intercepts.append(high_frequency_intercept(spectrum["frequency_Hz"], spectrum["impedance_ohm"]))
-        except FitInputError:
-            intercepts.append(math.nan)
-    fitted_t, sei, ct = [], [], []
-    for i in picked:
-        chosen = _fit(reader, run_id, spectra[i])
-        fitted_t.append(spectra[i]["t"])
-        sei.append(chosen.r_sei[0])
-        ct.append(chosen.r_ct[0])
+    chosen = [_fit(reader, run_id, spectra[i]) for i in picked]
     trend = {
-        "t_s": [s["t"] for s in spectra],
-        "resistances_ohm": {"R_b (intercept)": intercepts},
-        "fitted": {"t_s": fitted_t, "resistances_ohm": {"R_SEI": sei, "R_CT": ct}},
+        "t_s": [spectra[i]["t"] for i in picked],
+        "resistances_ohm": {
+            "R_b": [c.r_b[0] for c in chosen],
+            "R_SEI": [c.r_sei[0] for c in chosen],
+            "R_CT": [c.r_ct[0] for c in chosen],
+        },
     }
     return {"latest": view, "trend": trend}
 

@@ -81,7 +81,10 @@ def parse_literal(text: str) -> tuple[float, bool]:
     value = (-1 if text[0] == "-" else 1) * int(digits[2:] if base != 10 else digits, base)
     if suffix == "i" or base != 10:
         return float(value), True
-    return value * PREFIXES[suffix or " "], False
+    # Correctly rounded, as the literal is written: 100u is the double nearest 1e-4, where
+    # 100 * 1e-6 is one ulp off, and a script dividing 20m by 100u must get 200 sample slots.
+    decade = round(math.log10(PREFIXES[suffix or " "]))
+    return float(value * 10**decade if decade >= 0 else value / 10**-decade), False
 
 
 def encode_value(value: float, is_int: bool = False) -> str:

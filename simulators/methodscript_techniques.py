@@ -62,7 +62,7 @@ def points(d: Device, name: str, n: Sequence[float], options: Options) -> Readin
         if step == 0 or rate <= 0 or scans < 1:
             raise pk.DeviceError(pk.ERR_BAD_ARGUMENT)
         _start(d, "cv", "E", vertices[0])
-        return _sweep(d, vertices, step, step / rate, scans)
+        return _sweep(d, vertices, step, step / rate, scans, reaches_end=name == "cv")
     if name in ("eis", "geis"):
         return _spectrum(d, name, n, options.get("eis_tdd", ()))  # eis_opt(...): accepted [U]
     return _pulsed(d, name, n)
@@ -92,12 +92,22 @@ def reading(d: Device, name: str, level: float, voltage: float, current: float) 
     return [d.measured("ab", voltage)]
 
 
-async def _sweep(d: Device, vertices: list[float], step: float, dt: float, scans: int) -> Readings:
-    """CV / LSV as short potential holds on the step grid, one point per step."""
+async def _sweep(
+    d: Device, vertices: list[float], step: float, dt: float, scans: int, reaches_end: bool = True
+) -> Readings:
+    """CV / LSV as short potential holds on the step grid, one point per step.
+
+    [U] An LSV of N steps gives N points, from E_begin up to one step short of E_end
+    (`reaches_end` False): PalmSens' MSExample031 ("applies to EmStat4") sizes its arrays to
+    (E_end - E_begin) / E_step and fills one element per point, and the vendor's LSV exchange
+    starts at E_begin. A CV's closed path ends where it began, at its start, measured.
+    """
     grid = [vertices[0]]
     for a, b in itertools.pairwise(vertices):
         n = max(1, round(abs(b - a) / step))
         grid += [a + (b - a) * k / n for k in range(1, n + 1)]
+    if not reaches_end:
+        grid = grid[:-1]
     k, t0 = 0, d.now()
     for scan in range(scans):
         if scans > 1:

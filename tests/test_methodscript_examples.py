@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_methodscript_emulator import Client, pty_client
 
 from cyclerd.drivers.methodscript_packages import LineKind, Value, decode_package, kind_of
 from cyclerd.simulators.methodscript_emulator import MethodScriptEmulator
+from cyclerd.simulators.methodscript_packages import parse_literal
 
 POTENTIOSTAT = "set_pgstat_chan 0\nset_pgstat_mode 3\nset_max_bandwidth 200\nset_autoranging ba 1n 100m\n"
 GALVANOSTAT = "set_pgstat_chan 0\nset_pgstat_mode 6\nset_max_bandwidth 200\nset_range db 1m\n"
@@ -345,3 +349,48 @@ on_finished:
     with_option = rows(fresh(script.format(option=" eis_opt(100u 1)")))
     assert [v.vartype for v in with_option[0]] == ["dc", "cc", "cd"]
     assert with_option == rows(fresh(script.format(option="")))
+
+
+def test_an_lsv_gives_one_point_per_step_into_an_array_sized_by_the_script(client: Client) -> None:
+    """The scripts size arrays from their sweep: (E_end - E_begin) / E_step elements, one per point
+    (PalmSens' LPR-versus-time example does, for an EmStat4): the count must come out whole, and
+    the sweep must not measure one point more than its steps."""
+    reply = client.run(
+        f"""
+var p
+var c
+var n
+var i
+var span
+var step
+store_var i 0i aa
+store_var span 20m ia
+store_var step 100u ia
+copy_var span n
+div_var n step
+array ps n
+{POTENTIOSTAT}set_e 0
+cell_on
+meas_loop_lsv p c 0 span step 100m
+  copy_var p ps[i]
+  add_var i 1i
+  pck_start
+    pck_add p
+  pck_end
+endloop
+cell_off"""
+    )
+    potentials = [row[0].value for row in rows(reply)]
+    assert len(potentials) == 200
+    assert potentials[0] == pytest.approx(0.0, abs=1e-9)
+    assert potentials[-1] == pytest.approx(0.0199, abs=1e-9)  # one step short of E_end
+    assert np.allclose(np.diff(potentials), 100e-6)
+
+
+@given(st.integers(-(10**7), 10**7), st.sampled_from("afpnumkMGTPE "))
+def test_a_literal_is_the_double_nearest_what_is_written(digits: int, prefix: str) -> None:
+    exponent = {"a": -18, "f": -15, "p": -12, "n": -9, "u": -6, "m": -3, " ": 0}.get(prefix)
+    exponent = exponent if exponent is not None else 3 * ("kMGTPE".index(prefix) + 1)
+    value, is_int = parse_literal(f"{digits}{prefix.strip()}")
+    assert not is_int
+    assert value == float(Fraction(digits) * Fraction(10) ** exponent)

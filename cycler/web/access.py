@@ -41,13 +41,19 @@ def can_control(request: web.Request) -> bool:
     return session is not None and session.may_control and of(request).control is not None
 
 
+def from_own_page(request: web.Request) -> bool:
+    """Whether a state-changing request comes from one of this dashboard's pages: its Origin (or
+    Referer) is this server's scheme, host and port. (Behind a reverse proxy that rewrites Host,
+    the proxy must pass the original one on.)"""
+    headers = request.headers
+    return same_origin(headers.get("Origin"), headers.get("Referer"), request.scheme, request.host)
+
+
 def operator(request: web.Request) -> Session:
     """The session of a state-changing request, which must come from one of the dashboard's own
     pages (Origin), carry the session's CSRF token, and be an operator's; else 403."""
     dashboard = of(request)
-    if not same_origin(
-        request.headers.get("Origin"), request.headers.get("Referer"), request.scheme, request.host
-    ):
+    if not from_own_page(request):
         raise json_error(403, "refused: the request does not come from this dashboard's own page")
     if dashboard.control is None:
         raise json_error(403, "this dashboard only reads its store (cyclerd web --db): no control here")
@@ -73,9 +79,7 @@ def json_response(value: Any, status: int = 200) -> web.Response:
 
 async def log_in(request: web.Request) -> web.StreamResponse:
     dashboard = of(request)
-    if not same_origin(
-        request.headers.get("Origin"), request.headers.get("Referer"), request.scheme, request.host
-    ):
+    if not from_own_page(request):
         raise json_error(403, "refused: log in from this dashboard's own login page")
     try:
         body = await request.json()
@@ -102,9 +106,7 @@ async def log_in(request: web.Request) -> web.StreamResponse:
 
 async def log_out(request: web.Request) -> web.StreamResponse:
     dashboard = of(request)
-    if not same_origin(
-        request.headers.get("Origin"), request.headers.get("Referer"), request.scheme, request.host
-    ):
+    if not from_own_page(request):
         raise json_error(403, "refused: log out from this dashboard's own page")
     dashboard.sessions.close(request.cookies.get(COOKIE))
     response = json_response({"ok": True})

@@ -105,6 +105,19 @@ async def logged_in(served: Served, user: str) -> tuple[aiohttp.ClientSession, s
     return client, (await boot(client, f"{served.url}/"))["csrf"]
 
 
+async def read_of_store(lab: Lab, path: str) -> Any:
+    """GET `path` from the lab's store served read-only (`cyclerd web --db`), as JSON."""
+    assert lab.web is not None
+    settings = lab.web.model_copy(update={"anonymous": True})
+    runner, dashboard = await serve_store(lab.database, settings, Users())
+    url = f"http://127.0.0.1:{lab.web.port}{path}"
+    try:
+        async with aiohttp.ClientSession() as client, client.get(url) as answer:
+            return await answer.json()
+    finally:
+        await app.stop(runner, dashboard)
+
+
 async def boot(client: aiohttp.ClientSession, url: str) -> dict[str, Any]:
     async with client.get(url) as answer:
         text = await answer.text()
@@ -457,15 +470,7 @@ async def test_the_cycles_shown_are_the_reports_figures(tmp_path: Path) -> None:
     with Store(lab.database) as store:
         run = store.runs()[0].id
         cycles = load_run(store, run).cycles
-    assert lab.web is not None
-    settings = lab.web.model_copy(update={"anonymous": True})
-    runner, dashboard = await serve_store(lab.database, settings, Users())
-    url = f"http://127.0.0.1:{lab.web.port}/api/runs/{run}/cycles"
-    try:
-        async with aiohttp.ClientSession() as client, client.get(url) as answer:
-            shown = await answer.json()
-    finally:
-        await app.stop(runner, dashboard)
+    shown = await read_of_store(lab, f"/api/runs/{run}/cycles")
     assert shown["cycle"] == [c.cycle for c in cycles] == [1, 2, 3, 4, 5, 6]
     assert (shown["forward_label"], shown["reverse_label"]) == ("plated", "stripped")
     assert shown["ce_percent"] == pytest.approx(100 * coulombic_efficiencies(cycles))
@@ -486,15 +491,7 @@ async def test_the_spectrum_panel_shows_the_reports_fits(tmp_path: Path) -> None
         run = store.runs()[0].id
         report = spectrum_trends(store, run)
         last = store.spectra(run)[-1]
-    assert lab.web is not None
-    settings = lab.web.model_copy(update={"anonymous": True})
-    runner, dashboard = await serve_store(lab.database, settings, Users())
-    url = f"http://127.0.0.1:{lab.web.port}/api/runs/{run}/spectrum"
-    try:
-        async with aiohttp.ClientSession() as client, client.get(url) as answer:
-            shown = await answer.json()
-    finally:
-        await app.stop(runner, dashboard)
+    shown = await read_of_store(lab, f"/api/runs/{run}/spectrum")
     assert 2 <= len(report.t_s) <= 24  # every spectrum is in the trend
     assert shown["trend"]["t_s"] == pytest.approx(list(report.t_s))
     fitted = shown["trend"]["resistances_ohm"]

@@ -18,9 +18,11 @@ logged and the channel starts over. The process around it is cyclerd.daemon.proc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -89,14 +91,10 @@ class Daemon:
         again in each transaction. Sharing is safe because no transaction spans an await
         (`Store.transaction` refuses a second task).
         """
-        # The dashboard's server (aiohttp, the analysis behind its pages) is imported only by a
-        # daemon that serves one: every other command starts through this module's import.
-        from cyclerd.web.serve import serve_dashboard
-
         store = await open_store(self.lab.database, wal_thread=True)
         self.alerts.after_restart(heartbeat.last(store))  # read before this daemon's first beat
         try:
-            async with self.alerts, serve_dashboard(self.lab, self), asyncio.TaskGroup() as group:
+            async with self.alerts, self._dashboard(), asyncio.TaskGroup() as group:
                 poller = group.create_task(forward_requests(store, self.controls), name="requests")
                 beating = group.create_task(keep_beating(store), name="heartbeat")  # for `cyclerd status`
                 channels = [
@@ -113,6 +111,15 @@ class Daemon:
             if self._commands is not None:
                 self._commands.close()
                 self._commands = None
+
+    def _dashboard(self) -> AbstractAsyncContextManager[object]:
+        """The dashboard while the channels run, when lab.toml has [web]. Its server (aiohttp,
+        the analysis behind its pages: a second of imports) is loaded only then."""
+        if self.lab.web is None:
+            return contextlib.nullcontext()
+        from cyclerd.web.serve import serve_dashboard
+
+        return serve_dashboard(self.lab, self)
 
     async def command(self, channel: str, payload: bytes) -> dict[str, Any]:
         """Answer one MQTT command: {"ok": true, ...} or {"ok": false, "error": ...}; never raises."""

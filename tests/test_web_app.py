@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yarl
+from mosquitto import free_port
 
 from cyclerd.daemon.config import Lab, Web, load_config
 from cyclerd.daemon.service import Daemon
@@ -29,7 +30,6 @@ from cyclerd.store.database import Store
 from cyclerd.web import app
 from cyclerd.web.serve import serve_store
 from cyclerd.web.users import Role, Users, add_user
-from tests.mosquitto import free_port
 
 LIBRARY = files("cyclerd.protocols") / "library"
 E1 = (LIBRARY / "plating_stripping.yaml").read_text()

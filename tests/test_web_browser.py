@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mosquitto import free_port
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
 from cyclerd.store.database import Store
 from cyclerd.web.users import Role, add_user
-from tests.mosquitto import free_port
 
 pytestmark = pytest.mark.slow  # a daemon process and a browser: ~30 s of wall time in all
 

@@ -16,10 +16,12 @@ back what was put on late. The test allows two intervals at the largest current,
 being the longest one between stored readings (a loaded machine stretches the host's polls), plus
 the simulator's noise.
 
-E1 runs at 900x, not faster: a software-stepped strip ends at the first reading past 1 V, and on a
-loaded machine at 1800x a poll 50 ms late is 90 s of cell time, which put a cycle's CE over the
-100.5 % of E1's short rule (a false short, the loop ended after cycle 2; seen in full runs). At
-900x a late poll costs half as much; on a real instrument (1x) a 10 s poll is 0.3 % at most.
+E1 runs here without its short rule. A software-stepped strip ends at the first reading past 1 V,
+and at 1800x a poll 50 ms late (the suite's own load on two cores) is 90 s of cell time: 2.5 % of
+the strip's charge, which put a cycle's CE over the 100.5 % of the rule and ended the loop after
+cycle 2 (a false short; it happened in CI runs, at 900x too). The charges are still compared, with
+that late reading allowed for. On a real instrument (1x) a 10 s poll overshoots by 0.3 % at most,
+inside the rule's margin.
 """
 
 from __future__ import annotations
@@ -65,13 +67,15 @@ class Experiment:
 
 
 def e1_three_cycles() -> str:
+    """E1 for three cycles, without its short rule: see the module's docstring."""
     text = (LIBRARY / "plating_stripping.yaml").read_text()
     assert "count: 250" in text
-    return text.replace("count: 250", "count: 3")
+    assert "short_circuit: true" in text
+    return text.replace("count: 250", "count: 3").replace("short_circuit: true", "short_circuit: false")
 
 
 EXPERIMENTS = {
-    "E1": Experiment("E1", e1_three_cycles(), "mgagsn", speed=900.0, poll_s=10.0),
+    "E1": Experiment("E1", e1_three_cycles(), "mgagsn", speed=1800.0, poll_s=10.0),
     "E7": Experiment(
         "E7", (LIBRARY / "formation.yaml").read_text(), "ncm811-anodeless", speed=14400.0, poll_s=60.0
     ),

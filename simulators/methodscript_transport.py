@@ -44,6 +44,7 @@ class PtyLink:
         self.path, self.closed, self.partial = os.ttyname(self.slave), False, b""
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.master, self._readable, on_data)
+        self._room: asyncio.Future[None] | None = None  # a write waiting for the client to read
 
     def _readable(self, on_data: Callable[[PtyLink, bytes], None]) -> None:
         with contextlib.suppress(OSError):  # EAGAIN, or EIO with no slave (we hold it open)
@@ -55,17 +56,22 @@ class PtyLink:
             try:
                 view = view[os.write(self.master, view) :]
             except BlockingIOError:  # the client is not reading: stall as a UART would
-                ready = self._loop.create_future()
-                self._loop.add_writer(self.master, _resolve, ready)
+                self._room = self._loop.create_future()
+                self._loop.add_writer(self.master, _resolve, self._room)
                 try:
-                    await ready
+                    await self._room
                 finally:
-                    self._loop.remove_writer(self.master)
+                    self._room = None
+                    if not self.closed:  # else close() did it: the number may be a new pty's now
+                        self._loop.remove_writer(self.master)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self._loop.remove_reader(self.master)
+            if self._room is not None:  # unregister before the descriptor's number is reused
+                self._loop.remove_writer(self.master)
+                _resolve(self._room)
             os.close(self.master)  # the client's next read fails, as with a pulled USB cable
             os.close(self.slave)
 

@@ -188,7 +188,8 @@ async def test_the_link_streams_a_script_until_cell_off_retires_it(bench: Bench)
     info = await link.open()
     try:
         assert info.family.name == "EmStat4 HR"
-        token = await link.start(ms.galvanostatic(1e-3, 1.0, 1000.5, (2.0, 4.5), 1e-3, ()))
+        # long enough not to end before the first read: virtual time streams into the pty buffer
+        token = await link.start(ms.galvanostatic(1e-3, 1.0, 1e5, (2.0, 4.5), 1e-3, ()))
         packages: list[Package] = []
         while not packages:
             more, over = await link.packages(token, 2.0)

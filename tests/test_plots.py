@@ -406,13 +406,14 @@ def test_plot_writes_the_default_file_name_and_svg_by_suffix(
     result = cli.invoke(app, ["plot", str(MGAGSN), "--kind", "ce", "--db", str(db)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / f"run{MGAGSN}-ce.png").read_bytes().startswith(b"\x89PNG")
-    svg = tmp_path / "first.svg"
+    svg = tmp_path / ("a-folder-name-longer-than-a-terminal-line-" * 2) / "first.svg"
+    svg.parent.mkdir()
     result = cli.invoke(
         app, ["plot", "1", "3", "--kind", "first-cycle", "--output", str(svg), "--db", str(db)]
     )
     assert result.exit_code == 0, result.output
     assert ET.fromstring(svg.read_bytes()).tag.endswith("svg")
-    assert f"wrote {svg}" in result.output
+    assert f"wrote {svg}\n" in result.output  # on one line, to be copied whole
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,7 @@ def plot(
         save_figure(figure, path)
     except OSError as exc:
         raise fail(f"cannot write {path}: {exc.strerror or exc}") from None
-    console.print(f"wrote {path}", markup=False)
+    console.print(f"wrote {path}", markup=False, soft_wrap=True)
 
 
 def report(
@@ -113,7 +113,7 @@ def report(
             raise fail(
                 f"cannot write {path}: the store's name {store.path} is not UTF-8; rename it"
             ) from None
-    console.print(f"wrote {path}", markup=False)
+    console.print(f"wrote {path}", markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

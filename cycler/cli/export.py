@@ -94,13 +94,13 @@ def export(
             raise fail(exc.args[0]) from None
         try:
             samples = export_run(store, run_id, output, fmt.value)
-            console.print(f"run {run_id}: {samples} samples to {output}", markup=False)
+            console.print(f"run {run_id}: {samples} samples to {output}", markup=False, soft_wrap=True)
             written = export_tables(store, run_id, where)
         except OSError as exc:
             raise fail(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
     what = {"cycles": "cycle(s)", "spectra": "spectrum(s)", "fits": "fit(s), one per spectrum"}
     for table, (path, rows) in written.files.items():
-        console.print(f"run {run_id}: {rows} {what[table]} to {path}", markup=False)
+        console.print(f"run {run_id}: {rows} {what[table]} to {path}", markup=False, soft_wrap=True)
     if "spectra" in written.files and not written.dc_known:
         console.print(
             f"run {run_id}: no protocol stored with the run to read the DC level from; DC columns left out",

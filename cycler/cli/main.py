@@ -227,7 +227,7 @@ def schema(
             output.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise fail(f"cannot write {output}: {exc.strerror or exc}") from None
-        errors.print(f"wrote {output}", markup=False)
+        errors.print(f"wrote {output}", markup=False, soft_wrap=True)
 
 
 runs_cli.register(app)

@@ -146,7 +146,7 @@ def run(
         run_id, result = outcome
     with open_or_create_store(db) as store:
         render_summary(console, store, run_id)
-    console.print(f"stored as run {run_id} in {db}", markup=False)
+    console.print(f"stored as run {run_id} in {db}", markup=False, soft_wrap=True)
     code = of_run(result)
     if code is not ExitCode.OK:
         errors.print(f"run {run_id} {result.state}: {result.reason}", markup=False)

@@ -55,8 +55,11 @@ lint: install
 types: install
 	$(BIN)/mypy -p cyclerd
 
+# One worker per core, a test file per worker at a time: module fixtures are built once, and a
+# file's tests keep their order. `make test TEST_WORKERS=0` runs them in this process.
+TEST_WORKERS ?= auto
 unit: install mosquitto chromium
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test: lint types unit
 

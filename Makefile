@@ -55,9 +55,10 @@ lint: install
 types: install
 	$(BIN)/mypy -p cyclerd
 
-# One worker per core, a test file per worker at a time: module fixtures are built once, and a
-# file's tests keep their order. `make test TEST_WORKERS=0` runs them in this process.
-TEST_WORKERS ?= auto
+# In one process by default: many tests run emulators paced against the wall clock, and on two
+# cores a second worker starves them (a poll late by 50 ms is 90 s of cell time at 1800x).
+# With cores to spare, `make test TEST_WORKERS=auto` runs a test file per core (pytest-xdist).
+TEST_WORKERS ?= 0
 unit: install mosquitto chromium
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 

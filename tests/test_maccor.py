@@ -410,4 +410,4 @@ def test_cyclerd_emulate_maccor_answers_pymacnet() -> None:
         assert client.read_channel_status(8)["Stat"] == mn.AVAILABLE
     finally:
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=30) == 0

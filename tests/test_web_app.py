@@ -28,12 +28,13 @@ from cyclerd.protocols import ProtocolError, load
 from cyclerd.protocols.errors import Problem
 from cyclerd.store.database import Store
 from cyclerd.web import app
+from cyclerd.web.roster import Roster
 from cyclerd.web.serve import serve_store
-from cyclerd.web.users import Role, Users, add_user
+from cyclerd.web.users import Role, Users, add_user, remove_user
 
 LIBRARY = files("cyclerd.protocols") / "library"
 E1 = (LIBRARY / "plating_stripping.yaml").read_text()
-PASSWORDS = {"alice": "alice-pass-1", "victor": "victor-pass-1"}
+PASSWORDS = {"alice": "alice-pass-1", "victor": "victor-pass-1", "carol": "carol-pass-1"}
 
 
 @dataclass
@@ -109,7 +110,7 @@ async def read_of_store(lab: Lab, path: str) -> Any:
     """GET `path` from the lab's store served read-only (`cyclerd web --db`), as JSON."""
     assert lab.web is not None
     settings = lab.web.model_copy(update={"anonymous": True})
-    runner, dashboard = await serve_store(lab.database, settings, Users())
+    runner, dashboard = await serve_store(lab.database, settings, Roster(Users()))
     url = f"http://127.0.0.1:{lab.web.port}{path}"
     try:
         async with aiohttp.ClientSession() as client, client.get(url) as answer:
@@ -243,6 +244,56 @@ async def test_who_may_do_what(tmp_path: Path) -> None:
         assert served.store.run(run).state == "running"  # nothing above reached the run
 
 
+async def test_the_users_file_counts_as_it_is_now_not_as_it_was_at_start(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path, anonymous=True)
+    assert lab.web is not None
+    users = lab.web.users
+    async with serving(lab, jobs=("ch1",)) as served:
+        stop = f"{served.url}/api/runs/{served.run_of('ch1')}/stop"
+        alice, alice_csrf = await logged_in(served, "alice")
+        victor, _ = await logged_in(served, "victor")
+        add_user(users, "carol", Role.OPERATOR, PASSWORDS["carol"])
+        carol, _ = await logged_in(served, "carol")  # added while the daemon runs: no restart
+        async with alice, victor, carol:
+            remove_user(users, "alice")
+            headers = {"Origin": served.url, "X-CSRF-Token": alice_csrf}
+            async with alice.post(stop, json={}, headers=headers) as answer:
+                assert answer.status == 403
+                assert "log in" in (await answer.json())["error"]
+            assert (await boot(alice, f"{served.url}/"))["user"] is None
+            assert served.store.run(served.run_of("ch1")).state == "running"
+
+            add_user(users, "victor", Role.OPERATOR, PASSWORDS["victor"])  # a new role: log in again
+            assert (await boot(victor, f"{served.url}/"))["user"] is None
+            victor_again, _ = await logged_in(served, "victor")
+            async with victor_again:
+                assert (await boot(victor_again, f"{served.url}/"))["can_control"] is True
+
+            users.write_text(users.read_text() + "[users.dave\n")  # an edit that breaks the file
+            assert (await boot(carol, f"{served.url}/"))["user"] is None
+            async with carol.post(
+                f"{served.url}/login",
+                json={"user": "carol", "password": PASSWORDS["carol"]},
+                headers={"Origin": served.url},
+            ) as answer:
+                assert answer.status == 401
+                assert "users file does not read" in (await answer.json())["error"]
+
+
+async def test_a_removed_users_open_live_feed_is_closed(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path)  # no anonymous viewing: without a session nobody may look
+    assert lab.web is not None
+    async with serving(lab, jobs=("ch1",)) as served:
+        victor, _ = await logged_in(served, "victor")
+        async with victor, victor.ws_connect(f"{served.url}/api/live") as feed:
+            assert (await feed.receive(timeout=5.0)).type is aiohttp.WSMsgType.TEXT
+            remove_user(lab.web.users, "victor")
+            while (message := await feed.receive(timeout=5.0)).type is aiohttp.WSMsgType.TEXT:
+                pass  # what was on its way already
+            assert message.type is aiohttp.WSMsgType.CLOSE
+            assert (message.data, message.extra) == (4001, "logged out: log in again")
+
+
 async def test_without_anonymous_viewing_a_visitor_is_sent_to_log_in(tmp_path: Path) -> None:
     async with serving(make_lab(tmp_path), jobs=("ch1",)) as served, aiohttp.ClientSession() as visitor:
         async with visitor.get(f"{served.url}/", allow_redirects=False) as answer:
@@ -250,6 +301,7 @@ async def test_without_anonymous_viewing_a_visitor_is_sent_to_log_in(tmp_path: P
             assert answer.headers["Location"] == "/login"
         async with visitor.get(f"{served.url}/api/lab") as answer:
             assert answer.status == 401
+        assert (await boot(visitor, f"{served.url}/login"))["live"] is False  # no feed to knock on
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:  # refused before the upgrade
             await visitor.ws_connect(f"{served.url}/api/live")
         assert refused.value.status == 401
@@ -371,7 +423,7 @@ async def test_a_store_is_served_read_only_by_cyclerd_web(tmp_path: Path) -> Non
         while not len(served.store.cycles(run)["cycle"]):
             await asyncio.sleep(0.05)
     port = free_port()
-    runner, dashboard = await serve_store(lab.database, Web(port=port, anonymous=True), Users())
+    runner, dashboard = await serve_store(lab.database, Web(port=port, anonymous=True), Roster(Users()))
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as client:

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -29,7 +30,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
 from cyclerd.store.database import Store
-from cyclerd.web.users import Role, add_user
+from cyclerd.web.users import Role, add_user, remove_user
 
 pytestmark = pytest.mark.slow  # a daemon process and a browser: ~30 s of wall time in all
 
@@ -55,18 +56,21 @@ class Lab:
         return int(runs[0]["id"])
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    folder = tmp_path_factory.mktemp("weblab")
+@contextmanager
+def serving(folder: Path, channels: int, anonymous: bool) -> Iterator[Lab]:
+    """A `cyclerd serve` process of `channels` simulated channels, each running E1, until the
+    block ends; ready once the dashboard answers and every run is running."""
     port = free_port()
     add_user(folder / "users.toml", ALICE[0], Role.OPERATOR, ALICE[1])
-    channels = "".join(f'[[channels]]\nname = "ch{i}"\nsim = "mgagsn"\nseed = {i}\n\n' for i in range(1, 5))
+    listed = "".join(
+        f'[[channels]]\nname = "ch{i}"\nsim = "mgagsn"\nseed = {i}\n\n' for i in range(1, channels + 1)
+    )
     (folder / "lab.toml").write_text(
         'lab = "browser-lab"\ndatabase = "lab.db"\nsim_speed = 20000\n\n'
-        f'[web]\nport = {port}\nusers = "users.toml"\nanonymous = true\n\n{channels}'
+        f'[web]\nport = {port}\nusers = "users.toml"\nanonymous = {str(anonymous).lower()}\n\n{listed}'
     )
     with Store(folder / "lab.db") as store:
-        for i in range(1, 5):
+        for i in range(1, channels + 1):
             store.jobs.submit(f"ch{i}", "E1", E1, "plating_stripping.yaml", {"cell": f"MgAgSn-{i}"})
     log = (folder / "serve.log").open("w")
     daemon = subprocess.Popen(
@@ -77,12 +81,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     served = Lab(f"http://127.0.0.1:{port}", folder / "lab.db", folder)
     try:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                if all(tile["state"] == "running" for tile in served.api("/api/lab")["channels"]):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
+        while not _ready(served, channels):
             assert daemon.poll() is None, (folder / "serve.log").read_text()
             assert time.monotonic() < deadline, (folder / "serve.log").read_text()
             time.sleep(0.1)
@@ -91,6 +90,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
         log.close()
+
+
+def _ready(served: Lab, channels: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"{served.url}/login"):
+            pass
+    except (urllib.error.URLError, ConnectionError):
+        return False
+    with Store(served.database) as store:
+        return sum(run.state == "running" for run in store.runs()) == channels
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with serving(tmp_path_factory.mktemp("weblab"), channels=4, anonymous=True) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +321,13 @@ def test_an_unknown_run_is_a_404_page(lab: Lab, page: Any) -> None:
     assert answer.status == 404
     page.locator("#notfound-message").wait_for()
     assert "no run 987654" in page.locator("#notfound-message").inner_text()
+
+
+def test_a_page_whose_user_is_taken_out_of_the_users_file_goes_to_the_login(
+    page: Any, tmp_path: Path
+) -> None:
+    with serving(tmp_path, channels=1, anonymous=False) as private:
+        log_in(page, private, "/")
+        page.locator('[data-channel="ch1"]').wait_for()
+        remove_user(tmp_path / "users.toml", ALICE[0])
+        page.wait_for_url(f"{private.url}/login", timeout=10_000)  # the live feed's next flush

@@ -16,6 +16,7 @@ from cyclerd.cli.exit_codes import ExitCode
 from cyclerd.cli.lab import ConfigOption, ReadDbOption, fail, find, open_store
 from cyclerd.cli.options import console, errors
 from cyclerd.daemon.config import Web
+from cyclerd.web.roster import Roster
 from cyclerd.web.users import NAME_PATTERN, Role, Users, UsersFileError, add_user, remove_user
 
 web_app = typer.Typer(
@@ -52,24 +53,28 @@ def web(
     where = find(db, config, fallback=True)
     open_store(where).close()  # a wrong --db is said now, in one line
     try:
-        known = Users.load(users) if users is not None else Users()
+        known = Roster.load(users) if users is not None else Roster(Users())
     except UsersFileError as exc:
         raise fail(str(exc)) from None
     settings = Web(bind=bind, port=port, anonymous=users is None)
     asyncio.run(_serve(where.path, settings, known))
 
 
-async def _serve(database: Path, settings: Web, users: Users) -> None:
+async def _serve(database: Path, settings: Web, roster: Roster) -> None:
     from cyclerd.web import app
     from cyclerd.web.serve import serve_store
 
     try:
-        runner, dashboard = await serve_store(database, settings, users)
+        runner, dashboard = await serve_store(database, settings, roster)
     except OSError as exc:
         raise fail(f"cannot listen on {settings.bind} port {settings.port}: {exc.strerror or exc}") from None
     port = app.bound_port(runner)
     host = settings.bind if ":" not in settings.bind else f"[{settings.bind}]"
-    who = "anyone who reaches it" if settings.anonymous else f"the {len(users)} user(s) of the users file"
+    who = (
+        "anyone who reaches it"
+        if settings.anonymous
+        else f"the {len(roster.current())} user(s) of the users file"
+    )
     console.print(f"dashboard of {database} (read-only) at http://{host}:{port}/ for {who}", markup=False)
     sys.stdout.flush()  # said now, not when the server stops: a log or a script reads the address
     stopped = asyncio.Event()

@@ -23,7 +23,19 @@ COOKIE = "cyclerd_session"
 
 
 def session_of(request: web.Request) -> Session | None:
-    return of(request).sessions.get(request.cookies.get(COOKIE))
+    """The request's session while its user's entry in the users file is as it was at login:
+    a user removed, or given another role or password, is logged out at their next request."""
+    dashboard = of(request)
+    session = dashboard.sessions.get(request.cookies.get(COOKIE))
+    if session is None:
+        return None
+    user = dashboard.users.get(session.user)
+    if user is None or user.stamp != session.stamp:
+        dashboard.sessions.close(session.token)
+        why = "is no longer in the users file" if user is None else "has a new role or password"
+        log.warning("dashboard: %s %s: their session has ended", session.user, why)
+        return None
+    return session
 
 
 def may_look(request: web.Request) -> bool:
@@ -88,13 +100,18 @@ async def log_in(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, Mapping) or not isinstance(body.get("user"), str):
         raise json_error(400, "send {user, password} as JSON")
     name, password = body["user"], str(body.get("password") or "")
-    if not dashboard.users:
+    users = dashboard.users
+    if dashboard.roster.broken:
+        raise json_error(
+            401, "nobody can log in: the dashboard's users file does not read (the daemon's log says why)"
+        )
+    if not users:
         raise json_error(
             401, "nobody can log in yet: add a user with `cyclerd web user add NAME --role operator`"
         )
-    user = await asyncio.to_thread(dashboard.users.authenticate, name, password)  # one scrypt
+    user = await asyncio.to_thread(users.authenticate, name, password)  # one scrypt
     if user is None:
-        why = dashboard.users.locked_out(name) or "wrong user name or password"
+        why = users.locked_out(name) or "wrong user name or password"
         log.warning("dashboard: a login as %r failed (%s)", name, why)
         raise json_error(401, why)
     session = dashboard.sessions.open(user)

@@ -10,9 +10,11 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from cyclerd.web import reads
-from cyclerd.web.access import can_control, json_error, json_response, must_look
+from cyclerd.web.access import can_control, json_error, json_response, may_look, must_look
 from cyclerd.web.dashboard import Handler, of
 from cyclerd.web.reads import Reader
+
+LOGGED_OUT = 4001  # the live feed's close code when its viewer may no longer look (ui.js knows it)
 
 
 async def get_lab(request: web.Request) -> web.StreamResponse:
@@ -107,7 +109,7 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
     socket = web.WebSocketResponse(heartbeat=30.0)
     await socket.prepare(request)
     page = hub.listen()
-    sending = asyncio.create_task(_send(socket, page))
+    sending = asyncio.create_task(_send(request, socket, page))
     try:
         async for message in socket:  # the page says nothing; this notices it going away
             if message.type == WSMsgType.ERROR:
@@ -118,7 +120,10 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
     return socket
 
 
-async def _send(socket: web.WebSocketResponse, page: Any) -> None:
+async def _send(request: web.Request, socket: web.WebSocketResponse, page: Any) -> None:
     while (text := await page.get()) is not None:
+        if not may_look(request):  # logged out, or taken out of the users file, since it opened
+            await socket.close(code=LOGGED_OUT, message=b"logged out: log in again")
+            return
         await socket.send_str(text)
     await socket.close(message=b"fell behind: reload")

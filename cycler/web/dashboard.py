@@ -13,6 +13,7 @@ from aiohttp import web
 from cyclerd.bus.commands import Command, Refusals
 from cyclerd.web.live import LiveHub
 from cyclerd.web.reads import ChannelInfo, Reader
+from cyclerd.web.roster import Roster
 from cyclerd.web.sessions import Sessions
 from cyclerd.web.users import Users
 
@@ -35,7 +36,7 @@ class Dashboard:
     lab: str
     channels: Callable[[Reader], Sequence[ChannelInfo]]
     reader: Reader
-    users: Users
+    roster: Roster
     sessions: Sessions = field(default_factory=Sessions)
     anonymous: bool = False
     secure: bool = False
@@ -46,6 +47,11 @@ class Dashboard:
     @property
     def live(self) -> bool:
         return self.hub is not None
+
+    @property
+    def users(self) -> Users:
+        """Who may log in now: the users file as it is on disk."""
+        return self.roster.current()
 
 
 DASHBOARD = web.AppKey("dashboard", Dashboard)

@@ -31,7 +31,7 @@ def boot(request: web.Request, page: str, **extra: Any) -> dict[str, Any]:
         "role": None if session is None else session.role.value,
         "csrf": None if session is None else session.csrf,
         "can_control": can_control(request),
-        "live": dashboard.live,
+        "live": dashboard.live and may_look(request),  # a visitor who may not look gets no feed
         "max_upload_bytes": dashboard.max_upload_bytes,
     } | extra
 

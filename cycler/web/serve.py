@@ -20,6 +20,7 @@ from cyclerd.web import app
 from cyclerd.web.dashboard import Control, Dashboard
 from cyclerd.web.live import LiveHub
 from cyclerd.web.reads import ChannelInfo, Reader, channels_of_store
+from cyclerd.web.roster import Roster
 from cyclerd.web.sessions import Sessions
 from cyclerd.web.users import Users, UsersFileError
 
@@ -59,7 +60,7 @@ async def serve_dashboard(lab: Lab, daemon: Daemonic) -> AsyncIterator[web.AppRu
         yield None
         return
     try:
-        users = Users.load(config.users)
+        roster = Roster.load(config.users)
         tls = (
             None
             if config.tls_cert is None or config.tls_key is None
@@ -74,7 +75,7 @@ async def serve_dashboard(lab: Lab, daemon: Daemonic) -> AsyncIterator[web.AppRu
         lab=lab.lab,
         channels=lambda _: infos,
         reader=Reader(lab.database),
-        users=users,
+        roster=roster,
         sessions=Sessions(config.session_hours * 3600),
         anonymous=config.anonymous,
         secure=tls is not None,
@@ -94,7 +95,7 @@ async def serve_dashboard(lab: Lab, daemon: Daemonic) -> AsyncIterator[web.AppRu
         dashboard.reader.close()
         yield None
         return
-    _say_where(lab.lab, config, app.bound_port(runner), users)
+    _say_where(lab.lab, config, app.bound_port(runner), roster.current())
     try:
         yield runner
     finally:
@@ -112,7 +113,7 @@ def _say_where(lab: str, config: Web, port: int, users: Users) -> None:
         )
 
 
-async def serve_store(database: Path, config: Web, users: Users) -> tuple[web.AppRunner, Dashboard]:
+async def serve_store(database: Path, config: Web, roster: Roster) -> tuple[web.AppRunner, Dashboard]:
     """A read-only dashboard of a store no daemon serves (a copy, or a lab at rest)."""
     reader = Reader(database)
     tls = None
@@ -126,7 +127,7 @@ async def serve_store(database: Path, config: Web, users: Users) -> tuple[web.Ap
         lab=database.stem,
         channels=channels,
         reader=reader,
-        users=users,
+        roster=roster,
         sessions=Sessions(config.session_hours * 3600),
         anonymous=config.anonymous,
         secure=tls is not None,

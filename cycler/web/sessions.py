@@ -29,6 +29,7 @@ class Session:
     user: str
     role: Role
     expires: float
+    stamp: str = ""  # the user's entry when they logged in (User.stamp)
 
     @property
     def may_control(self) -> bool:
@@ -78,6 +79,7 @@ class Sessions:
             user=user.name,
             role=user.role,
             expires=now + self.lifetime_s,
+            stamp=user.stamp,
         )
         self._sessions[session.token] = session
         return session

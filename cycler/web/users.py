@@ -19,7 +19,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # scrypt's cost: ~50 ms of one core and 16 MiB per check, which is what slows a guesser down.
@@ -70,6 +70,8 @@ class UnknownUserError(UsersFileError):
 class User:
     name: str
     role: Role
+    # Changes with the user's entry (role or password): a session opened before the change ends.
+    stamp: str = field(default="", compare=False)
 
 
 def _password_bytes(password: str) -> bytes:
@@ -237,8 +239,8 @@ class Users(Mapping[str, User]):
         return cls(entries, throttle=throttle)
 
     def __getitem__(self, name: str) -> User:
-        role, _ = self._entries[name]
-        return User(name, role)
+        role, stored = self._entries[name]
+        return User(name, role, _stamp(role, stored))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -260,11 +262,15 @@ class Users(Mapping[str, User]):
         stored = entry[1] if entry is not None else _DUMMY_HASH
         if verify_password(password, stored) and entry is not None:
             self.throttle.succeeded(name)
-            return User(name, entry[0])
+            return self[name]
         return None
 
     def locked_out(self, name: str) -> str | None:
         return self.throttle.locked_out(name)
+
+
+def _stamp(role: Role, stored: str) -> str:
+    return hashlib.sha256(f"{role}\0{stored}".encode()).hexdigest()[:16]
 
 
 def _read(path: Path) -> dict[str, object]:

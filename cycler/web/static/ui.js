@@ -312,7 +312,12 @@ function connectLive(onMessage, onReconnect) {
         if (update && typeof update.type === "string") onMessage(update);
       }
     });
-    socket.addEventListener("close", () => {
+    socket.addEventListener("close", (event) => {
+      if (event.code === 4001) {
+        // api.LOGGED_OUT: this session ended (logged out elsewhere, or taken out of the users file).
+        location.href = loginHref();
+        return;
+      }
       setLiveIndicator("offline");
       setTimeout(open, delay);
       delay = Math.min(delay * 2, 10000);
